@@ -1,0 +1,15 @@
+//! Types and functions shared by steer's eBPF programs and its userspace.
+//!
+//! Everything the kernel side and the user side must agree on bit for bit lives
+//! here: the flow tuple as the XDP program extracts it, the hash functions that
+//! turn it into a bucket, and the layout of every map value. `steer hash` and the
+//! in-kernel fixtures call the very same functions the XDP program runs.
+#![no_std]
+
+pub mod hash;
+pub mod maps;
+pub mod tuple;
+
+pub use hash::{HashKind, ToeplitzTable, MS_RSS_KEY};
+pub use maps::{Counters, GenConfig, PassReason, SteerConfig};
+pub use tuple::Tuple;

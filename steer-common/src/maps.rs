@@ -1,0 +1,111 @@
+//! Layouts of the values in steer's maps. `#[repr(C)]`, no implicit padding.
+
+/// Why the XDP program let a packet go up the stack unsteered.
+/// Nothing is ever dropped: each reason is only counted.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassReason {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NonIp = 0,
+    /// The packet ends inside a header steer needs.
+    Truncated = 1,
+    /// IP version field or IPv4 header length is invalid.
+    BadIpHeader = 2,
+    /// Neither TCP nor UDP (ICMP, GRE, ...).
+    UnknownL4 = 3,
+    /// More IPv6 extension headers than steer walks.
+    ExtHeaderLimit = 4,
+    /// The configuration or indirection table is missing an entry.
+    NoConfig = 5,
+}
+
+/// Number of pass reasons (size of [`Counters::passed`]).
+pub const PASS_REASONS: usize = 6;
+
+impl PassReason {
+    pub const ALL: [PassReason; PASS_REASONS] = [
+        Self::NonIp,
+        Self::Truncated,
+        Self::BadIpHeader,
+        Self::UnknownL4,
+        Self::ExtHeaderLimit,
+        Self::NoConfig,
+    ];
+
+    /// Stable name used in tables, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NonIp => "non_ip",
+            Self::Truncated => "truncated",
+            Self::BadIpHeader => "bad_ip_header",
+            Self::UnknownL4 => "unknown_l4",
+            Self::ExtHeaderLimit => "ext_header_limit",
+            Self::NoConfig => "no_config",
+        }
+    }
+}
+
+/// Per-CPU counters of the XDP program (one entry of a per-CPU array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Every packet the program ran on.
+    pub seen: u64,
+    /// Handed to the CPUMAP.
+    pub redirected: u64,
+    /// `bpf_redirect_map` refused (no queue for that CPU): passed instead.
+    pub redirect_err: u64,
+    /// Passed unsteered, by [`PassReason`].
+    pub passed: [u64; PASS_REASONS],
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.seen += o.seen;
+        self.redirected += o.redirected;
+        self.redirect_err += o.redirect_err;
+        for (a, b) in self.passed.iter_mut().zip(o.passed.iter()) {
+            *a += b;
+        }
+    }
+
+    pub fn passed_total(&self) -> u64 {
+        self.passed.iter().sum()
+    }
+}
+
+/// Live configuration of the XDP program (one entry of an array map), so that
+/// it can be changed without reloading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerConfig {
+    /// [`crate::HashKind`] as u32.
+    pub hash: u32,
+    pub seed: u32,
+    /// Indirection table size - 1 (the size is a power of two).
+    pub table_mask: u32,
+    /// 1: both directions of a connection hash alike.
+    pub symmetric: u32,
+}
+
+/// Configuration of the lab generator program (`lab_gen`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConfig {
+    /// Number of distinct flows: the source port cycles over `base_port..base_port+flows`.
+    pub flows: u32,
+    pub base_port: u32,
+    /// Offset of the L4 source port in the frame.
+    pub sport_offset: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), made of integers, with no padding.
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::SteerConfig {}
+    unsafe impl aya::Pod for super::GenConfig {}
+    unsafe impl aya::Pod for crate::hash::ToeplitzTable {}
+    unsafe impl aya::Pod for crate::tuple::Tuple {}
+}

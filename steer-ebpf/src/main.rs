@@ -1,0 +1,43 @@
+//! steer's kernel side.
+//!
+//! - `steer_xdp`: parses each frame, picks a CPU from its flow hash and redirects
+//!   it into the CPUMAP (software RPS). Never drops: anything it cannot or
+//!   should not steer is passed and counted.
+//! - `lab_gen`: the lab's traffic generator, an XDP_TX program driven by
+//!   BPF_PROG_TEST_RUN with live frames; it varies the source port per frame so
+//!   that many flows interleave packet by packet, like a NIC's receive ring.
+//! - `xdp_pass`: a bare XDP_PASS, the baseline for per-packet cost.
+#![no_std]
+#![no_main]
+
+mod lab;
+mod maps;
+mod parse;
+mod steer;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+#[xdp]
+pub fn steer_xdp(ctx: XdpContext) -> u32 {
+    steer::steer(&ctx)
+}
+
+#[xdp]
+pub fn lab_gen(ctx: XdpContext) -> u32 {
+    lab::generate(&ctx)
+}
+
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

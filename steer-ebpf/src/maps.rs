@@ -1,0 +1,42 @@
+//! Every map of steer's kernel side. Sizes marked "set by the loader" are
+//! placeholders that userspace overrides at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, CpuMap, PerCpuArray},
+};
+use steer_common::{Counters, GenConfig, SteerConfig, ToeplitzTable};
+
+/// Upper bound for CPU indices; the loader sets the real number of possible CPUs.
+pub const MAX_CPUS: u32 = 64;
+/// Largest indirection table `--table-size` accepts.
+pub const MAX_TABLE: u32 = 65536;
+
+/// CPU index -> per-CPU queue. Only the steering CPUs have an entry.
+#[map]
+pub static CPUS: CpuMap = CpuMap::with_max_entries(MAX_CPUS, 0);
+
+/// Bucket -> CPU (the indirection table). Size set by the loader.
+#[map]
+pub static INDIR: Array<u32> = Array::with_max_entries(MAX_TABLE, 0);
+
+#[map]
+pub static CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);
+
+/// Filled once by the loader when `--hash toeplitz` is chosen.
+#[map]
+pub static TOEPLITZ: Array<ToeplitzTable> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Packets redirected to each target CPU, counted on the CPU that redirected.
+#[map]
+pub static TARGETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CPUS, 0);
+
+#[map]
+pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// Frames the generator has produced on each CPU: also its sequence number.
+#[map]
+pub static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,70 @@
+//! How the CPU is chosen: flow hash -> bucket of the indirection table -> CPU,
+//! then a redirect into that CPU's CPUMAP queue.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use steer_common::{hash, Counters, HashKind, PassReason};
+
+use crate::{
+    maps::{CONFIG, CPUS, INDIR, STATS, TARGETS, TOEPLITZ},
+    parse::parse,
+};
+
+#[inline(always)]
+fn counters() -> Option<&'static mut Counters> {
+    // SAFETY: a per-CPU slot, only touched by this CPU while the program runs.
+    STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn pass(c: &mut Counters, reason: PassReason) -> u32 {
+    // `reason as usize` is a constant below PASS_REASONS at every call site.
+    if let Some(slot) = c.passed.get_mut(reason as usize) {
+        *slot += 1;
+    }
+    xdp_action::XDP_PASS
+}
+
+pub fn steer(ctx: &XdpContext) -> u32 {
+    let Some(c) = counters() else {
+        return xdp_action::XDP_PASS;
+    };
+    c.seen += 1;
+    let tuple = match parse(ctx) {
+        Ok(t) => t,
+        Err(reason) => return pass(c, reason),
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(c, PassReason::NoConfig);
+    };
+    let kind = if cfg.hash == HashKind::Toeplitz as u32 {
+        HashKind::Toeplitz
+    } else {
+        HashKind::Fast
+    };
+    let table = if kind == HashKind::Toeplitz {
+        TOEPLITZ.get(0)
+    } else {
+        None
+    };
+    let Some(h) = hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, &tuple) else {
+        return pass(c, PassReason::NoConfig);
+    };
+    let Some(&cpu) = INDIR.get(h & cfg.table_mask) else {
+        return pass(c, PassReason::NoConfig);
+    };
+    // The low bits of the flags are the verdict when the CPU has no queue: pass.
+    match CPUS.redirect(cpu, xdp_action::XDP_PASS as u64) {
+        Ok(verdict) => {
+            c.redirected += 1;
+            if let Some(n) = TARGETS.get_ptr_mut(cpu) {
+                // SAFETY: per-CPU slot, as above.
+                unsafe { *n += 1 };
+            }
+            verdict
+        }
+        Err(verdict) => {
+            c.redirect_err += 1;
+            verdict
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Validated settings of a steering run. Everything is checked here, before
+//! anything on the system is touched.
+
+use steer_common::{HashKind, SteerConfig, ToeplitzTable, Tuple, MS_RSS_KEY};
+
+use crate::{
+    cpus,
+    error::{Error, Result},
+    iface,
+};
+
+/// Default number of buckets in the indirection table.
+pub const DEFAULT_TABLE_SIZE: u32 = 256;
+/// Largest table the XDP program's map accepts.
+pub const MAX_TABLE_SIZE: u32 = 65536;
+/// Default per-CPU CPUMAP queue size (frames).
+pub const DEFAULT_QSIZE: u32 = 2048;
+/// cpumap's own upper bound on a queue (kernel: 16k frames).
+pub const MAX_QSIZE: u32 = 16384;
+
+/// How to attach the XDP program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic with a message.
+    Auto,
+    /// Native mode only.
+    Native,
+    /// Generic (skb) mode: slower, but sees every packet on every driver.
+    Skb,
+}
+
+/// Hash choice on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashArg {
+    /// Seeded murmur3-32: cheap, well mixed.
+    Fast,
+    /// Toeplitz with a 40-byte key: the same hash a NIC's RSS computes.
+    Toeplitz,
+}
+
+impl From<HashArg> for HashKind {
+    fn from(h: HashArg) -> Self {
+        match h {
+            HashArg::Fast => HashKind::Fast,
+            HashArg::Toeplitz => HashKind::Toeplitz,
+        }
+    }
+}
+
+/// The inputs of CPU choice, shared by `steer run` and `steer hash` so both
+/// compute exactly the same thing.
+#[derive(Clone, Debug)]
+pub struct HashSettings {
+    pub kind: HashKind,
+    pub key: [u8; 40],
+    pub seed: u32,
+    pub symmetric: bool,
+    pub table_size: u32,
+    pub cpus: Vec<u32>,
+}
+
+/// What `steer hash` prints for a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Choice {
+    pub hash: u32,
+    pub bucket: u32,
+    pub cpu: u32,
+}
+
+impl HashSettings {
+    pub fn new(
+        hash: HashArg,
+        key: Option<&str>,
+        seed: u32,
+        symmetric: bool,
+        table_size: u32,
+        cpus: Vec<u32>,
+    ) -> Result<Self> {
+        if cpus.is_empty() {
+            return Err(Error::EmptyCpuList);
+        }
+        let key = match key {
+            Some(_) if hash != HashArg::Toeplitz => {
+                return Err(Error::BadKey("--key only applies to --hash toeplitz".into()))
+            }
+            Some(k) => parse_key(k)?,
+            None => MS_RSS_KEY,
+        };
+        check_table_size(table_size)?;
+        Ok(Self {
+            kind: hash.into(),
+            key,
+            seed,
+            symmetric,
+            table_size,
+            cpus,
+        })
+    }
+
+    pub fn steer_config(&self) -> SteerConfig {
+        SteerConfig {
+            hash: self.kind as u32,
+            seed: self.seed,
+            table_mask: self.table_size - 1,
+            symmetric: self.symmetric as u32,
+        }
+    }
+
+    pub fn indirection_table(&self) -> Vec<u32> {
+        cpus::indirection_table(&self.cpus, self.table_size)
+    }
+
+    /// Hash, bucket and CPU for `t`, as the XDP program computes them.
+    pub fn choose(&self, t: &Tuple) -> Choice {
+        let table = ToeplitzTable::new(&self.key);
+        let hash = steer_common::hash::flow_hash(self.kind, self.seed, self.symmetric, Some(&table), t)
+            .unwrap_or_default();
+        let bucket = hash & (self.table_size - 1);
+        Choice {
+            hash,
+            bucket,
+            cpu: self.cpus[bucket as usize % self.cpus.len()],
+        }
+    }
+}
+
+/// Parses a 40-byte RSS key written as hex, with or without ':' separators
+/// (the form `ethtool -x` prints).
+pub fn parse_key(s: &str) -> Result<[u8; 40]> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 80 {
+        return Err(Error::BadKey(format!(
+            "\"{s}\" has {} hex digits; a Toeplitz key is 40 bytes (80 hex digits)",
+            hex.len()
+        )));
+    }
+    let mut key = [0u8; 40];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16)
+            .map_err(|_| Error::BadKey(format!("\"{s}\" is not hexadecimal")))?;
+    }
+    Ok(key)
+}
+
+pub fn check_table_size(n: u32) -> Result<()> {
+    if !n.is_power_of_two() || !(1..=MAX_TABLE_SIZE).contains(&n) {
+        return Err(Error::BadValue {
+            what: "--table-size",
+            value: n.to_string(),
+            why: format!("must be a power of two between 1 and {MAX_TABLE_SIZE}"),
+        });
+    }
+    Ok(())
+}
+
+pub fn check_qsize(n: u32) -> Result<()> {
+    if !(1..=MAX_QSIZE).contains(&n) {
+        return Err(Error::BadValue {
+            what: "--qsize",
+            value: n.to_string(),
+            why: format!("must be between 1 and {MAX_QSIZE} frames"),
+        });
+    }
+    Ok(())
+}
+
+/// Everything `steer run` needs, validated.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub iface: String,
+    pub ifindex: u32,
+    pub hash: HashSettings,
+    pub qsize: u32,
+    pub xdp_mode: XdpMode,
+    pub replace: bool,
+}
+
+impl RunOptions {
+    /// Checks the interface and the sizes; `hash` already checked CPUs and key.
+    pub fn new(iface: &str, hash: HashSettings, qsize: u32, xdp_mode: XdpMode, replace: bool) -> Result<Self> {
+        let ifindex = iface::index(iface)?;
+        check_qsize(qsize)?;
+        let online = cpus::online()?;
+        cpus::check_online(&hash.cpus, &online)?;
+        if iface::driver(iface).ok().as_deref() == Some("tun") {
+            return Err(Error::TapUnsupported { iface: iface.into() });
+        }
+        Ok(Self {
+            iface: iface.to_string(),
+            ifindex,
+            hash,
+            qsize,
+            xdp_mode,
+            replace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_accepts_ethtool_form_and_plain_hex() {
+        let colon = "6d:5a:56:da:25:5b:0e:c2:41:67:25:3d:43:a3:8f:b0:d0:ca:2b:cb:ae:7b:30:b4:77:cb:2d:a3:80:30:f2:0c:6a:42:b7:3b:be:ac:01:fa";
+        assert_eq!(parse_key(colon).unwrap(), MS_RSS_KEY);
+        assert_eq!(parse_key(&colon.replace(':', "")).unwrap(), MS_RSS_KEY);
+    }
+
+    #[test]
+    fn key_errors_say_what_is_wrong() {
+        let e = parse_key("abcd").unwrap_err().to_string();
+        assert!(e.contains("4 hex digits") && e.contains("40 bytes"), "{e}");
+        let e = parse_key(&"zz".repeat(40)).unwrap_err().to_string();
+        assert!(e.contains("not hexadecimal"), "{e}");
+    }
+
+    #[test]
+    fn table_size_must_be_power_of_two() {
+        assert!(check_table_size(256).is_ok());
+        assert!(check_table_size(65536).is_ok());
+        for bad in [0, 3, 100, 131072] {
+            let e = check_table_size(bad).unwrap_err().to_string();
+            assert!(e.contains(&bad.to_string()), "{e}");
+        }
+    }
+
+    #[test]
+    fn qsize_bounds() {
+        assert!(check_qsize(2048).is_ok());
+        assert!(check_qsize(0).is_err());
+        assert!(check_qsize(100_000).is_err());
+    }
+
+    #[test]
+    fn choice_follows_the_table() {
+        let s = HashSettings::new(HashArg::Toeplitz, None, 0, false, 128, vec![3, 5]).unwrap();
+        let t = Tuple::new(
+            "66.9.149.187".parse().unwrap(),
+            2794,
+            "161.142.100.80".parse().unwrap(),
+            1766,
+            6,
+        )
+        .unwrap();
+        let c = s.choose(&t);
+        assert_eq!(c.hash, 0x51ccc178);
+        assert_eq!(c.bucket, 0x51ccc178 & 127);
+        assert_eq!(c.cpu, s.indirection_table()[c.bucket as usize]);
+    }
+
+    #[test]
+    fn key_with_fast_hash_is_refused() {
+        let k = "00".repeat(40);
+        assert!(HashSettings::new(HashArg::Fast, Some(&k), 0, false, 256, vec![0]).is_err());
+    }
+}

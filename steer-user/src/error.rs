@@ -1,0 +1,59 @@
+//! Errors of the steer library. Each says what was wrong, with the value, and
+//! what to do about it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface \"{0}\" does not exist (list them with `ls /sys/class/net`)")]
+    NoSuchInterface(String),
+    #[error("invalid CPU list \"{list}\": {why}")]
+    BadCpuList { list: String, why: String },
+    #[error("CPU {cpu} is offline (online: {online})")]
+    CpuOffline { cpu: u32, online: String },
+    #[error("the CPU list is empty")]
+    EmptyCpuList,
+    #[error("invalid RSS key: {0}")]
+    BadKey(String),
+    #[error("invalid {what} {value}: {why}")]
+    BadValue {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error(
+        "interface \"{iface}\" is a TAP device: frames redirected into a CPUMAP are dropped by the IP \
+         layer there (ip_rcv_core, IP_INHDR) on this kernel, so steer refuses it"
+    )]
+    TapUnsupported { iface: String },
+    #[error(
+        "interface \"{iface}\" already has an XDP program attached; stop it first, or pass --replace \
+         (after a crash, `steer restore --iface {iface}` removes steer's own leftovers)"
+    )]
+    XdpBusy { iface: String },
+    #[error("{what} failed: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("eBPF: {0}")]
+    Ebpf(String),
+    #[error("no steer run is attached to \"{iface}\" (nothing pinned at {path})")]
+    NotRunning { iface: String, path: PathBuf },
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn ebpf(e: impl std::fmt::Display) -> Self {
+        Self::Ebpf(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

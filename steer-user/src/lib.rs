@@ -1,0 +1,18 @@
+//! steer's userspace: loader, maps, interface checks and the pieces the CLI,
+//! the lab and the tests share.
+
+pub mod config;
+pub mod cpus;
+pub mod error;
+pub mod iface;
+pub mod loader;
+pub mod mounts;
+pub mod packet;
+pub mod pins;
+pub mod stats;
+pub mod testrun;
+
+pub use error::Error;
+
+/// The eBPF object built from steer-ebpf by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer"));

@@ -1,0 +1,291 @@
+//! Loading steer's eBPF object, filling its maps, attaching the XDP program to
+//! an interface, pinning what other processes read, and undoing all of it.
+
+use std::path::PathBuf;
+
+use aya::{
+    maps::{Array, CpuMap, MapData, PerCpuArray},
+    programs::{links::FdLink, links::PinnedLink, ProgramError, Xdp, XdpMode as AyaXdpMode},
+    Ebpf, EbpfLoader,
+};
+use steer_common::{Counters, GenConfig, HashKind, SteerConfig, ToeplitzTable};
+
+use crate::{
+    config::{HashSettings, RunOptions, XdpMode},
+    cpus,
+    error::{Error, Result},
+    iface, mounts, pins,
+    stats::Snapshot,
+};
+
+/// Name of the steering program in the object.
+pub const STEER_PROG: &str = "steer_xdp";
+/// Name of the lab generator program.
+pub const GEN_PROG: &str = "lab_gen";
+/// Name of the bare XDP_PASS program (cost baseline).
+pub const PASS_PROG: &str = "xdp_pass";
+
+/// Loads the object with maps sized for this machine and `hash`, fills the
+/// maps, and loads (verifies) the steering program. Attaches nothing.
+pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
+    let ncpus = cpus::possible_count()?;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("CPUS", ncpus)
+        .map_max_entries("TARGETS", ncpus)
+        .map_max_entries("INDIR", hash.table_size)
+        .load(crate::EBPF_OBJECT)
+        .map_err(|e| Error::Ebpf(format!("loading the eBPF object: {e}")))?;
+    write_config(&mut ebpf, hash)?;
+    {
+        let mut cpumap = CpuMap::try_from(map_mut(&mut ebpf, "CPUS")?).map_err(Error::ebpf)?;
+        for &cpu in &hash.cpus {
+            cpumap
+                .set(cpu, qsize, None, 0)
+                .map_err(|e| Error::Ebpf(format!("adding CPU {cpu} to the CPUMAP (qsize {qsize}): {e}")))?;
+        }
+    }
+    program(&mut ebpf, STEER_PROG)?
+        .load()
+        .map_err(|e| Error::Ebpf(format!("verifier rejected {STEER_PROG}: {}", verifier_detail(&e))))?;
+    Ok(ebpf)
+}
+
+/// Writes the configuration, indirection table and Toeplitz table. Safe on a
+/// live program: each entry is replaced atomically.
+pub fn write_config(ebpf: &mut Ebpf, hash: &HashSettings) -> Result<()> {
+    if hash.kind == HashKind::Toeplitz {
+        let mut t = Array::<_, ToeplitzTable>::try_from(map_mut(ebpf, "TOEPLITZ")?).map_err(Error::ebpf)?;
+        t.set(0, ToeplitzTable::new(&hash.key), 0).map_err(Error::ebpf)?;
+    }
+    {
+        let mut indir = Array::<_, u32>::try_from(map_mut(ebpf, "INDIR")?).map_err(Error::ebpf)?;
+        for (bucket, cpu) in hash.indirection_table().into_iter().enumerate() {
+            indir.set(bucket as u32, cpu, 0).map_err(Error::ebpf)?;
+        }
+    }
+    let mut cfg = Array::<_, SteerConfig>::try_from(map_mut(ebpf, "CONFIG")?).map_err(Error::ebpf)?;
+    cfg.set(0, hash.steer_config(), 0).map_err(Error::ebpf)
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| Error::Ebpf(format!("map {name} missing from the object")))
+}
+
+/// The XDP program `name` of the object.
+pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Ebpf(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(Error::ebpf)
+}
+
+fn verifier_detail(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => format!("{io_error}\n{verifier_log}"),
+        other => other.to_string(),
+    }
+}
+
+fn errno(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Reads the program's counters from the loaded maps.
+pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
+    let stats: PerCpuArray<&MapData, Counters> =
+        PerCpuArray::try_from(ebpf.map("STATS").ok_or_else(|| Error::Ebpf("map STATS missing".into()))?)
+            .map_err(Error::ebpf)?;
+    let targets: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(ebpf.map("TARGETS").ok_or_else(|| Error::Ebpf("map TARGETS missing".into()))?)
+            .map_err(Error::ebpf)?;
+    Snapshot::read(&stats, &targets)
+}
+
+/// Loads the lab generator with its configuration.
+pub fn load_generator(ebpf: &mut Ebpf, cfg: GenConfig) -> Result<()> {
+    let mut m = Array::<_, GenConfig>::try_from(map_mut(ebpf, "GEN_CONFIG")?).map_err(Error::ebpf)?;
+    m.set(0, cfg, 0).map_err(Error::ebpf)?;
+    program(ebpf, GEN_PROG)?
+        .load()
+        .map_err(|e| Error::Ebpf(format!("verifier rejected {GEN_PROG}: {}", verifier_detail(&e))))
+}
+
+/// Attach mode actually in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attached {
+    Native,
+    Generic,
+}
+
+/// A steering program attached to an interface, pinned under bpffs.
+/// `stop` (or drop) detaches it and removes the pins.
+pub struct Steering {
+    pub ebpf: Ebpf,
+    pub iface: String,
+    pub mode: Attached,
+    pub driver: String,
+    link: Option<PinnedLink>,
+}
+
+impl Steering {
+    /// Validated options in, attached program out. On any error nothing stays
+    /// attached or pinned.
+    pub fn start(opts: &RunOptions) -> Result<Self> {
+        mounts::ensure_bpffs()?;
+        mounts::ensure_tracefs()?;
+        if pins::has_link(&opts.iface) {
+            if let Some(pid) = pins::live_owner(&opts.iface) {
+                return Err(Error::Ebpf(format!(
+                    "steer (pid {pid}) is already running on \"{}\"",
+                    opts.iface
+                )));
+            }
+            if !opts.replace {
+                return Err(Error::XdpBusy {
+                    iface: opts.iface.clone(),
+                });
+            }
+            log::warn!("removing what an earlier steer run left pinned on {}", opts.iface);
+            pins::remove(&opts.iface)?;
+        }
+        let mut ebpf = load(&opts.hash, opts.qsize)?;
+        let driver = iface::driver(&opts.iface).unwrap_or_else(|_| "unknown".into());
+        let prog = program(&mut ebpf, STEER_PROG)?;
+        let busy = |e: &ProgramError| errno(e) == Some(libc::EBUSY) || errno(e) == Some(libc::EEXIST);
+        let (link_id, mode) = match opts.xdp_mode {
+            XdpMode::Skb => (prog.attach_to_if_index(opts.ifindex, AyaXdpMode::Skb), Attached::Generic),
+            XdpMode::Native => (prog.attach_to_if_index(opts.ifindex, AyaXdpMode::Driver), Attached::Native),
+            XdpMode::Auto => match prog.attach_to_if_index(opts.ifindex, AyaXdpMode::Driver) {
+                Ok(id) => (Ok(id), Attached::Native),
+                Err(e) if busy(&e) => (Err(e), Attached::Native),
+                Err(e) => {
+                    log::warn!(
+                        "native XDP is not available on {} (driver {driver}: {e}); falling back to generic (skb) mode, \
+                         which runs later in the stack and costs more per packet",
+                        opts.iface
+                    );
+                    (prog.attach_to_if_index(opts.ifindex, AyaXdpMode::Skb), Attached::Generic)
+                }
+            },
+        };
+        let link_id = link_id.map_err(|e| {
+            if busy(&e) {
+                Error::XdpBusy {
+                    iface: opts.iface.clone(),
+                }
+            } else {
+                Error::Ebpf(format!("attaching XDP to \"{}\" ({mode:?}): {e}", opts.iface))
+            }
+        })?;
+        let link = prog.take_link(link_id).map_err(Error::ebpf)?;
+        let mut steering = Self {
+            ebpf,
+            iface: opts.iface.clone(),
+            mode,
+            driver,
+            link: None,
+        };
+        // From here on, a failure must leave nothing behind: `pin` cleans up itself.
+        let fd_link = FdLink::try_from(link)
+            .map_err(|e| Error::Ebpf(format!("XDP was attached without a bpf link (old kernel?): {e}")))?;
+        steering.pin(fd_link, opts)?;
+        Ok(steering)
+    }
+
+    fn pin(&mut self, fd_link: FdLink, opts: &RunOptions) -> Result<()> {
+        let dir = pins::dir(&self.iface);
+        let res = (|| {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            for (map, pin) in [
+                ("STATS", pins::STATS),
+                ("TARGETS", pins::TARGETS),
+                ("CONFIG", pins::CONFIG),
+                ("INDIR", pins::INDIR),
+                ("CPUS", pins::CPUS),
+            ] {
+                let m = self
+                    .ebpf
+                    .map(map)
+                    .ok_or_else(|| Error::Ebpf(format!("map {map} missing")))?;
+                m.pin(dir.join(pin))
+                    .map_err(|e| Error::Ebpf(format!("pinning {map} at {}: {e}", dir.display())))?;
+            }
+            let run_dir = pins::run_dir(&self.iface);
+            std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
+            let meta = serde_json::json!({
+                "pid": std::process::id(),
+                "iface": self.iface,
+                "mode": self.mode,
+                "cpus": opts.hash.cpus,
+                "hash": format!("{:?}", opts.hash.kind).to_lowercase(),
+                "seed": opts.hash.seed,
+                "symmetric": opts.hash.symmetric,
+                "table_size": opts.hash.table_size,
+                "qsize": opts.qsize,
+            });
+            std::fs::write(pins::run_file(&self.iface), meta.to_string())
+                .map_err(|e| Error::io("writing the run file", e))?;
+            fd_link
+                .pin(dir.join(pins::LINK))
+                .map_err(|e| Error::Ebpf(format!("pinning the XDP link: {e}")))
+        })();
+        match res {
+            Ok(link) => {
+                self.link = Some(link);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = pins::remove(&self.iface);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        pins::dir(&self.iface)
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        snapshot(&self.ebpf)
+    }
+
+    /// Applies new hash settings to the live maps without detaching.
+    pub fn reconfigure(&mut self, hash: &HashSettings) -> Result<()> {
+        write_config(&mut self.ebpf, hash)
+    }
+
+    /// Detaches the program and removes every pin.
+    pub fn stop(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let mut first_err = None;
+        if let Some(link) = self.link.take() {
+            match link.unpin() {
+                // Dropping the last fd of an unpinned link detaches the program.
+                Ok(fd_link) => drop(fd_link),
+                Err(e) => first_err = Some(Error::io("unpinning the XDP link", e)),
+            }
+        }
+        if let Err(e) = pins::remove(&self.iface) {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        if self.link.is_some() {
+            if let Err(e) = self.teardown() {
+                log::error!("cleaning up {}: {e}", self.iface);
+            }
+        }
+    }
+}

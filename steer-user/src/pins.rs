@@ -1,0 +1,95 @@
+//! Where a running steer leaves its objects, so that other processes
+//! (`steer stats`, `steer restore`, tests) can find them:
+//! `/sys/fs/bpf/steer/IFACE/{link,stats,targets,config,indir,cpus}`, plus
+//! `/run/steer/IFACE/run.json` with the owner's pid and settings.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{MapData, PerCpuArray};
+use steer_common::Counters;
+
+use crate::{
+    error::{Error, Result},
+    mounts,
+};
+
+pub const LINK: &str = "link";
+pub const STATS: &str = "stats";
+pub const TARGETS: &str = "targets";
+pub const CONFIG: &str = "config";
+pub const INDIR: &str = "indir";
+pub const CPUS: &str = "cpus";
+/// Every pin steer makes, the link first so that removing in order detaches first.
+pub const ALL: [&str; 6] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS];
+
+pub fn dir(iface: &str) -> PathBuf {
+    Path::new(mounts::BPFFS).join("steer").join(iface)
+}
+
+pub fn run_dir(iface: &str) -> PathBuf {
+    Path::new("/run/steer").join(iface)
+}
+
+pub fn run_file(iface: &str) -> PathBuf {
+    run_dir(iface).join("run.json")
+}
+
+/// The pid recorded by the run that pinned `iface`'s objects, if it is alive.
+pub fn live_owner(iface: &str) -> Option<u32> {
+    let s = std::fs::read_to_string(run_file(iface)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+    let pid = v.get("pid")?.as_u64()? as u32;
+    (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+/// Whether a previous run left a pinned link for `iface`.
+pub fn has_link(iface: &str) -> bool {
+    dir(iface).join(LINK).exists()
+}
+
+/// Removes every pin of `iface` (unpinning the link detaches the program once
+/// no process holds it) and the run file. Returns what was removed.
+pub fn remove(iface: &str) -> Result<Vec<String>> {
+    let d = dir(iface);
+    let mut removed = Vec::new();
+    for name in ALL {
+        let p = d.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => removed.push(p.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("unpinning {}", p.display()), e)),
+        }
+    }
+    for p in [d.as_path(), &run_dir(iface)] {
+        if p.exists() {
+            let _ = std::fs::remove_file(run_file(iface));
+            std::fs::remove_dir(p).map_err(|e| Error::io(format!("removing {}", p.display()), e))?;
+            removed.push(p.display().to_string());
+        }
+    }
+    Ok(removed)
+}
+
+/// The counters maps of a running steer, opened from their pins.
+pub struct Pinned {
+    pub stats: PerCpuArray<MapData, Counters>,
+    pub targets: PerCpuArray<MapData, u64>,
+}
+
+impl Pinned {
+    pub fn open(iface: &str) -> Result<Self> {
+        let d = dir(iface);
+        if !d.join(STATS).exists() {
+            return Err(Error::NotRunning {
+                iface: iface.into(),
+                path: d,
+            });
+        }
+        let open = |name: &str| {
+            MapData::from_pin(d.join(name)).map_err(|e| Error::Ebpf(format!("opening pinned map {name}: {e}")))
+        };
+        let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(STATS)?)).map_err(Error::ebpf)?;
+        let targets = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(TARGETS)?)).map_err(Error::ebpf)?;
+        Ok(Self { stats, targets })
+    }
+}
