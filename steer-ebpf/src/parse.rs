@@ -143,15 +143,18 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Tuple, PassReason> {
 /// fragments of one datagram land on one CPU.
 #[inline(always)]
 fn l4(ctx: &XdpContext, off: usize, fragmented: bool, mut t: Tuple) -> Result<Tuple, PassReason> {
-    let min = match t.proto {
-        IPPROTO_TCP => 20,
-        IPPROTO_UDP => 8,
-        _ => return Err(PassReason::UnknownL4),
-    };
+    if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
+        return Err(PassReason::UnknownL4);
+    }
     if fragmented {
         return Ok(t);
     }
-    let h = bytes(ctx, off, min).ok_or(PassReason::Truncated)?;
+    let h = if t.proto == IPPROTO_TCP {
+        bytes(ctx, off, 20)
+    } else {
+        bytes(ctx, off, 8)
+    };
+    let h = h.ok_or(PassReason::Truncated)?;
     t.ports = load_raw32(h, 0);
     t.has_ports = 1;
     Ok(t)

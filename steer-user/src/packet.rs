@@ -84,7 +84,8 @@ impl Frame {
         let opt_len = options.len().div_ceil(4) * 4;
         let ihl = (20 + opt_len) / 4;
         self.buf.push(0x40 | ihl as u8);
-        self.buf.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0x40, 0, 64, 0, 0, 0]);
+        // tos, total length, id, flags (DF) + fragment offset, ttl, protocol, checksum
+        self.buf.extend_from_slice(&[0, 0, 0, 0, 0, 0x40, 0, 64, 0, 0, 0]);
         self.buf.extend_from_slice(&src.octets());
         self.buf.extend_from_slice(&dst.octets());
         self.buf.extend_from_slice(options);
@@ -239,6 +240,8 @@ mod tests {
         assert_eq!(&f[12..14], &[0x08, 0x00]);
         assert_eq!(u16::from_be_bytes([f[16], f[17]]), 46);
         assert_eq!(f[23], 17);
+        assert_eq!(&f[20..22], &[0x40, 0], "DF, not a fragment");
+        assert_eq!(&f[26..34], &[198, 18, 0, 1, 198, 18, 0, 2]);
         assert_eq!(checksum(&f[14..34]), 0, "a valid header sums to zero");
         assert_eq!(u16::from_be_bytes([f[38], f[39]]), 26);
     }

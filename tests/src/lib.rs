@@ -1,1 +1,279 @@
+//! The shared test library: network namespaces and veth pairs made by the
+//! tests themselves (unique names, always removed), helpers to run code or the
+//! steer binary inside a namespace, and readers for the kernel's counters.
+//!
+//! Every privileged test calls [`require_root`] first: without root these
+//! tests cannot say anything, so they fail with the reason instead of passing.
 
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test loads eBPF and creates network namespaces: run it as root (cargo xtask test)");
+}
+
+/// The steer binary `cargo xtask test` built (STEER_BIN), or the workspace's debug build.
+pub fn steer_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STEER_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/steer");
+    assert!(p.exists(), "no steer binary at {}: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+/// Runs `ip` with `args` (tests only: the product never shells out).
+pub fn ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn unique() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{:x}{}", std::process::id() & 0xfffff, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Two namespaces joined by a veth pair: `tx` sends, `rx` receives and is
+/// where steer attaches. Removed on drop, whatever happened.
+pub struct Lab {
+    pub tx_ns: String,
+    pub rx_ns: String,
+    pub tx_if: String,
+    pub rx_if: String,
+    pub tx_mac: [u8; 6],
+    pub rx_mac: [u8; 6],
+    pub tx_ip: &'static str,
+    pub rx_ip: &'static str,
+    pub tx_ip6: &'static str,
+    pub rx_ip6: &'static str,
+}
+
+impl Lab {
+    pub fn new() -> Result<Self> {
+        require_root();
+        let id = unique();
+        let lab = Self {
+            tx_ns: format!("steer-tx-{id}"),
+            rx_ns: format!("steer-rx-{id}"),
+            tx_if: format!("stt{id}"),
+            rx_if: format!("str{id}"),
+            tx_mac: [0x02, 0x5e, 0, 0, 0, 1],
+            rx_mac: [0x02, 0x5e, 0, 0, 0, 2],
+            tx_ip: "198.18.0.1",
+            rx_ip: "198.18.0.2",
+            tx_ip6: "2001:db8:5e::1",
+            rx_ip6: "2001:db8:5e::2",
+        };
+        ip(&["netns", "add", &lab.tx_ns])?;
+        ip(&["netns", "add", &lab.rx_ns])?;
+        ip(&[
+            "link", "add", &lab.tx_if, "netns", &lab.tx_ns, "address", "02:5e:00:00:00:01", "type", "veth", "peer",
+            "name", &lab.rx_if, "netns", &lab.rx_ns, "address", "02:5e:00:00:00:02",
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&lab.tx_ns, &lab.tx_if, lab.tx_ip, lab.tx_ip6),
+            (&lab.rx_ns, &lab.rx_if, lab.rx_ip, lab.rx_ip6),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
+            ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        // Static neighbours: no ARP/ND round trips in the way of the traffic.
+        ip(&["-n", &lab.tx_ns, "neigh", "add", lab.rx_ip, "lladdr", "02:5e:00:00:00:02", "dev", &lab.tx_if])?;
+        ip(&["-n", &lab.rx_ns, "neigh", "add", lab.tx_ip, "lladdr", "02:5e:00:00:00:01", "dev", &lab.rx_if])?;
+        Ok(lab)
+    }
+
+    /// Whether any XDP program is attached to the receiving veth.
+    pub fn rx_has_xdp(&self) -> Result<bool> {
+        let out = ip(&["-n", &self.rx_ns, "-d", "link", "show", "dev", &self.rx_if])?;
+        Ok(out.contains("prog/xdp") || out.contains("xdpgeneric") || out.contains("xdp "))
+    }
+
+    /// `steer ARGS` inside the receiving namespace.
+    pub fn steer(&self, args: &[&str]) -> Command {
+        in_ns_command(&self.rx_ns, steer_bin(), args)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting the namespaces deletes the veth pair with them.
+        let _ = ip(&["netns", "del", &self.tx_ns]);
+        let _ = ip(&["netns", "del", &self.rx_ns]);
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/steer/{}", self.rx_if));
+        let _ = std::fs::remove_dir_all(format!("/run/steer/{}", self.rx_if));
+    }
+}
+
+fn ns_file(ns: &str) -> Result<File> {
+    File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening network namespace {ns}"))
+}
+
+/// A command that runs in network namespace `ns` and nothing else: unlike
+/// `ip netns exec` it keeps the mount namespace, so bpffs pins are shared
+/// with the test and with other steer processes.
+pub fn in_ns_command(ns: &str, program: impl Into<PathBuf>, args: &[&str]) -> Command {
+    let mut c = Command::new(program.into());
+    c.args(args);
+    let path = format!("/run/netns/{ns}");
+    // SAFETY: only async-signal-safe calls (open, setns) between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            let f = File::open(&path)?;
+            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+/// Runs `f` on a new thread that has entered network namespace `ns`.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = ns_file(ns)?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, with a namespace fd we hold.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// `/proc/net/snmp` of the namespace the calling thread is in, as "Group.Field" -> value.
+pub fn snmp_here() -> Result<HashMap<String, u64>> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").context("reading snmp")?;
+    let mut out = HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        if let [names, values] = pair {
+            let (group, names) = names.split_once(':').unwrap_or(("", names));
+            let values = values.split_once(':').map(|v| v.1).unwrap_or(values);
+            for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                if let Ok(v) = v.parse::<i64>() {
+                    out.insert(format!("{group}.{n}"), v.max(0) as u64);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `/proc/net/snmp` of network namespace `ns`.
+pub fn snmp(ns: &str) -> Result<HashMap<String, u64>> {
+    in_ns(ns, snmp_here)?
+}
+
+/// Per-CPU "processed" column of /proc/net/softnet_stat.
+pub fn softnet_processed() -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat").context("reading softnet_stat")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|h| u64::from_str_radix(h, 16).unwrap_or(0))
+        .collect())
+}
+
+/// A running `steer run`, stopped with SIGTERM on drop.
+pub struct SteerRun {
+    pub child: Child,
+    pub iface: String,
+}
+
+impl SteerRun {
+    /// Starts `steer run --iface IF ARGS` in the lab's receiving namespace and
+    /// waits until its maps are pinned.
+    pub fn start(lab: &Lab, args: &[&str]) -> Result<Self> {
+        let mut all = vec!["run", "--iface", &lab.rx_if, "--quiet"];
+        all.extend_from_slice(args);
+        let child = lab
+            .steer(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting steer run")?;
+        let mut run = Self {
+            child,
+            iface: lab.rx_if.clone(),
+        };
+        let link = PathBuf::from(format!("/sys/fs/bpf/steer/{}/link", lab.rx_if));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !link.exists() {
+            if let Some(st) = run.child.try_wait()? {
+                let out = run.output_now();
+                bail!("steer run exited early ({st}): {out}");
+            }
+            if Instant::now() > deadline {
+                bail!("steer run did not pin {} within 20 s", link.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(run)
+    }
+
+    fn output_now(&mut self) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// SIGTERM, then wait (bounded); returns the exit status success and stderr.
+    pub fn stop(mut self) -> Result<(bool, String)> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                let out = self.output_now();
+                return Ok((st.success(), out));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("steer run did not exit within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for SteerRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The XDP program in the kernel, one crafted frame per packet class, through
+//! BPF_PROG_TEST_RUN (Katran style: a row per case). For every frame we check
+//! the verdict, that the frame is untouched, why it was passed, and for
+//! redirects that the CPU chosen equals what `steer hash` computes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::Ebpf;
+use steer::{
+    config::{HashArg, HashSettings},
+    loader::{self, STEER_PROG},
+    packet::{Frame, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP},
+    stats::Snapshot,
+    testrun,
+};
+use steer_common::{
+    tuple::{IPPROTO_TCP, IPPROTO_UDP},
+    PassReason, Tuple,
+};
+use steer_tests::require_root;
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+enum Expect {
+    Steer(Tuple),
+    Pass(PassReason),
+}
+
+struct Fixture {
+    name: String,
+    frame: Vec<u8>,
+    expect: Expect,
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+fn tuple(src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> Tuple {
+    Tuple::new(src.parse::<IpAddr>().unwrap(), sport, dst.parse::<IpAddr>().unwrap(), dport, proto).unwrap()
+}
+fn eth() -> Frame {
+    Frame::eth(MAC_B, MAC_A)
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let (a4, b4) = ("198.18.0.1", "198.18.0.2");
+    let (a6, b6) = ("2001:db8::1", "2001:db8::2");
+    let mut f = vec![];
+    let mut add = |name: &str, frame: Vec<u8>, expect: Expect| {
+        f.push(Fixture {
+            name: name.to_string(),
+            frame,
+            expect,
+        })
+    };
+    let t4 = tuple(a4, 40000, b4, 80, IPPROTO_TCP);
+    let u4 = tuple(a4, 5353, b4, 53, IPPROTO_UDP);
+    let t6 = tuple(a6, 40000, b6, 443, IPPROTO_TCP);
+    let u6 = tuple(a6, 5353, b6, 53, IPPROTO_UDP);
+
+    add("ipv4 tcp", eth().ipv4(v4(a4), v4(b4)).tcp(40000, 80).payload(10).build(), Expect::Steer(t4));
+    add("ipv4 udp", eth().ipv4(v4(a4), v4(b4)).udp(5353, 53).payload(10).build(), Expect::Steer(u4));
+    add("ipv6 tcp", eth().ipv6(v6(a6), v6(b6)).tcp(40000, 443).build(), Expect::Steer(t6));
+    add("ipv6 udp", eth().ipv6(v6(a6), v6(b6)).udp(5353, 53).payload(3).build(), Expect::Steer(u6));
+    add(
+        "vlan ipv4 tcp",
+        eth().vlan(ETH_P_8021Q, 10).ipv4(v4(a4), v4(b4)).tcp(40000, 80).build(),
+        Expect::Steer(t4),
+    );
+    add(
+        "qinq ipv6 udp",
+        eth().vlan(ETH_P_8021AD, 10).vlan(ETH_P_8021Q, 20).ipv6(v6(a6), v6(b6)).udp(5353, 53).build(),
+        Expect::Steer(u6),
+    );
+    add(
+        "qinq ipv4 tcp",
+        eth().vlan(ETH_P_8021Q, 10).vlan(ETH_P_8021Q, 20).ipv4(v4(a4), v4(b4)).tcp(40000, 80).build(),
+        Expect::Steer(t4),
+    );
+    add(
+        "ipv4 options (timestamp, 12 bytes) tcp",
+        eth().ipv4_opts(v4(a4), v4(b4), &[0x44, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0]).tcp(40000, 80).build(),
+        Expect::Steer(t4),
+    );
+    add(
+        "ipv4 maximal options (40 bytes) udp",
+        eth().ipv4_opts(v4(a4), v4(b4), &[1; 40]).udp(5353, 53).build(),
+        Expect::Steer(u4),
+    );
+    add(
+        "ipv4 first fragment udp: addresses only",
+        eth().ipv4(v4(a4), v4(b4)).fragment(0, true).udp(5353, 53).payload(64).build(),
+        Expect::Steer(u4.without_ports()),
+    );
+    add(
+        "ipv4 later fragment udp: addresses only",
+        eth().ipv4(v4(a4), v4(b4)).fragment(185, false).ip_proto(IPPROTO_UDP).payload(40).build(),
+        Expect::Steer(u4.without_ports()),
+    );
+    add(
+        "ipv4 later fragment, 3 bytes of payload: addresses only",
+        eth().ipv4(v4(a4), v4(b4)).fragment(3, true).ip_proto(IPPROTO_TCP).payload(3).build(),
+        Expect::Steer(t4.without_ports()),
+    );
+    add(
+        "ipv6 hop-by-hop + destination options tcp",
+        eth().ipv6(v6(a6), v6(b6)).ipv6_ext(0, 0).ipv6_ext(60, 1).tcp(40000, 443).build(),
+        Expect::Steer(t6),
+    );
+    add(
+        "ipv6 routing header udp",
+        eth().ipv6(v6(a6), v6(b6)).ipv6_ext(43, 2).udp(5353, 53).build(),
+        Expect::Steer(u6),
+    );
+    add(
+        "ipv6 first fragment udp: addresses only",
+        eth().ipv6(v6(a6), v6(b6)).ipv6_fragment(0, true).udp(5353, 53).payload(64).build(),
+        Expect::Steer(u6.without_ports()),
+    );
+    add(
+        "ipv6 later fragment: addresses only",
+        eth().ipv6(v6(a6), v6(b6)).ipv6_fragment(100, false).ip_proto(IPPROTO_UDP).payload(16).build(),
+        Expect::Steer(u6.without_ports()),
+    );
+    add(
+        "ipv6 six extension headers tcp (the most steer walks)",
+        (0..6).fold(eth().ipv6(v6(a6), v6(b6)), |fr, _| fr.ipv6_ext(60, 0)).tcp(40000, 443).build(),
+        Expect::Steer(t6),
+    );
+    add(
+        "ipv6 seven extension headers: pass",
+        (0..7).fold(eth().ipv6(v6(a6), v6(b6)), |fr, _| fr.ipv6_ext(60, 0)).tcp(40000, 443).build(),
+        Expect::Pass(PassReason::ExtHeaderLimit),
+    );
+    add("arp: pass", eth().ethertype(ETH_P_ARP, &[0, 1, 8, 0, 6, 4, 0, 1]).payload(20).build(), Expect::Pass(PassReason::NonIp));
+    add("vlan arp: pass", eth().vlan(ETH_P_8021Q, 5).ethertype(ETH_P_ARP, &[0; 28]).build(), Expect::Pass(PassReason::NonIp));
+    add("icmp: pass", eth().ipv4(v4(a4), v4(b4)).icmp_echo().payload(8).build(), Expect::Pass(PassReason::UnknownL4));
+    add("icmpv6: pass", eth().ipv6(v6(a6), v6(b6)).icmp_echo().build(), Expect::Pass(PassReason::UnknownL4));
+    add("gre: pass", eth().ipv4(v4(a4), v4(b4)).ip_proto(47).payload(8).build(), Expect::Pass(PassReason::UnknownL4));
+    let mut bad_ihl = eth().ipv4(v4(a4), v4(b4)).tcp(1, 2).build();
+    bad_ihl[14] = 0x44; // IHL 4 (16 bytes) is below the minimum
+    add("ipv4 ihl 4: pass", bad_ihl, Expect::Pass(PassReason::BadIpHeader));
+    let mut bad_ver = eth().ipv4(v4(a4), v4(b4)).tcp(1, 2).build();
+    bad_ver[14] = 0x65; // EtherType IPv4, version 6
+    add("ipv4 ethertype, version 6: pass", bad_ver, Expect::Pass(PassReason::BadIpHeader));
+    let mut bad_ver6 = eth().ipv6(v6(a6), v6(b6)).tcp(1, 2).build();
+    bad_ver6[14] = 0x45;
+    add("ipv6 ethertype, version 4: pass", bad_ver6, Expect::Pass(PassReason::BadIpHeader));
+
+    // Truncated at every header boundary (and inside each header).
+    let full4 = eth().vlan(ETH_P_8021Q, 7).ipv4_opts(v4(a4), v4(b4), &[1; 8]).tcp(40000, 80).build();
+    // eth 14 | vlan 18 | ipv4 base 38 | options 46 | tcp 66
+    for cut in [14, 16, 18, 30, 38, 42, 46, 50, 65] {
+        add(&format!("vlan ipv4+opts tcp cut at {cut}: pass"), full4[..cut].to_vec(), Expect::Pass(PassReason::Truncated));
+    }
+    let full6 = eth().ipv6(v6(a6), v6(b6)).ipv6_ext(0, 1).ipv6_fragment(0, false).udp(5353, 53).build();
+    // eth 14 | ipv6 54 | hop-by-hop 70 | fragment 78 | udp 86
+    for cut in [20, 53, 54, 55, 69, 70, 77, 78, 85] {
+        add(&format!("ipv6 ext udp cut at {cut}: pass"), full6[..cut].to_vec(), Expect::Pass(PassReason::Truncated));
+    }
+    f
+}
+
+fn load(settings: &HashSettings) -> Ebpf {
+    loader::load(settings, 256).expect("load steer (verifier)")
+}
+
+fn run_fixtures(settings: &HashSettings) {
+    let mut ebpf = load(settings);
+    let mut failures = vec![];
+    for fx in fixtures() {
+        let before = loader::snapshot(&ebpf).unwrap();
+        let prog = loader::program(&mut ebpf, STEER_PROG).unwrap();
+        let out = testrun::run(prog.fd().unwrap(), &fx.frame, 1).expect("BPF_PROG_TEST_RUN");
+        let after = loader::snapshot(&ebpf).unwrap();
+        let d = after.since(&before);
+        let total = d.total();
+        let line = match &fx.expect {
+            Expect::Steer(t) => {
+                let want = settings.choose(t);
+                let got_cpu = cpu_that_got(&d);
+                let ok = out.retval == XDP_REDIRECT && total.redirected == 1 && got_cpu == Some(want.cpu);
+                format!(
+                    "{} {:<55} verdict {} cpu {:?} (steer hash: 0x{:08x} bucket {} cpu {})",
+                    if ok { "ok  " } else { "FAIL" },
+                    fx.name,
+                    out.retval,
+                    got_cpu,
+                    want.hash,
+                    want.bucket,
+                    want.cpu
+                )
+            }
+            Expect::Pass(reason) => {
+                let ok = out.retval == XDP_PASS && total.passed[*reason as usize] == 1 && total.passed_total() == 1;
+                format!(
+                    "{} {:<55} verdict {} passed as {:?}",
+                    if ok { "ok  " } else { "FAIL" },
+                    fx.name,
+                    out.retval,
+                    steer_common::PassReason::ALL
+                        .iter()
+                        .find(|r| total.passed[**r as usize] > 0)
+                        .map(|r| r.name())
+                )
+            }
+        };
+        let untouched = out.data_out == fx.frame;
+        println!("{line}{}", if untouched { "" } else { " FRAME MODIFIED" });
+        assert_eq!(total.seen, 1, "{}: seen once", fx.name);
+        if line.starts_with("FAIL") || !untouched {
+            failures.push(fx.name);
+        }
+    }
+    assert!(failures.is_empty(), "fixtures failed: {failures:?}");
+}
+
+fn cpu_that_got(d: &Snapshot) -> Option<u32> {
+    let cpus: Vec<u32> = d
+        .steered_in
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, _)| c as u32)
+        .collect();
+    match cpus.as_slice() {
+        [c] => Some(*c),
+        _ => None,
+    }
+}
+
+fn online() -> Vec<u32> {
+    steer::cpus::online().unwrap()
+}
+
+#[test]
+fn fixtures_fast_hash() {
+    require_root();
+    run_fixtures(&HashSettings::new(HashArg::Fast, None, 0, false, 256, online()).unwrap());
+}
+
+#[test]
+fn fixtures_toeplitz_hash() {
+    require_root();
+    run_fixtures(&HashSettings::new(HashArg::Toeplitz, None, 0, false, 64, online()).unwrap());
+}
+
+#[test]
+fn fixtures_symmetric_seeded_custom_key() {
+    require_root();
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff0011223344556677";
+    run_fixtures(&HashSettings::new(HashArg::Toeplitz, Some(key), 0, true, 1024, online()).unwrap());
+    run_fixtures(&HashSettings::new(HashArg::Fast, None, 0xdead_beef, true, 16, online()).unwrap());
+}
+
+#[test]
+fn reverse_direction_lands_on_the_same_cpu_when_symmetric() {
+    require_root();
+    // Many flows, so that "same CPU" cannot be luck on a 2-CPU machine.
+    let settings = HashSettings::new(HashArg::Toeplitz, None, 0, true, 256, online()).unwrap();
+    let mut ebpf = load(&settings);
+    for port in 1000..1064u16 {
+        let mut cpus = vec![];
+        for frame in [
+            eth().ipv4(v4("198.18.0.1"), v4("198.18.0.2")).tcp(port, 80).build(),
+            eth().ipv4(v4("198.18.0.2"), v4("198.18.0.1")).tcp(80, port).build(),
+        ] {
+            let before = loader::snapshot(&ebpf).unwrap();
+            let prog = loader::program(&mut ebpf, STEER_PROG).unwrap();
+            assert_eq!(testrun::run(prog.fd().unwrap(), &frame, 1).unwrap().retval, XDP_REDIRECT);
+            cpus.push(cpu_that_got(&loader::snapshot(&ebpf).unwrap().since(&before)));
+        }
+        assert_eq!(cpus[0], cpus[1], "port {port}");
+    }
+}
+
+#[test]
+fn unsteerable_cpu_queue_falls_back_to_pass_and_is_counted() {
+    require_root();
+    // The indirection table names CPUs 0 and 1 but the CPUMAP only has CPU 0:
+    // flows hashed to CPU 1 must be passed, never dropped.
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, vec![0, 1]).unwrap();
+    let mut ebpf = load(&settings);
+    let fd = {
+        let m = ebpf.map("CPUS").unwrap();
+        let aya::maps::Map::CpuMap(data) = m else { panic!("CPUS is not a cpumap") };
+        use std::os::fd::{AsFd, AsRawFd};
+        data.fd().as_fd().as_raw_fd()
+    };
+    delete_elem(fd, 1);
+    let mut passed_err = 0;
+    for port in 0..32u16 {
+        let frame = eth().ipv4(v4("198.18.0.1"), v4("198.18.0.2")).udp(2000 + port, 9).build();
+        let want = settings.choose(&tuple("198.18.0.1", 2000 + port, "198.18.0.2", 9, IPPROTO_UDP));
+        let before = loader::snapshot(&ebpf).unwrap();
+        let prog = loader::program(&mut ebpf, STEER_PROG).unwrap();
+        let out = testrun::run(prog.fd().unwrap(), &frame, 1).unwrap();
+        let d = loader::snapshot(&ebpf).unwrap().since(&before).total();
+        if want.cpu == 1 {
+            assert_eq!(out.retval, XDP_PASS, "port {port}");
+            assert_eq!(d.redirect_err, 1);
+            passed_err += 1;
+        } else {
+            assert_eq!(out.retval, XDP_REDIRECT, "port {port}");
+        }
+    }
+    assert!(passed_err > 0, "no flow hashed to the missing CPU: test proves nothing");
+}
+
+/// BPF_MAP_DELETE_ELEM on a CPUMAP entry (aya 0.14 has no delete for CpuMap).
+fn delete_elem(map_fd: i32, key: u32) {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = Attr {
+        map_fd: map_fd as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: BPF_MAP_DELETE_ELEM (3) with a valid attr.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 3, &attr as *const Attr, std::mem::size_of::<Attr>()) };
+    assert_eq!(rc, 0, "delete cpumap entry: {}", std::io::Error::last_os_error());
+}
