@@ -13,11 +13,7 @@ fn main() -> anyhow::Result<()> {
     // The eBPF crate depends on steer-common: rebuild when it changes too.
     println!("cargo:rerun-if-changed={root}/../steer-common/src");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "steer-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "steer-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Nightly,
     )
 }

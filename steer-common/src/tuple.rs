@@ -38,23 +38,13 @@ impl Tuple {
     ) -> Option<Self> {
         use core::net::IpAddr;
         let (saddr, daddr, family) = match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => (
-                [u32::from_ne_bytes(s.octets()), 0, 0, 0],
-                [u32::from_ne_bytes(d.octets()), 0, 0, 0],
-                4,
-            ),
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                ([u32::from_ne_bytes(s.octets()), 0, 0, 0], [u32::from_ne_bytes(d.octets()), 0, 0, 0], 4)
+            }
             (IpAddr::V6(s), IpAddr::V6(d)) => (words(&s.octets()), words(&d.octets()), 6),
             _ => return None,
         };
-        Some(Self {
-            saddr,
-            daddr,
-            ports: raw_ports(sport, dport),
-            proto,
-            family,
-            has_ports: 1,
-            _pad: 0,
-        })
+        Some(Self { saddr, daddr, ports: raw_ports(sport, dport), proto, family, has_ports: 1, _pad: 0 })
     }
 
     /// The same flow without ports (how fragments are hashed).

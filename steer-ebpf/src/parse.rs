@@ -77,11 +77,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<Tuple, PassReason> {
         return Err(PassReason::BadIpHeader);
     }
     let fragmented = load_be16(ip, 6) & 0x3fff != 0; // MF flag or an offset
-    let mut t = Tuple {
-        proto: load_u8(ip, 9),
-        family: 4,
-        ..Tuple::default()
-    };
+    let mut t = Tuple { proto: load_u8(ip, 9), family: 4, ..Tuple::default() };
     t.saddr[0] = load_raw32(ip, 12);
     t.daddr[0] = load_raw32(ip, 16);
     l4(ctx, off + ihl, fragmented, t)
@@ -93,10 +89,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<Tuple, PassReason> {
     if load_u8(ip, 0) >> 4 != 6 {
         return Err(PassReason::BadIpHeader);
     }
-    let mut t = Tuple {
-        family: 6,
-        ..Tuple::default()
-    };
+    let mut t = Tuple { family: 6, ..Tuple::default() };
     let mut i = 0;
     while i < 4 {
         t.saddr[i] = load_raw32(ip, 8 + i * 4);
@@ -149,11 +142,7 @@ fn l4(ctx: &XdpContext, off: usize, fragmented: bool, mut t: Tuple) -> Result<Tu
     if fragmented {
         return Ok(t);
     }
-    let h = if t.proto == IPPROTO_TCP {
-        bytes(ctx, off, 20)
-    } else {
-        bytes(ctx, off, 8)
-    };
+    let h = if t.proto == IPPROTO_TCP { bytes(ctx, off, 20) } else { bytes(ctx, off, 8) };
     let h = h.ok_or(PassReason::Truncated)?;
     t.ports = load_raw32(h, 0);
     t.has_ports = 1;

@@ -36,16 +36,8 @@ pub fn steer(ctx: &XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return pass(c, PassReason::NoConfig);
     };
-    let kind = if cfg.hash == HashKind::Toeplitz as u32 {
-        HashKind::Toeplitz
-    } else {
-        HashKind::Fast
-    };
-    let table = if kind == HashKind::Toeplitz {
-        TOEPLITZ.get(0)
-    } else {
-        None
-    };
+    let kind = if cfg.hash == HashKind::Toeplitz as u32 { HashKind::Toeplitz } else { HashKind::Fast };
+    let table = if kind == HashKind::Toeplitz { TOEPLITZ.get(0) } else { None };
     let Some(h) = hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, &tuple) else {
         return pass(c, PassReason::NoConfig);
     };

@@ -89,14 +89,7 @@ impl HashSettings {
             None => MS_RSS_KEY,
         };
         check_table_size(table_size)?;
-        Ok(Self {
-            kind: hash.into(),
-            key,
-            seed,
-            symmetric,
-            table_size,
-            cpus,
-        })
+        Ok(Self { kind: hash.into(), key, seed, symmetric, table_size, cpus })
     }
 
     pub fn steer_config(&self) -> SteerConfig {
@@ -118,11 +111,7 @@ impl HashSettings {
         let hash = steer_common::hash::flow_hash(self.kind, self.seed, self.symmetric, Some(&table), t)
             .unwrap_or_default();
         let bucket = hash & (self.table_size - 1);
-        Choice {
-            hash,
-            bucket,
-            cpu: self.cpus[bucket as usize % self.cpus.len()],
-        }
+        Choice { hash, bucket, cpu: self.cpus[bucket as usize % self.cpus.len()] }
     }
 }
 
@@ -179,7 +168,13 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// Checks the interface and the sizes; `hash` already checked CPUs and key.
-    pub fn new(iface: &str, hash: HashSettings, qsize: u32, xdp_mode: XdpMode, replace: bool) -> Result<Self> {
+    pub fn new(
+        iface: &str,
+        hash: HashSettings,
+        qsize: u32,
+        xdp_mode: XdpMode,
+        replace: bool,
+    ) -> Result<Self> {
         let ifindex = iface::index(iface)?;
         check_qsize(qsize)?;
         let online = cpus::online()?;
@@ -187,14 +182,7 @@ impl RunOptions {
         if iface::driver(iface).ok().as_deref() == Some("tun") {
             return Err(Error::TapUnsupported { iface: iface.into() });
         }
-        Ok(Self {
-            iface: iface.to_string(),
-            ifindex,
-            hash,
-            qsize,
-            xdp_mode,
-            replace,
-        })
+        Ok(Self { iface: iface.to_string(), ifindex, hash, qsize, xdp_mode, replace })
     }
 }
 
@@ -237,14 +225,8 @@ mod tests {
     #[test]
     fn choice_follows_the_table() {
         let s = HashSettings::new(HashArg::Toeplitz, None, 0, false, 128, vec![3, 5]).unwrap();
-        let t = Tuple::new(
-            "66.9.149.187".parse().unwrap(),
-            2794,
-            "161.142.100.80".parse().unwrap(),
-            1766,
-            6,
-        )
-        .unwrap();
+        let t = Tuple::new("66.9.149.187".parse().unwrap(), 2794, "161.142.100.80".parse().unwrap(), 1766, 6)
+            .unwrap();
         let c = s.choose(&t);
         assert_eq!(c.hash, 0x51ccc178);
         assert_eq!(c.bucket, 0x51ccc178 & 127);

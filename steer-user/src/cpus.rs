@@ -7,21 +7,14 @@ use crate::error::{Error, Result};
 /// Parses a kernel-style CPU list: comma-separated CPUs and inclusive ranges.
 /// Returns the CPUs sorted, without duplicates.
 pub fn parse_list(list: &str) -> Result<Vec<u32>> {
-    let bad = |why: String| Error::BadCpuList {
-        list: list.to_string(),
-        why,
-    };
+    let bad = |why: String| Error::BadCpuList { list: list.to_string(), why };
     let mut cpus = Vec::new();
     for part in list.trim().split(',') {
         let part = part.trim();
         if part.is_empty() {
             return Err(bad("empty element".into()));
         }
-        let num = |s: &str| {
-            s.trim()
-                .parse::<u32>()
-                .map_err(|_| bad(format!("\"{s}\" is not a CPU number")))
-        };
+        let num = |s: &str| s.trim().parse::<u32>().map_err(|_| bad(format!("\"{s}\" is not a CPU number")));
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (num(a)?, num(b)?);
@@ -98,10 +91,7 @@ pub fn resolve(cpus: Option<&str>) -> Result<Vec<u32>> {
 /// Fails on the first CPU of `wanted` that is not in `online`.
 pub fn check_online(wanted: &[u32], online: &[u32]) -> Result<()> {
     match wanted.iter().find(|c| !online.contains(c)) {
-        Some(&cpu) => Err(Error::CpuOffline {
-            cpu,
-            online: format_list(online),
-        }),
+        Some(&cpu) => Err(Error::CpuOffline { cpu, online: format_list(online) }),
         None => Ok(()),
     }
 }

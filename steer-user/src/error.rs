@@ -16,11 +16,7 @@ pub enum Error {
     #[error("invalid RSS key: {0}")]
     BadKey(String),
     #[error("invalid {what} {value}: {why}")]
-    BadValue {
-        what: &'static str,
-        value: String,
-        why: String,
-    },
+    BadValue { what: &'static str, value: String, why: String },
     #[error(
         "interface \"{iface}\" is a TAP device: frames redirected into a CPUMAP are dropped by the IP \
          layer there (ip_rcv_core, IP_INHDR) on this kernel, so steer refuses it"
@@ -45,10 +41,7 @@ pub enum Error {
 
 impl Error {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            what: what.into(),
-            source,
-        }
+        Self::Io { what: what.into(), source }
     }
 
     pub fn ebpf(e: impl std::fmt::Display) -> Self {

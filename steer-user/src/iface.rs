@@ -95,7 +95,10 @@ pub fn rx_packets(name: &str) -> Result<u64> {
             // SAFETY: ifa_addr checked non-null.
             && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_PACKET;
         // SAFETY: ifa_name is a valid C string for the list's lifetime.
-        if is_packet && !ifa.ifa_data.is_null() && unsafe { CStr::from_ptr(ifa.ifa_name) }.to_bytes() == name.as_bytes() {
+        if is_packet
+            && !ifa.ifa_data.is_null()
+            && unsafe { CStr::from_ptr(ifa.ifa_name) }.to_bytes() == name.as_bytes()
+        {
             // For AF_PACKET entries ifa_data points at struct rtnl_link_stats (u32 counters).
             // SAFETY: as documented in getifaddrs(3).
             let rx = unsafe { *(ifa.ifa_data as *const u32) };

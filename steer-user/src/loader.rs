@@ -68,8 +68,7 @@ pub fn write_config(ebpf: &mut Ebpf, hash: &HashSettings) -> Result<()> {
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| Error::Ebpf(format!("map {name} missing from the object")))
+    ebpf.map_mut(name).ok_or_else(|| Error::Ebpf(format!("map {name} missing from the object")))
 }
 
 /// The XDP program `name` of the object.
@@ -146,9 +145,7 @@ impl Steering {
                 )));
             }
             if !opts.replace {
-                return Err(Error::XdpBusy {
-                    iface: opts.iface.clone(),
-                });
+                return Err(Error::XdpBusy { iface: opts.iface.clone() });
             }
             log::warn!("removing what an earlier steer run left pinned on {}", opts.iface);
             pins::remove(&opts.iface)?;
@@ -175,21 +172,13 @@ impl Steering {
         };
         let link_id = link_id.map_err(|e| {
             if busy(&e) {
-                Error::XdpBusy {
-                    iface: opts.iface.clone(),
-                }
+                Error::XdpBusy { iface: opts.iface.clone() }
             } else {
                 Error::Ebpf(format!("attaching XDP to \"{}\" ({mode:?}): {e}", opts.iface))
             }
         })?;
         let link = prog.take_link(link_id).map_err(Error::ebpf)?;
-        let mut steering = Self {
-            ebpf,
-            iface: opts.iface.clone(),
-            mode,
-            driver,
-            link: None,
-        };
+        let mut steering = Self { ebpf, iface: opts.iface.clone(), mode, driver, link: None };
         // From here on, a failure must leave nothing behind: `pin` cleans up itself.
         let fd_link = FdLink::try_from(link)
             .map_err(|e| Error::Ebpf(format!("XDP was attached without a bpf link (old kernel?): {e}")))?;
@@ -208,15 +197,13 @@ impl Steering {
                 ("INDIR", pins::INDIR),
                 ("CPUS", pins::CPUS),
             ] {
-                let m = self
-                    .ebpf
-                    .map(map)
-                    .ok_or_else(|| Error::Ebpf(format!("map {map} missing")))?;
+                let m = self.ebpf.map(map).ok_or_else(|| Error::Ebpf(format!("map {map} missing")))?;
                 m.pin(dir.join(pin))
                     .map_err(|e| Error::Ebpf(format!("pinning {map} at {}: {e}", dir.display())))?;
             }
             let run_dir = pins::run_dir(&self.iface);
-            std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
+            std::fs::create_dir_all(&run_dir)
+                .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
             let meta = serde_json::json!({
                 "pid": std::process::id(),
                 "iface": self.iface,
@@ -230,9 +217,7 @@ impl Steering {
             });
             std::fs::write(pins::run_file(&self.iface), meta.to_string())
                 .map_err(|e| Error::io("writing the run file", e))?;
-            fd_link
-                .pin(dir.join(pins::LINK))
-                .map_err(|e| Error::Ebpf(format!("pinning the XDP link: {e}")))
+            fd_link.pin(dir.join(pins::LINK)).map_err(|e| Error::Ebpf(format!("pinning the XDP link: {e}")))
         })();
         match res {
             Ok(link) => {

@@ -147,10 +147,7 @@ fn main() -> Result<()> {
 }
 
 fn tokio_rt() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
 }
 
 fn hash(a: HashArgs) -> Result<()> {

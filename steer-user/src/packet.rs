@@ -34,13 +34,7 @@ impl Frame {
         buf.extend_from_slice(&dst);
         buf.extend_from_slice(&src);
         buf.extend_from_slice(&[0, 0]);
-        Self {
-            buf,
-            next: Next::EtherType(12),
-            ipv4_at: None,
-            ipv6_at: None,
-            udp_at: None,
-        }
+        Self { buf, next: Next::EtherType(12), ipv4_at: None, ipv6_at: None, udp_at: None }
     }
 
     fn set_next_ethertype(&mut self, t: u16) {

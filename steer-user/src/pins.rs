@@ -80,16 +80,15 @@ impl Pinned {
     pub fn open(iface: &str) -> Result<Self> {
         let d = dir(iface);
         if !d.join(STATS).exists() {
-            return Err(Error::NotRunning {
-                iface: iface.into(),
-                path: d,
-            });
+            return Err(Error::NotRunning { iface: iface.into(), path: d });
         }
         let open = |name: &str| {
-            MapData::from_pin(d.join(name)).map_err(|e| Error::Ebpf(format!("opening pinned map {name}: {e}")))
+            MapData::from_pin(d.join(name))
+                .map_err(|e| Error::Ebpf(format!("opening pinned map {name}: {e}")))
         };
         let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(STATS)?)).map_err(Error::ebpf)?;
-        let targets = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(TARGETS)?)).map_err(Error::ebpf)?;
+        let targets =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(TARGETS)?)).map_err(Error::ebpf)?;
         Ok(Self { stats, targets })
     }
 }

@@ -30,11 +30,7 @@ impl Snapshot {
                 *slot = v.iter().sum();
             }
         }
-        Ok(Self {
-            at: Instant::now(),
-            per_cpu,
-            steered_in,
-        })
+        Ok(Self { at: Instant::now(), per_cpu, steered_in })
     }
 
     pub fn total(&self) -> Counters {

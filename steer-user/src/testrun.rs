@@ -83,11 +83,7 @@ pub fn run(prog: impl AsFd, frame: &[u8], repeat: u32) -> Result<Outcome> {
     };
     sys_test_run(&mut attr).map_err(|e| Error::io("BPF_PROG_TEST_RUN", e))?;
     out.truncate(attr.data_size_out as usize);
-    Ok(Outcome {
-        retval: attr.retval,
-        duration_ns: attr.duration,
-        data_out: out,
-    })
+    Ok(Outcome { retval: attr.retval, duration_ns: attr.duration, data_out: out })
 }
 
 /// Live frames: the program runs `count` times on copies of `frame` as if it
@@ -95,11 +91,7 @@ pub fn run(prog: impl AsFd, frame: &[u8], repeat: u32) -> Result<Outcome> {
 /// and what it returns is carried out: XDP_TX sends the frame out of that
 /// device. This is how the lab feeds a veth like a NIC's receive ring.
 pub fn run_live(prog: impl AsFd, frame: &[u8], ifindex: u32, count: u32, batch: u32) -> Result<Outcome> {
-    let ctx = XdpMd {
-        data_end: frame.len() as u32,
-        ingress_ifindex: ifindex,
-        ..Default::default()
-    };
+    let ctx = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
     let mut attr = TestAttr {
         prog_fd: prog.as_fd().as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
@@ -112,9 +104,5 @@ pub fn run_live(prog: impl AsFd, frame: &[u8], ifindex: u32, count: u32, batch: 
         ..Default::default()
     };
     sys_test_run(&mut attr).map_err(|e| Error::io("BPF_PROG_TEST_RUN (live frames)", e))?;
-    Ok(Outcome {
-        retval: attr.retval,
-        duration_ns: attr.duration,
-        data_out: Vec::new(),
-    })
+    Ok(Outcome { retval: attr.retval, duration_ns: attr.duration, data_out: Vec::new() })
 }

@@ -20,7 +20,10 @@ use anyhow::{bail, Context as _, Result};
 pub fn require_root() {
     // SAFETY: no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test loads eBPF and creates network namespaces: run it as root (cargo xtask test)");
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF and creates network namespaces: run it as root (cargo xtask test)"
+    );
 }
 
 /// The steer binary `cargo xtask test` built (STEER_BIN), or the workspace's debug build.
@@ -81,13 +84,26 @@ impl Lab {
         ip(&["netns", "add", &lab.tx_ns])?;
         ip(&["netns", "add", &lab.rx_ns])?;
         ip(&[
-            "link", "add", &lab.tx_if, "netns", &lab.tx_ns, "address", "02:5e:00:00:00:01", "type", "veth", "peer",
-            "name", &lab.rx_if, "netns", &lab.rx_ns, "address", "02:5e:00:00:00:02",
+            "link",
+            "add",
+            &lab.tx_if,
+            "netns",
+            &lab.tx_ns,
+            "address",
+            "02:5e:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.rx_if,
+            "netns",
+            &lab.rx_ns,
+            "address",
+            "02:5e:00:00:00:02",
         ])?;
-        for (ns, dev, v4, v6) in [
-            (&lab.tx_ns, &lab.tx_if, lab.tx_ip, lab.tx_ip6),
-            (&lab.rx_ns, &lab.rx_if, lab.rx_ip, lab.rx_ip6),
-        ] {
+        for (ns, dev, v4, v6) in
+            [(&lab.tx_ns, &lab.tx_if, lab.tx_ip, lab.tx_ip6), (&lab.rx_ns, &lab.rx_if, lab.rx_ip, lab.rx_ip6)]
+        {
             ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
             ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
@@ -221,10 +237,7 @@ impl SteerRun {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting steer run")?;
-        let mut run = Self {
-            child,
-            iface: lab.rx_if.clone(),
-        };
+        let mut run = Self { child, iface: lab.rx_if.clone() };
         let link = PathBuf::from(format!("/sys/fs/bpf/steer/{}/link", lab.rx_if));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !link.exists() {

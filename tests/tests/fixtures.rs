@@ -54,11 +54,7 @@ fn fixtures() -> Vec<Fixture> {
     let (a6, b6) = ("2001:db8::1", "2001:db8::2");
     let mut f = vec![];
     let mut add = |name: &str, frame: Vec<u8>, expect: Expect| {
-        f.push(Fixture {
-            name: name.to_string(),
-            frame,
-            expect,
-        })
+        f.push(Fixture { name: name.to_string(), frame, expect })
     };
     let t4 = tuple(a4, 40000, b4, 80, IPPROTO_TCP);
     let u4 = tuple(a4, 5353, b4, 53, IPPROTO_UDP);
@@ -139,11 +135,27 @@ fn fixtures() -> Vec<Fixture> {
         (0..7).fold(eth().ipv6(v6(a6), v6(b6)), |fr, _| fr.ipv6_ext(60, 0)).tcp(40000, 443).build(),
         Expect::Pass(PassReason::ExtHeaderLimit),
     );
-    add("arp: pass", eth().ethertype(ETH_P_ARP, &[0, 1, 8, 0, 6, 4, 0, 1]).payload(20).build(), Expect::Pass(PassReason::NonIp));
-    add("vlan arp: pass", eth().vlan(ETH_P_8021Q, 5).ethertype(ETH_P_ARP, &[0; 28]).build(), Expect::Pass(PassReason::NonIp));
-    add("icmp: pass", eth().ipv4(v4(a4), v4(b4)).icmp_echo().payload(8).build(), Expect::Pass(PassReason::UnknownL4));
+    add(
+        "arp: pass",
+        eth().ethertype(ETH_P_ARP, &[0, 1, 8, 0, 6, 4, 0, 1]).payload(20).build(),
+        Expect::Pass(PassReason::NonIp),
+    );
+    add(
+        "vlan arp: pass",
+        eth().vlan(ETH_P_8021Q, 5).ethertype(ETH_P_ARP, &[0; 28]).build(),
+        Expect::Pass(PassReason::NonIp),
+    );
+    add(
+        "icmp: pass",
+        eth().ipv4(v4(a4), v4(b4)).icmp_echo().payload(8).build(),
+        Expect::Pass(PassReason::UnknownL4),
+    );
     add("icmpv6: pass", eth().ipv6(v6(a6), v6(b6)).icmp_echo().build(), Expect::Pass(PassReason::UnknownL4));
-    add("gre: pass", eth().ipv4(v4(a4), v4(b4)).ip_proto(47).payload(8).build(), Expect::Pass(PassReason::UnknownL4));
+    add(
+        "gre: pass",
+        eth().ipv4(v4(a4), v4(b4)).ip_proto(47).payload(8).build(),
+        Expect::Pass(PassReason::UnknownL4),
+    );
     let mut bad_ihl = eth().ipv4(v4(a4), v4(b4)).tcp(1, 2).build();
     bad_ihl[14] = 0x44; // IHL 4 (16 bytes) is below the minimum
     add("ipv4 ihl 4: pass", bad_ihl, Expect::Pass(PassReason::BadIpHeader));
@@ -158,12 +170,20 @@ fn fixtures() -> Vec<Fixture> {
     let full4 = eth().vlan(ETH_P_8021Q, 7).ipv4_opts(v4(a4), v4(b4), &[1; 8]).tcp(40000, 80).build();
     // eth 14 | vlan 18 | ipv4 base 38 | options 46 | tcp 66
     for cut in [14, 16, 18, 30, 38, 42, 46, 50, 65] {
-        add(&format!("vlan ipv4+opts tcp cut at {cut}: pass"), full4[..cut].to_vec(), Expect::Pass(PassReason::Truncated));
+        add(
+            &format!("vlan ipv4+opts tcp cut at {cut}: pass"),
+            full4[..cut].to_vec(),
+            Expect::Pass(PassReason::Truncated),
+        );
     }
     let full6 = eth().ipv6(v6(a6), v6(b6)).ipv6_ext(0, 1).ipv6_fragment(0, false).udp(5353, 53).build();
     // eth 14 | ipv6 54 | hop-by-hop 70 | fragment 78 | udp 86
     for cut in [20, 53, 54, 55, 69, 70, 77, 78, 85] {
-        add(&format!("ipv6 ext udp cut at {cut}: pass"), full6[..cut].to_vec(), Expect::Pass(PassReason::Truncated));
+        add(
+            &format!("ipv6 ext udp cut at {cut}: pass"),
+            full6[..cut].to_vec(),
+            Expect::Pass(PassReason::Truncated),
+        );
     }
     f
 }
@@ -199,7 +219,9 @@ fn run_fixtures(settings: &HashSettings) {
                 )
             }
             Expect::Pass(reason) => {
-                let ok = out.retval == XDP_PASS && total.passed[*reason as usize] == 1 && total.passed_total() == 1;
+                let ok = out.retval == XDP_PASS
+                    && total.passed[*reason as usize] == 1
+                    && total.passed_total() == 1;
                 format!(
                     "{} {:<55} verdict {} passed as {:?}",
                     if ok { "ok  " } else { "FAIL" },
@@ -223,13 +245,8 @@ fn run_fixtures(settings: &HashSettings) {
 }
 
 fn cpu_that_got(d: &Snapshot) -> Option<u32> {
-    let cpus: Vec<u32> = d
-        .steered_in
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(c, _)| c as u32)
-        .collect();
+    let cpus: Vec<u32> =
+        d.steered_in.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, _)| c as u32).collect();
     match cpus.as_slice() {
         [c] => Some(*c),
         _ => None,
@@ -324,13 +341,7 @@ fn delete_elem(map_fd: i32, key: u32) {
         value: u64,
         flags: u64,
     }
-    let attr = Attr {
-        map_fd: map_fd as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: 0,
-        flags: 0,
-    };
+    let attr = Attr { map_fd: map_fd as u32, _pad: 0, key: &key as *const u32 as u64, value: 0, flags: 0 };
     // SAFETY: BPF_MAP_DELETE_ELEM (3) with a valid attr.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, 3, &attr as *const Attr, std::mem::size_of::<Attr>()) };
     assert_eq!(rc, 0, "delete cpumap entry: {}", std::io::Error::last_os_error());

@@ -147,9 +147,7 @@ fn setup() -> Result<()> {
         .and_then(|v| v.split('.').next())
         .context("`rustc +nightly -vV` reports no LLVM version")?
         .to_string();
-    step(&format!("bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm_major}"), || {
-        bpf_linker(&llvm_major)
-    })?;
+    step(&format!("bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm_major}"), || bpf_linker(&llvm_major))?;
     step("iproute2 (tests build their labs with `ip`)", || {
         if Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success()) {
             return Ok(false);
@@ -193,19 +191,16 @@ fn bpf_linker(llvm_major: &str) -> Result<bool> {
                 .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{llvm_major}")))
         })
         .with_context(|| format!("no libLLVM.so.{llvm_major}* in {}", libdir.display()))?;
-    let soname = lib
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("odd libLLVM name")?
-        .to_string();
+    let soname = lib.file_name().and_then(|n| n.to_str()).context("odd libLLVM name")?.to_string();
     let home = env::var("HOME").context("HOME is not set")?;
     // Not /tmp: this directory becomes bpf-linker's rpath.
     let prefix = Path::new(&home).join(format!(".local/share/steer/llvm-{llvm_major}"));
     let stamp = prefix.join("bpf-linker.stamp");
     let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{llvm_major} {}", lib.display());
-    let works = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
-    });
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
     if works && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
         return Ok(false);
     }
@@ -216,7 +211,10 @@ fn bpf_linker(llvm_major: &str) -> Result<bool> {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("linking {}", link.display()))?;
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about 3 minutes, once)", lib.display());
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about 3 minutes, once)",
+        lib.display()
+    );
     let mut c = Command::new("cargo");
     c.args([
         "install",
@@ -242,10 +240,7 @@ fn build(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     status(c)?;
-    Ok(workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("steer"))
+    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("steer"))
 }
 
 fn run_steer(args: Vec<String>) -> Result<()> {
