@@ -104,13 +104,18 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
     Snapshot::read(&stats, &targets)
 }
 
-/// Loads the lab generator with its configuration.
-pub fn load_generator(ebpf: &mut Ebpf, cfg: GenConfig) -> Result<()> {
-    let mut m = Array::<_, GenConfig>::try_from(map_mut(ebpf, "GEN_CONFIG")?).map_err(Error::ebpf)?;
+/// Loads the object for the lab generator (`lab_gen`) with its configuration.
+/// Nothing is attached: the generator only runs under BPF_PROG_TEST_RUN.
+pub fn generator(cfg: GenConfig) -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .load(crate::EBPF_OBJECT)
+        .map_err(|e| Error::Ebpf(format!("loading the eBPF object: {e}")))?;
+    let mut m = Array::<_, GenConfig>::try_from(map_mut(&mut ebpf, "GEN_CONFIG")?).map_err(Error::ebpf)?;
     m.set(0, cfg, 0).map_err(Error::ebpf)?;
-    program(ebpf, GEN_PROG)?
+    program(&mut ebpf, GEN_PROG)?
         .load()
-        .map_err(|e| Error::Ebpf(format!("verifier rejected {GEN_PROG}: {}", verifier_detail(&e))))
+        .map_err(|e| Error::Ebpf(format!("verifier rejected {GEN_PROG}: {}", verifier_detail(&e))))?;
+    Ok(ebpf)
 }
 
 /// Attach mode actually in use.

@@ -216,8 +216,7 @@ async fn run(a: RunArgs) -> Result<()> {
 }
 
 /// Prints a rate table every `period` until SIGINT/SIGTERM, and watches for
-/// the veth trap: native XDP there only sees frames redirected into the veth,
-/// not the socket traffic of the peer namespace.
+/// the two veth traps of native mode (see [`VethWatch`]).
 async fn monitor(
     steering: &Steering,
     opts: &RunOptions,
@@ -227,9 +226,7 @@ async fn monitor(
     sigint: &mut tokio::signal::unix::Signal,
 ) -> Result<()> {
     let mut prev = steering.snapshot()?;
-    let start = prev.clone();
-    let rx_start = iface::rx_packets(&opts.iface).ok();
-    let mut warned = false;
+    let mut watch = VethWatch::new(steering, opts, &prev);
     let mut ticker = tokio::time::interval(period);
     ticker.tick().await;
     loop {
@@ -239,21 +236,8 @@ async fn monitor(
             _ = ticker.tick() => {}
         }
         let now = steering.snapshot()?;
-        if !warned && steering.mode == Attached::Native {
-            if let (Some(rx0), Ok(rx)) = (rx_start, iface::rx_packets(&opts.iface)) {
-                let rx = rx.saturating_sub(rx0);
-                let seen = now.since(&start).total().seen;
-                if rx >= 100 && seen < rx / 2 {
-                    warned = true;
-                    log::warn!(
-                        "{} received {rx} packets but the native XDP program saw only {seen}: on {} native XDP \
-                         runs only on frames redirected into the device, not on the peer's socket traffic. \
-                         Use --xdp-mode skb to steer those.",
-                        opts.iface,
-                        steering.driver
-                    );
-                }
-            }
+        if let Some(w) = watch.as_mut() {
+            w.check(&opts.iface, &steering.driver, &now);
         }
         if !quiet {
             let delta = now.since(&prev);
@@ -261,6 +245,57 @@ async fn monitor(
             println!("{}", stats::render(&delta, secs, &opts.hash.cpus));
         }
         prev = now;
+    }
+}
+
+/// Native XDP on a veth has two traps, each warned about once:
+/// - packets the device receives that the program never sees (frames that do
+///   not arrive as xdp_frames bypass native XDP on some kernels);
+/// - TCP from the peer namespace losing CHECKSUM_PARTIAL on its way through the
+///   CPUMAP, so the receiver drops it as `Tcp: InCsumErrors` (measured on 6.18).
+struct VethWatch {
+    start: Snapshot,
+    rx0: Option<u64>,
+    csum0: Option<u64>,
+    warned_rx: bool,
+    warned_csum: bool,
+}
+
+impl VethWatch {
+    fn new(steering: &Steering, opts: &RunOptions, now: &Snapshot) -> Option<Self> {
+        (steering.mode == Attached::Native && steering.driver == "veth").then(|| Self {
+            start: now.clone(),
+            rx0: iface::rx_packets(&opts.iface).ok(),
+            csum0: iface::tcp_in_csum_errors().ok(),
+            warned_rx: false,
+            warned_csum: false,
+        })
+    }
+
+    fn check(&mut self, ifname: &str, driver: &str, now: &Snapshot) {
+        if let (false, Some(rx0), Ok(rx)) = (self.warned_rx, self.rx0, iface::rx_packets(ifname)) {
+            let rx = rx.saturating_sub(rx0);
+            let seen = now.since(&self.start).total().seen;
+            if rx >= 100 && seen < rx / 2 {
+                self.warned_rx = true;
+                log::warn!(
+                    "{ifname} received {rx} packets but the native XDP program saw only {seen}: on {driver} \
+                     native XDP runs only on frames redirected into the device. Use --xdp-mode skb to steer \
+                     socket traffic."
+                );
+            }
+        }
+        if let (false, Some(c0), Ok(c)) = (self.warned_csum, self.csum0, iface::tcp_in_csum_errors()) {
+            if c > c0 {
+                self.warned_csum = true;
+                log::warn!(
+                    "Tcp InCsumErrors grew by {} since steer attached natively to veth {ifname}: TCP from the \
+                     peer namespace loses its partial checksum through the CPUMAP. Use --xdp-mode skb for \
+                     socket traffic on veth (or turn tx checksumming off on the peer).",
+                    c - c0
+                );
+            }
+        }
     }
 }
 
