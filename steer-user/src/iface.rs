@@ -111,6 +111,20 @@ pub fn rx_packets(name: &str) -> Result<u64> {
     found.ok_or_else(|| Error::NoSuchInterface(name.to_string()))
 }
 
+/// `Tcp: InCsumErrors` of this process's network namespace.
+pub fn tcp_in_csum_errors() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/net/snmp")
+        .map_err(|e| Error::io("reading /proc/self/net/snmp", e))?;
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap_or_default(), tcp.next().unwrap_or_default());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "InCsumErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| Error::io("parsing /proc/self/net/snmp", std::io::ErrorKind::InvalidData.into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,18 +142,4 @@ mod tests {
         assert_eq!(index("lo").unwrap(), 1);
         assert!(rx_packets("lo").is_ok());
     }
-}
-
-/// `Tcp: InCsumErrors` of this process's network namespace.
-pub fn tcp_in_csum_errors() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/self/net/snmp")
-        .map_err(|e| Error::io("reading /proc/self/net/snmp", e))?;
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().unwrap_or_default(), tcp.next().unwrap_or_default());
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "InCsumErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .ok_or_else(|| Error::io("parsing /proc/self/net/snmp", std::io::ErrorKind::InvalidData.into()))
 }
