@@ -274,7 +274,47 @@ fn test(args: &[String]) -> Result<()> {
     c.arg("--test-threads=1");
     c.args(args);
     c.env("STEER_BIN", bin);
-    status(c)
+    run_counting(c)
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one line that adds up
+/// every test binary's "test result" ("tests: N passed, N failed").
+fn run_counting(mut c: Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let shown = format!("{c:?}");
+    let mut child =
+        c.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| {
+                            part.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .strip_suffix(word)
+                        })
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                passed += count(" passed");
+                failed += count(" failed");
+            }
+        }
+    }
+    let st = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
 
 extern "C" {
