@@ -54,6 +54,8 @@ pub struct Request {
     pub offload: Vec<(String, bool)>,
     /// Keep the CPUs that take the interface's interrupts out of the RPS set.
     pub exclude_irq_cpus: bool,
+    /// The profile changes the NIC only, not RPS/RFS/XPS (the XDP engine steers itself).
+    pub nic_only: bool,
 }
 
 /// Parses `rx-usecs=0,rx-frames=1,adaptive-rx=off`.
@@ -291,9 +293,11 @@ pub fn plan(iface_name: &str, req: &Request) -> Result<Plan> {
                 coalesce.push((k.into(), v, true));
             }
             offload.push(("gro".into(), true, true));
-            rps.get_or_insert_with(|| online.clone());
-            rfs.get_or_insert(DEFAULT_RFS_ENTRIES);
-            xps = true;
+            if !req.nic_only {
+                rps.get_or_insert_with(|| online.clone());
+                rfs.get_or_insert(DEFAULT_RFS_ENTRIES);
+                xps = true;
+            }
         }
     }
     for (k, v) in &req.coalesce {
@@ -403,6 +407,11 @@ pub fn plan(iface_name: &str, req: &Request) -> Result<Plan> {
         for q in 0..ntx {
             let cpu = set[q as usize % set.len()];
             let path = sysfs::queue_file(iface_name, &format!("tx-{q}"), "xps_cpus");
+            // The kernel refuses xps_cpus (ENOENT) on a device that is not multiqueue.
+            if path.exists() && sysfs::read(&path).is_err() {
+                b.plan.notes.push(format!("xps: \"{iface_name}\" is not a multiqueue device, XPS skipped"));
+                break;
+            }
             b.file(format!("tx-{q} xps_cpus"), path, true, sysfs::cpus_to_mask(&[cpu]))?;
         }
     }

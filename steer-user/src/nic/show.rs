@@ -110,7 +110,7 @@ pub fn read(iface: &str) -> Result<NicInfo> {
         .map(|q| TxQueue {
             queue: q,
             xps_cpus: sysfs::read(&sysfs::queue_file(iface, &format!("tx-{q}"), "xps_cpus"))
-                .unwrap_or_else(|e| format!("unreadable: {e}")),
+                .unwrap_or_else(|_| "not available (not a multiqueue device)".into()),
         })
         .collect();
     let entries = sysfs::read(std::path::Path::new(sysfs::RPS_SOCK_FLOW_ENTRIES))
@@ -184,7 +184,7 @@ pub fn render(i: &NicInfo) -> String {
     });
     line(&mut o, "rss key", &i.rss_key, |k| if k.is_empty() { "none".into() } else { k.clone() });
     if i.irqs.is_empty() {
-        let _ = writeln!(o, "{:<24}none (a software device has no interrupts)", "irqs");
+        let _ = writeln!(o, "{:<24}none found (software devices such as veth and tun have none)", "irqs");
     }
     for q in &i.irqs {
         let _ = writeln!(o, "{:<24}{} affinity {} (CPUs {})", format!("irq {}", q.irq), q.name, q.affinity, q.cpus);
