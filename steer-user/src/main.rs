@@ -406,7 +406,12 @@ impl NicPlanArgs {
         Ok(Request {
             profile: self.profile,
             channels: self.channels,
-            coalesce: self.coalesce.as_deref().map(nic::plan::parse_coalesce).transpose()?.unwrap_or_default(),
+            coalesce: self
+                .coalesce
+                .as_deref()
+                .map(nic::plan::parse_coalesce)
+                .transpose()?
+                .unwrap_or_default(),
             rss_equal: self.rss_equal,
             irq_cpus: self.irq_cpus.as_deref().map(|s| nic::plan::parse_cpus(s, &online)).transpose()?,
             rps_cpus: self.rps_cpus.as_deref().map(|s| nic::plan::parse_cpus(s, &online)).transpose()?,
@@ -565,7 +570,11 @@ async fn run_kernel(a: RunArgs) -> Result<()> {
             let per: Vec<String> = cpu_set
                 .iter()
                 .map(|&c| {
-                    let d = now.get(c as usize).copied().unwrap_or(0).saturating_sub(prev.get(c as usize).copied().unwrap_or(0));
+                    let d = now
+                        .get(c as usize)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(prev.get(c as usize).copied().unwrap_or(0));
                     format!("cpu{c} {:.0} pps", d as f64 / period.as_secs_f64())
                 })
                 .collect();

@@ -334,13 +334,24 @@ pub const FEATURE_ALIASES: [(&str, &[&str]); 7] = [
     ("lro", &["rx-lro"]),
     (
         "tso",
-        &["tx-tcp-segmentation", "tx-tcp-ecn-segmentation", "tx-tcp-mangleid-segmentation", "tx-tcp6-segmentation"],
+        &[
+            "tx-tcp-segmentation",
+            "tx-tcp-ecn-segmentation",
+            "tx-tcp-mangleid-segmentation",
+            "tx-tcp6-segmentation",
+        ],
     ),
     ("gso", &["tx-generic-segmentation"]),
     ("rx", &["rx-checksum"]),
     (
         "tx",
-        &["tx-checksum-ipv4", "tx-checksum-ip-generic", "tx-checksum-ipv6", "tx-checksum-fcoe-crc", "tx-checksum-sctp"],
+        &[
+            "tx-checksum-ipv4",
+            "tx-checksum-ip-generic",
+            "tx-checksum-ipv6",
+            "tx-checksum-fcoe-crc",
+            "tx-checksum-sctp",
+        ],
     ),
     ("rx-udp-gro-forwarding", &["rx-udp-gro-forwarding"]),
 ];

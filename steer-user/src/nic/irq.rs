@@ -63,7 +63,8 @@ pub fn of(iface: &str) -> Vec<Irq> {
     irqs.into_iter()
         .filter_map(|irq| {
             let affinity = sysfs::read(&affinity_file(irq)).ok()?;
-            let cpus = sysfs::mask_to_cpus(&affinity).map(|c| crate::cpus::format_list(&c)).unwrap_or_default();
+            let cpus =
+                sysfs::mask_to_cpus(&affinity).map(|c| crate::cpus::format_list(&c)).unwrap_or_default();
             let name = names.iter().find(|(n, _)| *n == irq).map(|(_, s)| s.clone()).unwrap_or_default();
             Some(Irq { irq, name, affinity, cpus })
         })

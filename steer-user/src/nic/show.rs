@@ -101,7 +101,10 @@ pub fn read(iface: &str) -> Result<NicInfo> {
     let rx_queues = sysfs::queues(iface, "rx")
         .into_iter()
         .map(|q| {
-            let f = |n| sysfs::read(&sysfs::queue_file(iface, &format!("rx-{q}"), n)).unwrap_or_else(|e| e.to_string());
+            let f = |n| {
+                sysfs::read(&sysfs::queue_file(iface, &format!("rx-{q}"), n))
+                    .unwrap_or_else(|e| e.to_string())
+            };
             RxQueue { queue: q, rps_cpus: f("rps_cpus"), rps_flow_cnt: f("rps_flow_cnt") }
         })
         .collect();
@@ -166,7 +169,9 @@ pub fn render(i: &NicInfo) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     });
-    line(&mut o, "rings", &i.rings, |r| format!("rx {}/{} tx {}/{} (current/max)", r.rx, r.rx_max, r.tx, r.tx_max));
+    line(&mut o, "rings", &i.rings, |r| {
+        format!("rx {}/{} tx {}/{} (current/max)", r.rx, r.rx_max, r.tx, r.tx_max)
+    });
     line(&mut o, "offloads", &i.offloads, |f| {
         f.iter()
             .map(|(n, f)| {
@@ -187,7 +192,14 @@ pub fn render(i: &NicInfo) -> String {
         let _ = writeln!(o, "{:<24}none found (software devices such as veth and tun have none)", "irqs");
     }
     for q in &i.irqs {
-        let _ = writeln!(o, "{:<24}{} affinity {} (CPUs {})", format!("irq {}", q.irq), q.name, q.affinity, q.cpus);
+        let _ = writeln!(
+            o,
+            "{:<24}{} affinity {} (CPUs {})",
+            format!("irq {}", q.irq),
+            q.name,
+            q.affinity,
+            q.cpus
+        );
     }
     for q in &i.rx_queues {
         let _ = writeln!(

@@ -44,9 +44,12 @@ pub fn load(iface: &str) -> Result<Option<State>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::Nic(format!("{} is not a steer NIC snapshot ({e}): inspect it, then remove it", path.display())))
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        Error::Nic(format!(
+            "{} is not a steer NIC snapshot ({e}): inspect it, then remove it",
+            path.display()
+        ))
+    })
 }
 
 /// The live process that owns the snapshot of `iface`, if any (not us).
@@ -60,7 +63,8 @@ fn save(state: &State) -> Result<()> {
     let dir = pins::run_dir(&state.plan.iface);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let tmp = dir.join("nic.json.tmp");
-    let text = serde_json::to_string_pretty(state).map_err(|e| Error::Nic(format!("encoding the snapshot: {e}")))?;
+    let text =
+        serde_json::to_string_pretty(state).map_err(|e| Error::Nic(format!("encoding the snapshot: {e}")))?;
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
@@ -92,7 +96,9 @@ fn read_knob(eth: &Ethtool, knob: &Knob, like: &Value) -> Result<Value> {
             let Value::Features(names) = like else {
                 return Err(Error::Nic("snapshot: features step without a feature map".into()));
             };
-            Value::Features(names.keys().map(|n| (n.clone(), all.get(n).is_some_and(|f| f.requested))).collect())
+            Value::Features(
+                names.keys().map(|n| (n.clone(), all.get(n).is_some_and(|f| f.requested))).collect(),
+            )
         }
         Knob::File { path, .. } => {
             if path.exists() {
@@ -237,7 +243,10 @@ pub fn restore(iface_name: &str) -> Result<Option<Vec<String>>> {
         };
         let Some(eth) = eth.as_ref().filter(|_| present || !device_knob) else {
             if device_knob {
-                done.push(format!("{}: skipped, \"{iface_name}\" is gone (it went with its settings)", s.what));
+                done.push(format!(
+                    "{}: skipped, \"{iface_name}\" is gone (it went with its settings)",
+                    s.what
+                ));
                 continue;
             }
             // A global knob: write it without an ethtool handle.

@@ -34,7 +34,8 @@ pub fn read(path: &Path) -> Result<String> {
 
 /// Writes a knob file (one write, as `echo V > FILE` does).
 pub fn write(path: &Path, value: &str) -> Result<()> {
-    std::fs::write(path, format!("{value}\n")).map_err(|e| Error::io(format!("writing \"{value}\" to {}", path.display()), e))
+    std::fs::write(path, format!("{value}\n"))
+        .map_err(|e| Error::io(format!("writing \"{value}\" to {}", path.display()), e))
 }
 
 fn hwaddr(name: &str) -> Option<String> {
