@@ -37,6 +37,26 @@ pub enum Error {
     Ebpf(String),
     #[error("no steer run is attached to \"{iface}\" (nothing pinned at {path})")]
     NotRunning { iface: String, path: PathBuf },
+    // --- nic (issue 4) ---
+    #[error("{op} on \"{iface}\" (driver {driver}) failed: {source}{}", unsupported_hint(source))]
+    NicOp {
+        iface: String,
+        driver: String,
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Nic(String),
+}
+
+/// Says in words what EOPNOTSUPP from a driver means for the user.
+fn unsupported_hint(e: &std::io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        " (the driver does not support this operation)"
+    } else {
+        ""
+    }
 }
 
 impl Error {

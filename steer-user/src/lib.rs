@@ -7,6 +7,7 @@ pub mod error;
 pub mod iface;
 pub mod loader;
 pub mod mounts;
+pub mod nic;
 pub mod packet;
 pub mod pins;
 pub mod stats;

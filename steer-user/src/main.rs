@@ -32,7 +32,11 @@ enum Cmd {
     Hash(HashArgs),
     /// Print the per-CPU counters of a running `steer run` on an interface.
     Stats(StatsArgs),
-    /// Remove what a crashed `steer run` left behind (pinned program and maps).
+    /// Show, plan, apply or restore NIC and kernel knobs: channels, coalescing, offloads, RSS table,
+    /// IRQ affinity, RPS/RFS/XPS.
+    #[command(subcommand)]
+    Nic(NicCmd),
+    /// Remove what a crashed `steer run` left behind (pinned program and maps, NIC snapshot).
     Restore {
         #[arg(long)]
         iface: String,
@@ -99,6 +103,8 @@ struct RunArgs {
     /// Print nothing periodically (only start/stop messages).
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    nic: NicRunArgs,
 }
 
 #[derive(Args)]
@@ -143,6 +149,7 @@ fn main() -> Result<()> {
         Cmd::Restore { iface } => restore(&iface),
         Cmd::Run(a) => tokio_rt()?.block_on(run(a)),
         Cmd::Stats(a) => tokio_rt()?.block_on(stats(a)),
+        Cmd::Nic(c) => nic_cmd(c),
     }
 }
 
@@ -168,11 +175,13 @@ fn hash(a: HashArgs) -> Result<()> {
 }
 
 fn restore(iface: &str) -> Result<()> {
-    if let Some(pid) = pins::live_owner(iface) {
+    if let Some(pid) = pins::live_owner(iface).or_else(|| steer::nic::state::live_owner(iface)) {
         bail!("steer (pid {pid}) is still running on \"{iface}\": stop it with SIGTERM, it restores on exit");
     }
+    // nic (issue 4): the NIC snapshot first; it shares /run/steer/IF with the run file.
+    let nic_restored = nic_restore(iface)?;
     let removed = pins::remove(iface)?;
-    if removed.is_empty() {
+    if removed.is_empty() && !nic_restored {
         println!("nothing to restore on {iface}");
     } else {
         for r in removed {
@@ -190,11 +199,16 @@ fn interval(secs: f64) -> Result<Duration> {
 }
 
 async fn run(a: RunArgs) -> Result<()> {
+    // nic (issue 4): --engine kernel configures the kernel's RPS/RFS/XPS instead of XDP.
+    if a.nic.engine == Engine::Kernel {
+        return run_kernel(a).await;
+    }
     let period = interval(a.interval)?;
     let settings = a.steer.settings()?;
     let opts = RunOptions::new(&a.iface, settings, a.qsize, a.xdp_mode, a.replace)?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let nic_guard = NicGuard::start(&a.iface, a.nic.profile, None, a.quiet)?; // nic (issue 4): --profile
     let steering = Steering::start(&opts)?;
     log::info!(
         "steering {} ({}, {} XDP) to CPUs {} with {:?} hash over {} buckets; pinned at {}",
@@ -210,9 +224,10 @@ async fn run(a: RunArgs) -> Result<()> {
         steering.pin_dir().display()
     );
     let result = monitor(&steering, &opts, period, a.quiet, &mut sigterm, &mut sigint).await;
+    let nic_restored = nic_guard.finish(); // nic (issue 4)
     let stopped = steering.stop();
     log::info!("detached from {} and removed the pins", opts.iface);
-    result.and(stopped.map_err(Into::into))
+    result.and(stopped.map_err(Into::into)).and(nic_restored)
 }
 
 /// Prints a rate table every `period` until SIGINT/SIGTERM, and watches for
@@ -328,4 +343,289 @@ async fn stats(a: StatsArgs) -> Result<()> {
         println!("{}", stats::render(&now.since(&prev), secs, &[]));
         prev = now;
     }
+}
+
+// ---------------------------------------------------------------------------
+// nic (issue 4): `steer nic show|plan|apply|restore`, `run --engine kernel`, `run --profile`.
+// ---------------------------------------------------------------------------
+
+use steer::nic::{self, plan::Request, Profile};
+
+/// How `steer run` spreads the receive path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    /// steer's XDP program and CPUMAP.
+    Xdp,
+    /// The kernel's own RPS (rps_cpus on every rx queue), RFS (rps_sock_flow_entries, rps_flow_cnt)
+    /// and XPS, restored on exit.
+    Kernel,
+}
+
+#[derive(Args)]
+struct NicRunArgs {
+    /// Who steers: steer's XDP program, or the kernel's RPS/RFS/XPS configured over --cpus.
+    #[arg(long, value_enum, default_value_t = Engine::Xdp)]
+    engine: Engine,
+    /// NIC profile applied on start and restored on exit (latency: coalescing off; throughput:
+    /// adaptive coalescing, GRO on; with --engine kernel also RPS/RFS/XPS sizes).
+    #[arg(long, value_enum, default_value_t = Profile::None)]
+    profile: Profile,
+    /// RFS table size for --engine kernel (rps_sock_flow_entries; rps_flow_cnt = N / rx queues).
+    #[arg(long, default_value_t = nic::plan::DEFAULT_RFS_ENTRIES)]
+    rfs_entries: u32,
+}
+
+#[derive(Subcommand)]
+enum NicCmd {
+    /// Print channels, coalescing, rings, offloads, RSS, IRQs, RPS/RFS/XPS and NAPI settings.
+    Show {
+        #[arg(long)]
+        iface: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what `apply` would change, "old → new" with the equivalent ethtool/sysfs line. Read-only.
+    Plan(NicPlanArgs),
+    /// Snapshot to /run/steer/IF/nic.json, then apply the plan (rolled back if a step fails).
+    Apply(NicPlanArgs),
+    /// Put back exactly what the snapshot holds, and remove it.
+    Restore {
+        #[arg(long)]
+        iface: String,
+    },
+}
+
+#[derive(Args)]
+struct NicPlanArgs {
+    #[arg(long)]
+    iface: String,
+    /// A named set of knobs; explicit options below override it.
+    #[arg(long, value_enum, default_value_t = Profile::None)]
+    profile: Profile,
+    /// Queue count (ethtool -L: combined N, or rx N tx N where the driver has no combined channels).
+    #[arg(long)]
+    channels: Option<u32>,
+    /// Coalescing, ethtool -C names: "rx-usecs=0,rx-frames=1,adaptive-rx=off".
+    #[arg(long)]
+    coalesce: Option<String>,
+    /// Spread the RSS indirection table equally over the first N rx queues (ethtool -X equal N).
+    #[arg(long)]
+    rss_equal: Option<u32>,
+    /// Pin the interface's IRQs round-robin to these CPUs ("0-3").
+    #[arg(long)]
+    irq_cpus: Option<String>,
+    /// RPS CPUs for every rx queue ("0-3", or "none" to turn RPS off).
+    #[arg(long)]
+    rps_cpus: Option<String>,
+    /// RFS: rps_sock_flow_entries = N, rps_flow_cnt = N / rx queues.
+    #[arg(long)]
+    rfs_entries: Option<u32>,
+    /// XPS: each tx queue to one CPU of the RPS set, round-robin.
+    #[arg(long)]
+    xps: bool,
+    /// Offloads, ethtool -K names: "gro=on,lro=off,tso=on,gso=on,rx=on,tx=on,rx-udp-gro-forwarding=on".
+    #[arg(long)]
+    offload: Option<String>,
+    /// Keep the CPUs that take the interface's interrupts out of the RPS set.
+    #[arg(long)]
+    exclude_irq_cpus: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl NicPlanArgs {
+    fn request(&self) -> Result<Request> {
+        let online = cpus::online()?;
+        Ok(Request {
+            profile: self.profile,
+            channels: self.channels,
+            coalesce: self
+                .coalesce
+                .as_deref()
+                .map(nic::plan::parse_coalesce)
+                .transpose()?
+                .unwrap_or_default(),
+            rss_equal: self.rss_equal,
+            irq_cpus: self.irq_cpus.as_deref().map(|s| nic::plan::parse_cpus(s, &online)).transpose()?,
+            rps_cpus: self.rps_cpus.as_deref().map(|s| nic::plan::parse_cpus(s, &online)).transpose()?,
+            rfs_entries: self.rfs_entries,
+            xps: self.xps,
+            offload: self.offload.as_deref().map(nic::plan::parse_offload).transpose()?.unwrap_or_default(),
+            exclude_irq_cpus: self.exclude_irq_cpus,
+            nic_only: false,
+        })
+    }
+}
+
+fn nic_cmd(c: NicCmd) -> Result<()> {
+    match c {
+        NicCmd::Show { iface, json } => {
+            let info = nic::show::read(&iface)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{}", nic::show::render(&info));
+            }
+        }
+        NicCmd::Plan(a) => {
+            let plan = nic::plan::plan(&a.iface, &a.request()?)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.render());
+            }
+        }
+        NicCmd::Apply(a) => {
+            let plan = nic::plan::plan(&a.iface, &a.request()?)?;
+            print!("{}", plan.render());
+            let applied = nic::state::apply(&plan, None)?;
+            for s in &applied.skipped {
+                println!("skipped (driver {}): {s}", plan.driver);
+            }
+            println!(
+                "applied {} step(s); snapshot at {} (undo: steer nic restore --iface {})",
+                applied.done,
+                nic::state::state_file(&a.iface).display(),
+                a.iface
+            );
+        }
+        NicCmd::Restore { iface } => {
+            if let Some(pid) = nic::state::live_owner(&iface) {
+                bail!("steer (pid {pid}) owns the NIC snapshot of \"{iface}\": stop it with SIGTERM, it restores on exit");
+            }
+            if !nic_restore(&iface)? {
+                println!("no NIC snapshot for {iface}: nothing to restore");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Restores the NIC snapshot of `iface` if there is one; says what it put back.
+fn nic_restore(iface: &str) -> Result<bool> {
+    let Some(done) = nic::state::restore(iface)? else {
+        return Ok(false);
+    };
+    for d in &done {
+        println!("restored {d}");
+    }
+    println!("restored the NIC snapshot of {iface} ({} value(s) put back)", done.len());
+    Ok(true)
+}
+
+/// A plan applied for the life of `steer run`: restored by `finish`, or on drop
+/// if the run fails on its way.
+struct NicGuard {
+    iface: Option<String>,
+}
+
+impl NicGuard {
+    fn start(iface: &str, profile: Profile, kernel: Option<Request>, quiet: bool) -> Result<Self> {
+        let req = match kernel {
+            Some(r) => r,
+            None if profile == Profile::None => return Ok(Self { iface: None }),
+            // With the XDP engine, the profile changes the NIC only; steering is XDP's.
+            None => Request { profile, nic_only: true, ..Default::default() },
+        };
+        let plan = nic::plan::plan(iface, &req)?;
+        if !quiet {
+            print!("{}", plan.render());
+        }
+        let applied = nic::state::apply(&plan, Some(std::process::id()))?;
+        for s in &applied.skipped {
+            log::warn!("skipped (driver {}): {s}", plan.driver);
+        }
+        log::info!(
+            "applied {} NIC step(s) on {iface}; snapshot at {}",
+            applied.done,
+            nic::state::state_file(iface).display()
+        );
+        Ok(Self { iface: Some(iface.to_string()) })
+    }
+
+    fn finish(mut self) -> Result<()> {
+        match self.iface.take() {
+            Some(i) => {
+                let done = nic::state::restore(&i)?;
+                log::info!("restored {} NIC value(s) on {i}", done.map_or(0, |d| d.len()));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NicGuard {
+    fn drop(&mut self) {
+        if let Some(i) = self.iface.take() {
+            if let Err(e) = nic::state::restore(&i) {
+                log::error!("restoring the NIC settings of {i}: {e}");
+            }
+        }
+    }
+}
+
+/// `steer run --engine kernel`: RPS over --cpus on every rx queue, RFS and
+/// XPS, until SIGINT/SIGTERM; then everything is put back.
+async fn run_kernel(a: RunArgs) -> Result<()> {
+    let period = interval(a.interval)?;
+    let cpu_set = cpus::resolve(a.steer.cpus.as_deref())?;
+    if let Some(pid) = pins::live_owner(&a.iface) {
+        bail!("steer (pid {pid}) is steering \"{}\" with XDP: stop it first", a.iface);
+    }
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let req = Request {
+        profile: a.nic.profile,
+        rps_cpus: Some(cpu_set.clone()),
+        rfs_entries: Some(a.nic.rfs_entries),
+        xps: true,
+        ..Default::default()
+    };
+    let guard = NicGuard::start(&a.iface, a.nic.profile, Some(req), a.quiet)?;
+    log::info!(
+        "kernel RPS/RFS/XPS on {} over CPUs {} (rps_sock_flow_entries {}); restored on exit",
+        a.iface,
+        cpus::format_list(&cpu_set),
+        a.nic.rfs_entries
+    );
+    let mut prev = softnet_processed();
+    let mut ticker = tokio::time::interval(period);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = ticker.tick() => {}
+        }
+        let now = softnet_processed();
+        if !a.quiet {
+            let per: Vec<String> = cpu_set
+                .iter()
+                .map(|&c| {
+                    let d = now
+                        .get(c as usize)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(prev.get(c as usize).copied().unwrap_or(0));
+                    format!("cpu{c} {:.0} pps", d as f64 / period.as_secs_f64())
+                })
+                .collect();
+            println!("softnet processed: {}", per.join("  "));
+        }
+        prev = now;
+    }
+    guard.finish()
+}
+
+/// The per-CPU "processed" column of /proc/net/softnet_stat (packets the
+/// CPU's softirq took from its backlog or a NAPI poll).
+fn softnet_processed() -> Vec<u64> {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_whitespace().next().and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0))
+        .collect()
 }

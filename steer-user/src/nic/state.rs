@@ -1,0 +1,289 @@
+//! Apply a plan with a safety net, and put everything back.
+//!
+//! `apply` writes the snapshot (`/run/steer/IF/nic.json`: every step with its
+//! old value) BEFORE the first change, then applies the steps in order. If a
+//! step fails, the steps already done are undone in reverse and the error says
+//! which step, on which driver, which operation and the errno. `restore` reads
+//! the snapshot (also after a SIGKILL), writes every old value back in reverse
+//! order, checks that each reads back as it was, and removes the snapshot.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ethtool::Ethtool,
+    plan::{Knob, Plan, Step, Value},
+    sysfs,
+};
+use crate::{
+    error::{Error, Result},
+    iface, pins,
+};
+
+/// The snapshot file of `iface`.
+pub fn state_file(iface: &str) -> PathBuf {
+    pins::run_dir(iface).join("nic.json")
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    /// The process that restores on exit (`steer run`); None for `steer nic apply`.
+    pub owner_pid: Option<u32>,
+    pub plan: Plan,
+}
+
+/// Reads the snapshot of `iface`, if there is one.
+pub fn load(iface: &str) -> Result<Option<State>> {
+    let path = state_file(iface);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        Error::Nic(format!(
+            "{} is not a steer NIC snapshot ({e}): inspect it, then remove it",
+            path.display()
+        ))
+    })
+}
+
+/// The live process that owns the snapshot of `iface`, if any (not us).
+pub fn live_owner(iface: &str) -> Option<u32> {
+    let pid = load(iface).ok()??.owner_pid?;
+    (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+fn save(state: &State) -> Result<()> {
+    let path = state_file(&state.plan.iface);
+    let dir = pins::run_dir(&state.plan.iface);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let tmp = dir.join("nic.json.tmp");
+    let text =
+        serde_json::to_string_pretty(state).map_err(|e| Error::Nic(format!("encoding the snapshot: {e}")))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| Error::io(format!("writing the snapshot {}", path.display()), e))
+}
+
+fn remove_state(iface: &str) -> Result<()> {
+    let path = state_file(iface);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+    // The run directory may hold a running XDP steer's run.json: only remove it empty.
+    let _ = std::fs::remove_dir(pins::run_dir(iface));
+    Ok(())
+}
+
+fn read_knob(eth: &Ethtool, knob: &Knob, like: &Value) -> Result<Value> {
+    Ok(match knob {
+        Knob::Channels => Value::Channels(eth.channels()?),
+        Knob::Coalesce => Value::Coalesce(eth.coalesce()?),
+        Knob::RssIndir => Value::Indir(eth.rss_indir()?),
+        Knob::Features => {
+            let all = eth.features()?;
+            let Value::Features(names) = like else {
+                return Err(Error::Nic("snapshot: features step without a feature map".into()));
+            };
+            Value::Features(
+                names.keys().map(|n| (n.clone(), all.get(n).is_some_and(|f| f.requested))).collect(),
+            )
+        }
+        Knob::File { path, .. } => {
+            if path.exists() {
+                Value::Text(sysfs::read(path)?)
+            } else {
+                Value::Absent
+            }
+        }
+    })
+}
+
+fn write_knob(eth: &Ethtool, knob: &Knob, v: &Value) -> Result<()> {
+    match (knob, v) {
+        (Knob::Channels, Value::Channels(c)) => eth.set_channels(c),
+        (Knob::Coalesce, Value::Coalesce(c)) => eth.set_coalesce(c),
+        (Knob::RssIndir, Value::Indir(t)) => eth.set_rss_indir(t),
+        (Knob::Features, Value::Features(f)) => eth.set_features(f),
+        // A queue file that did not exist goes away with the channel change it came with.
+        (Knob::File { .. }, Value::Absent) => Ok(()),
+        (Knob::File { path, .. }, Value::Text(t)) => sysfs::write(path, t),
+        (k, v) => Err(Error::Nic(format!("snapshot: {k:?} cannot take the value {v}"))),
+    }
+}
+
+fn is_unsupported(e: &Error) -> bool {
+    matches!(e, Error::NicOp { source, .. } if source.raw_os_error() == Some(libc::EOPNOTSUPP))
+}
+
+/// What `apply` did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub done: usize,
+    /// Optional (profile) steps the driver refused, in words.
+    pub skipped: Vec<String>,
+}
+
+/// Snapshots, then applies `plan`; on failure undoes what was done.
+pub fn apply(plan: &Plan, owner_pid: Option<u32>) -> Result<Applied> {
+    let path = state_file(&plan.iface);
+    if path.exists() {
+        return Err(Error::Nic(format!(
+            "{} already holds the snapshot of an earlier apply on \"{}\": run `steer nic restore --iface {}` first",
+            path.display(),
+            plan.iface,
+            plan.iface
+        )));
+    }
+    if iface::index(&plan.iface)? != plan.ifindex {
+        return Err(Error::Nic(format!("\"{}\" was recreated since it was planned: plan again", plan.iface)));
+    }
+    sysfs::check(&plan.iface)?;
+    let eth = Ethtool::open(&plan.iface)?;
+    let mut state = State { owner_pid, plan: plan.clone() };
+    save(&state)?;
+    let mut out = Applied::default();
+    let mut done: Vec<Step> = vec![];
+    let total = plan.steps.len();
+    for (i, step) in plan.steps.iter().enumerate() {
+        match write_knob(&eth, &step.knob, &step.new) {
+            Ok(()) => done.push(step.clone()),
+            Err(e) if step.optional && is_unsupported(&e) => {
+                let _ = write_knob(&eth, &step.knob, &step.old);
+                out.skipped.push(format!("{} ({}): {e}", step.what, step.equivalent));
+            }
+            Err(e) => {
+                let _ = write_knob(&eth, &step.knob, &step.old);
+                let undo = rollback(&eth, &done);
+                let head = format!(
+                    "step {}/{total} \"{}\" ({} → {}, as `{}`) failed on \"{}\" (driver {}): {e}",
+                    i + 1,
+                    step.what,
+                    step.old,
+                    step.new,
+                    step.equivalent,
+                    plan.iface,
+                    plan.driver
+                );
+                return Err(Error::Nic(match undo {
+                    Ok(()) => {
+                        remove_state(&plan.iface)?;
+                        format!("{head}; rolled back the {} earlier step(s): nothing was changed", done.len())
+                    }
+                    Err(r) => format!(
+                        "{head}; rolling back failed too ({r}): the snapshot stays at {}, run `steer nic restore \
+                         --iface {}`",
+                        path.display(),
+                        plan.iface
+                    ),
+                }));
+            }
+        }
+    }
+    // The snapshot keeps only what was changed.
+    state.plan.steps = done;
+    out.done = state.plan.steps.len();
+    save(&state)?;
+    Ok(out)
+}
+
+fn rollback(eth: &Ethtool, done: &[Step]) -> Result<()> {
+    let mut first = None;
+    for s in done.iter().rev() {
+        if let Err(e) = write_knob(eth, &s.knob, &s.old) {
+            first.get_or_insert(Error::Nic(format!("undoing \"{}\": {e}", s.what)));
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+fn same(knob: &Knob, a: &Value, b: &Value) -> bool {
+    match (knob, a, b) {
+        (Knob::File { mask: true, .. }, Value::Text(x), Value::Text(y)) => {
+            sysfs::mask_to_cpus(x).is_some() && sysfs::mask_to_cpus(x) == sysfs::mask_to_cpus(y)
+        }
+        (Knob::File { .. }, Value::Absent, _) => true,
+        _ => a == b,
+    }
+}
+
+/// Puts back what the snapshot of `iface` holds and removes it. Returns the
+/// steps restored in words, or None when there is no snapshot.
+pub fn restore(iface_name: &str) -> Result<Option<Vec<String>>> {
+    let Some(state) = load(iface_name)? else {
+        return Ok(None);
+    };
+    let plan = &state.plan;
+    let present = iface::index(iface_name).ok() == Some(plan.ifindex);
+    let dev_dir = sysfs::net_dir(iface_name);
+    let mut done = vec![];
+    let mut failed = vec![];
+    let eth = if present {
+        sysfs::check(iface_name)?;
+        Some(Ethtool::open(iface_name)?)
+    } else {
+        None
+    };
+    let steps = plan.steps.iter().rev().chain(plan.preserve.iter());
+    for s in steps {
+        let device_knob = match &s.knob {
+            Knob::File { path, .. } => path.starts_with(&dev_dir) || path.starts_with("/proc/irq"),
+            _ => true,
+        };
+        let Some(eth) = eth.as_ref().filter(|_| present || !device_knob) else {
+            if device_knob {
+                done.push(format!(
+                    "{}: skipped, \"{iface_name}\" is gone (it went with its settings)",
+                    s.what
+                ));
+                continue;
+            }
+            // A global knob: write it without an ethtool handle.
+            if let (Knob::File { path, .. }, Value::Text(t)) = (&s.knob, &s.old) {
+                match sysfs::write(path, t) {
+                    Ok(()) => done.push(format!("{}: {}", s.what, s.old)),
+                    Err(e) => failed.push(format!("{}: {e}", s.what)),
+                }
+            }
+            continue;
+        };
+        // Preserved queue files: only where they exist again and differ.
+        if let (Knob::File { path, .. }, false) = (&s.knob, plan.steps.iter().any(|x| x.knob == s.knob)) {
+            if !path.exists() {
+                continue;
+            }
+        }
+        let now = read_knob(eth, &s.knob, &s.old);
+        if now.as_ref().is_ok_and(|n| same(&s.knob, &s.old, n)) {
+            continue;
+        }
+        match write_knob(eth, &s.knob, &s.old) {
+            Ok(()) => match read_knob(eth, &s.knob, &s.old) {
+                Ok(v) if same(&s.knob, &s.old, &v) => done.push(format!("{}: {}", s.what, s.old)),
+                Ok(v) => failed.push(format!("{}: wrote {} but it reads {v}", s.what, s.old)),
+                Err(e) => failed.push(format!("{}: {e}", s.what)),
+            },
+            Err(e) => failed.push(format!("{}: {e}", s.what)),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Error::Nic(format!(
+            "could not restore on \"{iface_name}\": {}; the snapshot stays at {}",
+            failed.join("; "),
+            state_file(iface_name).display()
+        )));
+    }
+    remove_state(iface_name)?;
+    Ok(Some(done))
+}
