@@ -8,8 +8,7 @@ use steer::{
     config::{HashArg, HashSettings, RunOptions, XdpMode, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
     cpus, iface,
     loader::{Attached, Steering},
-    pins,
-    stats::{self, Snapshot},
+    pins, stats,
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
@@ -123,14 +122,18 @@ struct HashArgs {
 
 #[derive(Args)]
 struct StatsArgs {
+    /// Interface whose `steer run` to read (works without one: softirq/softnet only).
     #[arg(long)]
     iface: String,
-    /// Seconds between two tables.
+    /// Seconds between two tables (rates are over this interval).
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
-    /// Print one table of totals and exit.
+    /// Print one interval and exit (for scripts).
     #[arg(long)]
     once: bool,
+    /// One JSON object per interval (one per line) instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> Result<()> {
@@ -265,22 +268,12 @@ async fn monitor(
 }
 
 async fn stats(a: StatsArgs) -> Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
     let period = interval(a.interval)?;
     steer::mounts::ensure_bpffs()?;
-    let pinned = pins::Pinned::open(&a.iface)?;
-    let read = || Snapshot::read(&pinned.stats, &pinned.targets);
-    let first = read()?;
-    if a.once {
-        let zero = Snapshot {
-            at: first.at,
-            per_cpu: vec![Default::default(); first.per_cpu.len()],
-            steered_in: vec![0; first.steered_in.len()],
-        };
-        // Totals since the program was attached (a "rate" over one second).
-        println!("{}", stats::render(&first.since(&zero), 1.0, &[]).replace(" pps", "    "));
-        return Ok(());
-    }
-    let mut prev = first;
+    let mut source = stats::Source::open(&a.iface)?;
+    let tty = std::io::stdout().is_terminal() && !a.json;
+    let mut prev = source.sample()?;
     let mut ticker = tokio::time::interval(period);
     ticker.tick().await;
     loop {
@@ -288,9 +281,21 @@ async fn stats(a: StatsArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = ticker.tick() => {}
         }
-        let now = read()?;
-        let secs = now.at.duration_since(prev.at).as_secs_f64();
-        println!("{}", stats::render(&now.since(&prev), secs, &[]));
+        let now = source.sample()?;
+        let report = stats::Report::new(&a.iface, &prev, &now);
+        let mut out = std::io::stdout().lock();
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        } else if tty {
+            // Home and clear: redraw in place, like top.
+            write!(out, "\x1b[H\x1b[2J{}", stats::render_table(&report))?;
+        } else {
+            writeln!(out, "{}", stats::render_table(&report))?;
+        }
+        out.flush()?;
+        if a.once {
+            return Ok(());
+        }
         prev = now;
     }
 }
