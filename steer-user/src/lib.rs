@@ -6,6 +6,7 @@ pub mod cpus;
 pub mod error;
 pub mod iface;
 pub mod loader;
+pub mod metrics;
 pub mod mounts;
 pub mod packet;
 pub mod pins;

@@ -98,6 +98,11 @@ struct RunArgs {
     /// Print nothing periodically (only start/stop messages).
     #[arg(long)]
     quiet: bool,
+    // --- stats hook-in: metrics ---
+    /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics. ADDR is PORT, IP or
+    /// IP:PORT; without an IP it listens on 127.0.0.1 only. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[derive(Args)]
@@ -198,7 +203,20 @@ async fn run(a: RunArgs) -> Result<()> {
     let opts = RunOptions::new(&a.iface, settings, a.qsize, a.xdp_mode, a.replace)?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // --- stats hook-in: metrics (bound before attaching: a busy port changes nothing) ---
+    let metrics = match &a.metrics {
+        Some(m) => Some(steer::metrics::bind(steer::metrics::parse_addr(m)?).await?),
+        None => None,
+    };
     let steering = Steering::start(&opts)?;
+    let _metrics_task = match metrics {
+        Some(listener) => {
+            log::info!("metrics at http://{}/metrics", listener.local_addr()?);
+            let registry = steer::metrics::registry(&opts.iface)?;
+            Some(tokio::spawn(steer::metrics::serve(listener, registry)))
+        }
+        None => None,
+    };
     log::info!(
         "steering {} ({}, {} XDP) to CPUs {} with {:?} hash over {} buckets; pinned at {}",
         opts.iface,

@@ -189,3 +189,136 @@ fn stats_without_steer_shows_softirq_and_softnet_only() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"nosuch0\" does not exist"));
     Ok(())
 }
+
+/// GET http://ADDR/metrics from inside network namespace `ns` with a real
+/// HTTP client, parsed by a real exposition-format parser.
+fn scrape(ns: &str, addr: &str) -> Result<(String, prometheus_parse::Scrape)> {
+    let url = format!("http://{addr}/metrics");
+    let body = in_ns(ns, move || -> Result<String> {
+        let mut resp = ureq::get(&url).call().with_context(|| format!("GET {url}"))?;
+        let ctype =
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert!(ctype.starts_with("application/openmetrics-text"), "content-type {ctype}");
+        Ok(resp.body_mut().read_to_string()?)
+    })??;
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))?;
+    // The parser skips what it does not understand: make sure it understood every sample line.
+    let skipped: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| {
+            !matches!(prometheus_parse::LineInfo::parse(l), prometheus_parse::LineInfo::Sample { .. })
+        })
+        .collect();
+    assert!(skipped.is_empty(), "sample lines the parser did not accept: {skipped:?}");
+    let sample_lines = body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+    assert_eq!(parsed.samples.len(), sample_lines, "samples lost:\n{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "no OpenMetrics EOF marker");
+    Ok((body, parsed))
+}
+
+fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .and_then(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+fn test_port() -> u16 {
+    20000 + (std::process::id() % 20000) as u16
+}
+
+#[test]
+fn metrics_scrape_parses_and_counters_match_json() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let n = online_cpus();
+    let addr = format!("127.0.0.1:{}", test_port());
+    let run = SteerRun::start(&lab, &["--xdp-mode", "skb", "--metrics", &addr])?;
+    let traffic = Traffic::start(&lab);
+    std::thread::sleep(Duration::from_millis(500));
+    traffic.stop()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (body, s1) = scrape(&lab.rx_ns, &addr)?;
+    let json = stats_json(&lab, "0.2")?;
+    let (_, s2) = scrape(&lab.rx_ns, &addr)?;
+    assert_eq!(
+        metric(&s1, "steer_attach_info", &[("mode", "generic"), ("iface", &lab.rx_if)]),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(metric(&s1, "steer_build_info", &[("version", env!("CARGO_PKG_VERSION"))]).is_some(), "{body}");
+    assert_eq!(metric(&s1, "steer_steering_cpus", &[]), Some(n as f64));
+    let mut steered = 0.0;
+    for cpu in 0..n {
+        let c = cpu.to_string();
+        for (name, field) in [
+            ("steer_packets_total", "xdp_rx"),
+            ("steer_redirected_total", "redirected"),
+            ("steer_steered_in_total", "steered_in"),
+            ("steer_redirect_errors_total", "redirect_err"),
+        ] {
+            let (a, b) = (metric(&s1, name, &[("cpu", &c)]), metric(&s2, name, &[("cpu", &c)]));
+            let (a, b) = (a.with_context(|| format!("{name} cpu {c} missing:\n{body}"))?, b.unwrap_or(-1.0));
+            let j = totals_field(&json, cpu, field) as f64;
+            assert!(a <= j && j <= b, "CPU {cpu} {name}: metrics {a}..{b}, json {j}");
+        }
+        steered += metric(&s1, "steer_steered_in_total", &[("cpu", &c)]).unwrap_or(0.0);
+        let soft = metric(&s1, "steer_softirq_seconds_total", &[("cpu", &c)]).context("softirq seconds")?;
+        assert!(soft > 0.0);
+        assert!(metric(&s1, "steer_passed_total", &[("cpu", &c), ("reason", "non_ip")]).is_some(), "{body}");
+    }
+    assert!(steered > 500.0, "steered {steered}");
+    // Only /metrics is served.
+    let url = format!("http://{addr}/nope");
+    let code = in_ns(&lab.rx_ns, move || match ureq::get(&url).call() {
+        Err(ureq::Error::StatusCode(c)) => c,
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    })?;
+    assert_eq!(code, 404);
+    let (ok_exit, err) = run.stop()?;
+    assert!(ok_exit, "{err}");
+    Ok(())
+}
+
+#[test]
+fn metrics_address_is_checked_before_attaching() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let out = lab
+        .steer(&["run", "--iface", &lab.rx_if, "--xdp-mode", "skb", "--metrics", "localhost:x"])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid --metrics \"localhost:x\""), "{err}");
+    assert!(!lab.rx_has_xdp()?, "a bad --metrics left XDP attached");
+    // A port already in use: refused before attaching too.
+    let addr = format!("127.0.0.1:{}", test_port() + 1);
+    let a2 = addr.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn({
+        let ns = lab.rx_ns.clone();
+        move || {
+            in_ns(&ns, move || {
+                let l = std::net::TcpListener::bind(&a2);
+                let _ = rx.recv();
+                drop(l);
+            })
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let out = lab.steer(&["run", "--iface", &lab.rx_if, "--xdp-mode", "skb", "--metrics", &addr]).output()?;
+    let _ = tx.send(());
+    let _ = holder.join();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr) && err.contains("in use"), "{err}");
+    assert!(!lab.rx_has_xdp()?);
+    Ok(())
+}
