@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod mounts;
 pub mod packet;
 pub mod pins;
+pub mod settings;
 pub mod stats;
 pub mod testrun;
 

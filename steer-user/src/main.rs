@@ -3,12 +3,14 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    parser::ValueSource, ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand,
+};
 use steer::{
     config::{HashArg, HashSettings, RunOptions, XdpMode, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
     cpus, iface,
     loader::{Attached, Steering},
-    pins, stats,
+    pins, settings, stats,
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
@@ -79,8 +81,8 @@ impl SteerArgs {
 #[derive(Args)]
 struct RunArgs {
     /// Interface to steer the receive path of.
-    #[arg(long)]
-    iface: String,
+    #[arg(long, required_unless_present = "config")]
+    iface: Option<String>,
     #[command(flatten)]
     steer: SteerArgs,
     /// Per-CPU CPUMAP queue size in frames.
@@ -103,6 +105,34 @@ struct RunArgs {
     /// IP:PORT; without an IP it listens on 127.0.0.1 only. Default: off.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    // --- stats hook-in: config file ---
+    /// TOML file with any of these options (keys are the long option names:
+    /// `cpus = "2-7"`, `table-size = 512`); options given here override it.
+    /// SIGHUP re-reads it and applies CPU set, hash and table changes live.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+// --- stats hook-in: config file ---
+/// The `run` options the user typed, as a [`settings::Partial`] that wins over the file.
+fn cli_partial(a: &RunArgs, m: &ArgMatches) -> settings::Partial {
+    let given = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    let name = |v: Option<clap::builder::PossibleValue>| v.map(|p| p.get_name().to_string());
+    settings::Partial {
+        iface: a.iface.clone(),
+        cpus: a.steer.cpus.clone().map(settings::CpuList::Text),
+        hash: given("hash").then(|| name(clap::ValueEnum::to_possible_value(&a.steer.hash))).flatten(),
+        key: a.steer.key.clone(),
+        seed: given("seed").then_some(a.steer.seed),
+        symmetric: given("symmetric").then_some(a.steer.symmetric),
+        table_size: given("table_size").then_some(a.steer.table_size),
+        qsize: given("qsize").then_some(a.qsize),
+        xdp_mode: given("xdp_mode").then(|| name(clap::ValueEnum::to_possible_value(&a.xdp_mode))).flatten(),
+        replace: given("replace").then_some(a.replace),
+        interval: given("interval").then_some(a.interval),
+        quiet: given("quiet").then_some(a.quiet),
+        metrics: a.metrics.clone(),
+    }
 }
 
 #[derive(Args)]
@@ -145,11 +175,13 @@ fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let run_matches = matches.subcommand_matches("run").cloned().unwrap_or_default();
     match cli.cmd {
         Cmd::Hash(a) => hash(a),
         Cmd::Restore { iface } => restore(&iface),
-        Cmd::Run(a) => tokio_rt()?.block_on(run(a)),
+        Cmd::Run(a) => tokio_rt()?.block_on(run(a, &run_matches)),
         Cmd::Stats(a) => tokio_rt()?.block_on(stats(a)),
     }
 }
@@ -197,18 +229,27 @@ fn interval(secs: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-async fn run(a: RunArgs) -> Result<()> {
-    let period = interval(a.interval)?;
-    let settings = a.steer.settings()?;
-    let opts = RunOptions::new(&a.iface, settings, a.qsize, a.xdp_mode, a.replace)?;
+async fn run(a: RunArgs, m: &ArgMatches) -> Result<()> {
+    // --- stats hook-in: config file (command line over file over defaults) ---
+    let cli = cli_partial(&a, m);
+    let file = match &a.config {
+        Some(path) => settings::Partial::load(path)?,
+        None => settings::Partial::default(),
+    };
+    let mut run_settings = settings::RunSettings::merge(&cli, &file)?;
+    let reloader = a.config.clone().map(|path| settings::Reloader { path, cli });
+    let s = &run_settings;
+    let period = interval(s.interval)?;
+    let opts = RunOptions::new(&s.iface, s.hash_settings()?, s.qsize, s.xdp_mode, s.replace)?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     // --- stats hook-in: metrics (bound before attaching: a busy port changes nothing) ---
-    let metrics = match &a.metrics {
+    let metrics = match &run_settings.metrics {
         Some(m) => Some(steer::metrics::bind(steer::metrics::parse_addr(m)?).await?),
         None => None,
     };
-    let steering = Steering::start(&opts)?;
+    let mut steering = Steering::start(&opts)?;
     let _metrics_task = match metrics {
         Some(listener) => {
             log::info!("metrics at http://{}/metrics", listener.local_addr()?);
@@ -230,7 +271,10 @@ async fn run(a: RunArgs) -> Result<()> {
         opts.hash.table_size,
         steering.pin_dir().display()
     );
-    let result = monitor(&steering, &opts, period, a.quiet, &mut sigterm, &mut sigint).await;
+    let mut opts = opts;
+    let mut signals = Signals { term: &mut sigterm, int: &mut sigint, hup: &mut sighup };
+    let result =
+        monitor(&mut steering, &mut opts, &mut run_settings, reloader.as_ref(), period, &mut signals).await;
     let stopped = steering.stop();
     log::info!("detached from {} and removed the pins", opts.iface);
     result.and(stopped.map_err(Into::into))
@@ -240,12 +284,12 @@ async fn run(a: RunArgs) -> Result<()> {
 /// the veth trap: native XDP there only sees frames redirected into the veth,
 /// not the socket traffic of the peer namespace.
 async fn monitor(
-    steering: &Steering,
-    opts: &RunOptions,
+    steering: &mut Steering,
+    opts: &mut RunOptions,
+    current: &mut settings::RunSettings,
+    reloader: Option<&settings::Reloader>,
     period: Duration,
-    quiet: bool,
-    sigterm: &mut tokio::signal::unix::Signal,
-    sigint: &mut tokio::signal::unix::Signal,
+    sig: &mut Signals<'_>,
 ) -> Result<()> {
     let mut prev = steering.snapshot()?;
     let start = prev.clone();
@@ -255,8 +299,16 @@ async fn monitor(
     ticker.tick().await;
     loop {
         tokio::select! {
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => return Ok(()),
+            _ = sig.term.recv() => return Ok(()),
+            _ = sig.int.recv() => return Ok(()),
+            _ = sig.hup.recv() => {
+                // --- stats hook-in: SIGHUP reload ---
+                if let Some(new_period) = reload(steering, opts, current, reloader) {
+                    ticker = tokio::time::interval(new_period);
+                    ticker.tick().await;
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         let now = steering.snapshot()?;
@@ -276,13 +328,61 @@ async fn monitor(
                 }
             }
         }
-        if !quiet {
+        if !current.quiet {
             let delta = now.since(&prev);
             let secs = now.at.duration_since(prev.at).as_secs_f64();
             println!("{}", stats::render(&delta, secs, &opts.hash.cpus));
         }
         prev = now;
     }
+}
+
+// --- stats hook-in: SIGHUP reload ---
+struct Signals<'a> {
+    term: &'a mut tokio::signal::unix::Signal,
+    int: &'a mut tokio::signal::unix::Signal,
+    hup: &'a mut tokio::signal::unix::Signal,
+}
+
+/// Re-reads the config file and applies it to the live maps. Any error is
+/// logged and the running configuration stays. Returns the new table period
+/// when it changed.
+fn reload(
+    steering: &mut Steering,
+    opts: &mut RunOptions,
+    current: &mut settings::RunSettings,
+    reloader: Option<&settings::Reloader>,
+) -> Option<Duration> {
+    let Some(r) = reloader else {
+        log::warn!("SIGHUP ignored: steer run was started without --config");
+        return None;
+    };
+    let (new, hash) = match r.reload(current) {
+        Ok(v) => v,
+        Err(e) => {
+            log::error!("SIGHUP: keeping the running configuration: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = steering.reconfigure(&hash) {
+        log::error!("SIGHUP: applying {}: {e}; keeping the running configuration", r.path.display());
+        // Put the running configuration back in every map (reconfigure adds queues first).
+        if let Err(e) = steering.reconfigure(&opts.hash) {
+            log::error!("SIGHUP: restoring the running configuration failed too: {e}");
+        }
+        return None;
+    }
+    log::info!(
+        "SIGHUP: reloaded {}: CPUs {} with {:?} hash over {} buckets",
+        r.path.display(),
+        cpus::format_list(&hash.cpus),
+        hash.kind,
+        hash.table_size
+    );
+    let changed = (new.interval != current.interval).then(|| Duration::from_secs_f64(new.interval));
+    opts.hash = hash;
+    *current = new;
+    changed
 }
 
 async fn stats(a: StatsArgs) -> Result<()> {

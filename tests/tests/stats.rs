@@ -322,3 +322,89 @@ fn metrics_address_is_checked_before_attaching() -> Result<()> {
     assert!(!lab.rx_has_xdp()?);
     Ok(())
 }
+
+/// Inode of the pinned XDP link: the same inode means the same link, never re-attached.
+fn link_inode(iface: &str) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(format!("/sys/fs/bpf/steer/{iface}/link"))?.ino())
+}
+
+/// Packets steered to each CPU while `traffic` runs for `ms`, from the pinned maps.
+fn steered_during(iface: &str, ms: u64) -> Result<(Vec<u64>, Snapshot)> {
+    let a = pinned_snapshot(iface)?;
+    std::thread::sleep(Duration::from_millis(ms));
+    let b = pinned_snapshot(iface)?;
+    let d = b.since(&a);
+    Ok((d.steered_in.clone(), d))
+}
+
+fn sighup(run: &SteerRun) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+#[test]
+fn sighup_applies_a_new_cpu_list_live_and_a_broken_config_keeps_the_old() -> Result<()> {
+    require_root();
+    let n = online_cpus();
+    assert!(n >= 2, "this test moves steering from CPU 0 to CPU 1: it needs 2 CPUs, the machine has {n}");
+    let lab = Lab::new()?;
+    let dir = std::env::temp_dir().join(format!("steer-test-{}", lab.rx_if));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("steer.toml");
+    let write = |text: String| std::fs::write(&cfg, text);
+    write(format!("iface = \"{}\"\ncpus = \"0\"\nxdp-mode = \"skb\"\n", lab.rx_if))?;
+    let cfg_s = cfg.to_string_lossy().to_string();
+    // No --iface on the command line: it comes from the file.
+    let child = lab
+        .steer(&["run", "--quiet", "--config", &cfg_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let run = SteerRun { child, iface: lab.rx_if.clone() };
+    let t0 = std::time::Instant::now();
+    while link_inode(&lab.rx_if).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "steer run --config did not attach");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let link = link_inode(&lab.rx_if)?;
+    let traffic = Traffic::start(&lab);
+    std::thread::sleep(Duration::from_millis(200));
+    let (before, _) = steered_during(&lab.rx_if, 500)?;
+    assert!(before[0] > 100 && before[1] == 0, "cpus = \"0\": steered {before:?}");
+
+    // Move every bucket to CPU 1.
+    write(format!("iface = \"{}\"\ncpus = [1]\nxdp-mode = \"skb\"\n", lab.rx_if))?;
+    let around = pinned_snapshot(&lab.rx_if)?;
+    sighup(&run);
+    let (after, _) = steered_during(&lab.rx_if, 500)?;
+    assert!(after[1] > 100 && after[0] == 0, "after SIGHUP with cpus = [1]: steered {after:?}");
+    // Nothing passed unsteered or refused across the switch.
+    let whole = pinned_snapshot(&lab.rx_if)?.since(&around).total();
+    assert_eq!(whole.redirect_err, 0, "redirects refused during the switch");
+    assert_eq!(whole.passed[steer_common::PassReason::NoConfig as usize], 0, "passed for lack of config");
+    assert_eq!(link_inode(&lab.rx_if)?, link, "the link was re-created");
+    let json = stats_json(&lab, "0.3")?;
+    assert_eq!(json["steering_cpus"], serde_json::json!([1]), "run file not updated: {json}");
+
+    // A broken file: logged, and CPU 1 keeps receiving.
+    write("cpus = \"0-\"\n[[[\n".into())?;
+    sighup(&run);
+    let (still, _) = steered_during(&lab.rx_if, 400)?;
+    assert!(still[1] > 100 && still[0] == 0, "after a broken config: steered {still:?}");
+    // A valid file naming an offline/nonexistent CPU: refused the same way.
+    write(format!("iface = \"{}\"\ncpus = \"{}\"\nxdp-mode = \"skb\"\n", lab.rx_if, n + 100))?;
+    sighup(&run);
+    let (still, _) = steered_during(&lab.rx_if, 400)?;
+    assert!(still[1] > 100, "after a config with a missing CPU: steered {still:?}");
+    assert_eq!(link_inode(&lab.rx_if)?, link);
+    traffic.stop()?;
+    let (ok_exit, err) = run.stop()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok_exit, "{err}");
+    assert!(err.contains("SIGHUP: reloaded"), "{err}");
+    assert!(err.contains("SIGHUP: keeping the running configuration") && err.contains("steer.toml"), "{err}");
+    assert!(err.contains(&format!("CPU {}", n + 100)), "error does not name the CPU: {err}");
+    Ok(())
+}
