@@ -67,10 +67,16 @@ impl Partial {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
-        toml::from_str(&text).map_err(|e| Error::BadValue {
-            what: "config file",
-            value: path.display().to_string(),
-            why: e.to_string().trim().replace('\n', " "),
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            Error::BadValue {
+                what: "config file",
+                value: path.display().to_string(),
+                why: match line {
+                    Some(l) => format!("line {l}: {}", e.message()),
+                    None => e.message().to_string(),
+                },
+            }
         })
     }
 }
