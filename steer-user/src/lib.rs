@@ -1,6 +1,7 @@
 //! steer's userspace: loader, maps, interface checks and the pieces the CLI,
 //! the lab and the tests share.
 
+pub mod caps;
 pub mod config;
 pub mod cpus;
 pub mod error;

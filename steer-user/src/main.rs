@@ -244,6 +244,8 @@ async fn run(a: RunArgs, m: &ArgMatches) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // --- stats hook-in: capabilities (named, before anything is loaded) ---
+    steer::caps::require(&steer::caps::RUN)?;
     // --- stats hook-in: metrics (bound before attaching: a busy port changes nothing) ---
     let metrics = match &run_settings.metrics {
         Some(m) => Some(steer::metrics::bind(steer::metrics::parse_addr(m)?).await?),

@@ -4,7 +4,7 @@
 
 use std::{
     net::UdpSocket,
-    process::Output,
+    process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -406,5 +406,83 @@ fn sighup_applies_a_new_cpu_list_live_and_a_broken_config_keeps_the_old() -> Res
     assert!(err.contains("SIGHUP: reloaded"), "{err}");
     assert!(err.contains("SIGHUP: keeping the running configuration") && err.contains("steer.toml"), "{err}");
     assert!(err.contains(&format!("CPU {}", n + 100)), "error does not name the CPU: {err}");
+    Ok(())
+}
+
+/// `steer ARGS` in the lab's receiving namespace with only `caps` left in the
+/// bounding set (as uid 0, exec then grants exactly those), via setpriv.
+fn steer_with_caps(lab: &Lab, caps: &str, args: &[&str]) -> Command {
+    let bin = steer_tests::steer_bin();
+    let bounding = format!("--bounding-set=-all{}{caps}", if caps.is_empty() { "" } else { "," });
+    let mut all: Vec<String> =
+        vec![bounding, "--inh-caps=-all".into(), "--".into(), bin.to_string_lossy().into()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    steer_tests::in_ns_command(&lab.rx_ns, "setpriv", &refs)
+}
+
+#[test]
+fn bpf_net_admin_perfmon_are_enough_and_each_missing_one_is_named() -> Result<()> {
+    require_root();
+    assert!(
+        Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "setpriv (util-linux) is needed for this test: apt-get install util-linux"
+    );
+    let lab = Lab::new()?;
+    // The three capabilities and nothing else: attaches, steers, stats works.
+    let child = steer_with_caps(
+        &lab,
+        "+bpf,+net_admin,+perfmon",
+        &["run", "--iface", &lab.rx_if, "--xdp-mode", "skb", "--quiet"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()?;
+    let run = SteerRun { child, iface: lab.rx_if.clone() };
+    let t0 = std::time::Instant::now();
+    while link_inode(&lab.rx_if).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "steer run with CAP_BPF+NET_ADMIN+PERFMON did not attach"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", run.child.id()))?;
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).context("CapEff")?;
+    let eff = u64::from_str_radix(eff.trim_start_matches("CapEff:").trim(), 16)?;
+    assert_eq!(eff, (1 << 39) | (1 << 38) | (1 << 12), "steer ran with more than the three capabilities");
+    assert!(lab.rx_has_xdp()?);
+    let traffic = Traffic::start(&lab);
+    std::thread::sleep(Duration::from_millis(300));
+    let out =
+        steer_with_caps(&lab, "", &["stats", "--iface", &lab.rx_if, "--json", "--once", "--interval", "0.3"])
+            .output()?;
+    traffic.stop()?;
+    let v: Value = serde_json::from_str(ok(out, "steer stats with no capabilities")?.trim())?;
+    assert!(v["all"]["steered_in_pps"].as_f64().unwrap_or(0.0) > 10.0, "{v}");
+    // Pinned objects are root's only.
+    for pin in ["link", "stats", "targets", "cpus"] {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let m = std::fs::metadata(format!("/sys/fs/bpf/steer/{}/{pin}", lab.rx_if))?;
+        assert_eq!((m.uid(), m.permissions().mode() & 0o077), (0, 0), "{pin} is readable by others");
+    }
+    let (ok_exit, err) = run.stop()?;
+    assert!(ok_exit, "{err}");
+
+    // Each one missing: refused up front, by name, with nothing attached.
+    for (caps, missing) in [
+        ("+net_admin,+perfmon", "CAP_BPF"),
+        ("+bpf,+perfmon", "CAP_NET_ADMIN"),
+        ("+bpf,+net_admin", "CAP_PERFMON"),
+    ] {
+        let out =
+            steer_with_caps(&lab, caps, &["run", "--iface", &lab.rx_if, "--xdp-mode", "skb", "--quiet"])
+                .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "ran without {missing}");
+        assert!(err.contains(&format!("missing capability {missing}")), "{caps}: {err}");
+        assert!(!lab.rx_has_xdp()?, "XDP attached without {missing}");
+        assert!(link_inode(&lab.rx_if).is_err(), "pinned without {missing}");
+    }
     Ok(())
 }
