@@ -252,6 +252,10 @@ async fn run(a: RunArgs, m: &ArgMatches) -> Result<()> {
         None => None,
     };
     let mut steering = Steering::start(&opts)?;
+    // --- stats hook-in: cpumap drop counters (optional: stats work without them) ---
+    if let Err(e) = stats::cpumap::watch(&mut steering.ebpf, &opts.iface) {
+        log::warn!("cpumap drops will not be counted: {e}");
+    }
     let _metrics_task = match metrics {
         Some(listener) => {
             log::info!("metrics at http://{}/metrics", listener.local_addr()?);

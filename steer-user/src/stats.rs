@@ -3,6 +3,7 @@
 //! together as a [`Sample`]; two samples make a [`Report`] of rates, which is
 //! what `steer stats` prints (table or JSON) and `--metrics` exports.
 
+pub mod cpumap;
 pub mod procstat;
 pub mod softnet;
 
@@ -497,13 +498,14 @@ pub fn render_table(r: &Report) -> String {
 pub struct Source {
     iface: String,
     pinned: Option<crate::pins::Pinned>,
+    cpumap: Option<PerCpuArray<aya::maps::MapData, u64>>,
 }
 
 impl Source {
     /// Fails only when there is no steer run AND no such interface here, so
     /// that a typo is not silently shown as an idle machine.
     pub fn open(iface: &str) -> Result<Self> {
-        let mut s = Self { iface: iface.to_string(), pinned: None };
+        let mut s = Self { iface: iface.to_string(), pinned: None, cpumap: None };
         s.refresh();
         if s.pinned.is_none() {
             crate::iface::index(iface)?;
@@ -515,8 +517,14 @@ impl Source {
         let pinned_now = crate::pins::dir(&self.iface).join(crate::pins::STATS).exists();
         if !pinned_now {
             self.pinned = None;
-        } else if self.pinned.is_none() {
-            self.pinned = crate::pins::Pinned::open(&self.iface).ok();
+            self.cpumap = None;
+        } else {
+            if self.pinned.is_none() {
+                self.pinned = crate::pins::Pinned::open(&self.iface).ok();
+            }
+            if self.cpumap.is_none() {
+                self.cpumap = cpumap::open(&self.iface);
+            }
         }
     }
 
@@ -531,6 +539,10 @@ impl Source {
             Some(p) => Some(Snapshot::read(&p.stats, &p.targets)?),
             None => None,
         };
+        let cpumap = match (&self.cpumap, &xdp) {
+            (Some(m), Some(x)) => Some(cpumap::read(m, x.per_cpu.len())?),
+            _ => None,
+        };
         let unix_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -539,7 +551,7 @@ impl Source {
             at: Instant::now(),
             unix_s,
             xdp,
-            cpumap: None,
+            cpumap,
             times: procstat::read()?,
             softnet: softnet::read()?,
             run: RunInfo::read(&self.iface),
