@@ -40,7 +40,7 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr> {
     };
     let t = s.trim();
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    if let Ok(port) = t.trim_start_matches(':').parse::<u16>() {
+    if let Ok(port) = t.strip_prefix(':').unwrap_or(t).parse::<u16>() {
         return Ok(SocketAddr::new(loopback, port));
     }
     if let Ok(a) = t.parse::<SocketAddr>() {
