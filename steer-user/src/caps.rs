@@ -85,4 +85,24 @@ mod tests {
         let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000000c000001000\n";
         assert_eq!(parse_cap_eff(s), Some(0xc0_0000_1000));
     }
+
+    #[test]
+    fn deploy_files_grant_exactly_the_run_set() {
+        let unit = include_str!("../../deploy/systemd/steer@.service");
+        let names: Vec<&str> = RUN.iter().map(|(c, _)| c.1).collect();
+        for key in ["CapabilityBoundingSet=", "AmbientCapabilities="] {
+            let line = unit.lines().find(|l| l.starts_with(key)).unwrap();
+            let got: Vec<&str> = line.trim_start_matches(key).split_whitespace().collect();
+            assert_eq!(got, names, "{key}");
+        }
+        let k8s_names: Vec<String> =
+            names.iter().map(|n| format!("\"{}\"", n.trim_start_matches("CAP_"))).collect();
+        let want = format!("add: [{}]", k8s_names.join(", "));
+        for y in
+            [include_str!("../../deploy/k8s/daemonset.yaml"), include_str!("../../deploy/k8s/sidecar.yaml")]
+        {
+            assert!(y.contains(&want), "k8s capabilities differ from {want}");
+            assert!(y.contains("drop: [\"ALL\"]"));
+        }
+    }
 }

@@ -291,4 +291,25 @@ mod tests {
         let live = a.live_part_of(&b);
         assert_eq!((live.iface.as_str(), live.qsize, live.cpus.as_deref()), ("a", 64, Some("1")));
     }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../../deploy/steer.toml");
+        let s = RunSettings::merge(&Partial::default(), &parse(text).unwrap()).unwrap();
+        assert_eq!((s.iface.as_str(), s.cpus.as_deref()), ("eth0", Some("1-3")));
+        for k8s in
+            [include_str!("../../deploy/k8s/daemonset.yaml"), include_str!("../../deploy/k8s/sidecar.yaml")]
+        {
+            // The ConfigMap's steer.toml: the indented block after "steer.toml: |".
+            let block: String = k8s
+                .lines()
+                .skip_while(|l| !l.contains("steer.toml: |"))
+                .skip(1)
+                .take_while(|l| l.starts_with("    "))
+                .map(|l| format!("{}\n", l.trim()))
+                .collect();
+            let p = parse(&block).unwrap();
+            assert_eq!(p.iface.as_deref(), Some("eth0"), "{block}");
+        }
+    }
 }
