@@ -7,15 +7,21 @@
 //!   BPF_PROG_TEST_RUN with live frames; it varies the source port per frame so
 //!   that many flows interleave packet by packet, like a NIC's receive ring.
 //! - `xdp_pass`: a bare XDP_PASS, the baseline for per-packet cost.
+//! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues.
 #![no_std]
 #![no_main]
 
+mod cpumap_trace;
 mod lab;
 mod maps;
 mod parse;
 mod steer;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{tracepoint, xdp},
+    programs::{TracePointContext, XdpContext},
+};
 
 #[xdp]
 pub fn steer_xdp(ctx: XdpContext) -> u32 {
@@ -30,6 +36,17 @@ pub fn lab_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+// --- stats: cpumap drop counters (xdp:xdp_cpumap_enqueue / xdp:xdp_cpumap_kthread) ---
+#[tracepoint]
+pub fn cpumap_enqueue(ctx: TracePointContext) -> u32 {
+    cpumap_trace::enqueue(&ctx)
+}
+
+#[tracepoint]
+pub fn cpumap_kthread(ctx: TracePointContext) -> u32 {
+    cpumap_trace::kthread(&ctx)
 }
 
 #[cfg(not(test))]

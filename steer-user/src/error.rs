@@ -35,6 +35,12 @@ pub enum Error {
     },
     #[error("eBPF: {0}")]
     Ebpf(String),
+    // --- stats hook-in: capabilities ---
+    #[error(
+        "missing capability {missing}: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+         (e.g. `setpriv --inh-caps=+bpf,+net_admin,+perfmon --ambient-caps=+bpf,+net_admin,+perfmon`)"
+    )]
+    MissingCapabilities { missing: String },
     #[error("no steer run is attached to \"{iface}\" (nothing pinned at {path})")]
     NotRunning { iface: String, path: PathBuf },
     // --- nic (issue 4) ---

@@ -1,15 +1,18 @@
 //! steer's userspace: loader, maps, interface checks and the pieces the CLI,
 //! the lab and the tests share.
 
+pub mod caps;
 pub mod config;
 pub mod cpus;
 pub mod error;
 pub mod iface;
 pub mod loader;
+pub mod metrics;
 pub mod mounts;
 pub mod nic;
 pub mod packet;
 pub mod pins;
+pub mod settings;
 pub mod stats;
 pub mod testrun;
 

@@ -244,9 +244,105 @@ impl Steering {
         snapshot(&self.ebpf)
     }
 
-    /// Applies new hash settings to the live maps without detaching.
+    /// Applies new hash settings to the live maps without detaching. When the
+    /// CPU set changes, queues for the new CPUs are created first (same queue
+    /// size as the existing ones), then the table is switched, then queues of
+    /// CPUs no longer used are removed: at no moment does the table point at a
+    /// CPU without a queue, so nothing is dropped or passed unsteered.
     pub fn reconfigure(&mut self, hash: &HashSettings) -> Result<()> {
-        write_config(&mut self.ebpf, hash)
+        // The table map was sized at load: it can shrink live, not grow.
+        let loaded = Array::<_, u32>::try_from(map_mut(&mut self.ebpf, "INDIR")?).map_err(Error::ebpf)?.len();
+        if hash.table_size > loaded {
+            return Err(Error::BadValue {
+                what: "table-size",
+                value: hash.table_size.to_string(),
+                why: format!(
+                    "the running program was loaded with {loaded} buckets; growing the table needs a restart"
+                ),
+            });
+        }
+        let old = self.cpumap_cpus()?;
+        let qsize = {
+            let cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, "CPUS")?).map_err(Error::ebpf)?;
+            old.first()
+                .and_then(|c| cpumap.get(*c, 0).ok())
+                .map_or(crate::config::DEFAULT_QSIZE, |v| v.queue_size)
+        };
+        {
+            let mut cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, "CPUS")?).map_err(Error::ebpf)?;
+            for &cpu in hash.cpus.iter().filter(|c| !old.contains(c)) {
+                cpumap.set(cpu, qsize, None, 0).map_err(|e| {
+                    Error::Ebpf(format!("adding CPU {cpu} to the CPUMAP (qsize {qsize}): {e}"))
+                })?;
+            }
+        }
+        write_config(&mut self.ebpf, hash)?;
+        for &cpu in old.iter().filter(|c| !hash.cpus.contains(c)) {
+            self.cpumap_delete(cpu)?;
+        }
+        self.update_run_file(hash)
+    }
+
+    /// CPUs that have a CPUMAP queue now.
+    pub fn cpumap_cpus(&mut self) -> Result<Vec<u32>> {
+        let cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, "CPUS")?).map_err(Error::ebpf)?;
+        Ok((0..cpumap.len()).filter(|c| cpumap.get(*c, 0).is_ok_and(|v| v.queue_size > 0)).collect())
+    }
+
+    /// Removes `cpu`'s queue (aya 0.14 has no CpuMap::remove): BPF_MAP_DELETE_ELEM.
+    fn cpumap_delete(&mut self, cpu: u32) -> Result<()> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let aya::maps::Map::CpuMap(data) = map_mut(&mut self.ebpf, "CPUS")? else {
+            return Err(Error::Ebpf("map CPUS is not a CPUMAP".into()));
+        };
+        // bpf_attr for BPF_MAP_*_ELEM: map_fd, pad, key pointer, value pointer, flags.
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let key = cpu;
+        let attr = Attr {
+            map_fd: data.fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: 0,
+            flags: 0,
+        };
+        const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+        // SAFETY: a valid bpf_attr prefix with its true size; key outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_ELEM,
+                &attr as *const Attr,
+                std::mem::size_of::<Attr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io(
+                format!("removing CPU {cpu} from the CPUMAP"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Keeps `run.json` (read by `steer stats`) in step with the live CPU set.
+    fn update_run_file(&self, hash: &HashSettings) -> Result<()> {
+        let path = pins::run_file(&self.iface);
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Ebpf(format!("{}: {e}", path.display())))?;
+        v["cpus"] = serde_json::json!(hash.cpus);
+        v["hash"] = serde_json::json!(format!("{:?}", hash.kind).to_lowercase());
+        v["seed"] = serde_json::json!(hash.seed);
+        v["symmetric"] = serde_json::json!(hash.symmetric);
+        v["table_size"] = serde_json::json!(hash.table_size);
+        std::fs::write(&path, v.to_string()).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// Detaches the program and removes every pin.

@@ -3,13 +3,14 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    parser::ValueSource, ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand,
+};
 use steer::{
     config::{HashArg, HashSettings, RunOptions, XdpMode, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
     cpus, iface,
     loader::{Attached, Steering},
-    pins,
-    stats::{self, Snapshot},
+    pins, settings, stats,
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
@@ -84,8 +85,8 @@ impl SteerArgs {
 #[derive(Args)]
 struct RunArgs {
     /// Interface to steer the receive path of.
-    #[arg(long)]
-    iface: String,
+    #[arg(long, required_unless_present = "config")]
+    iface: Option<String>,
     #[command(flatten)]
     steer: SteerArgs,
     /// Per-CPU CPUMAP queue size in frames.
@@ -105,6 +106,39 @@ struct RunArgs {
     quiet: bool,
     #[command(flatten)]
     nic: NicRunArgs,
+    // --- stats hook-in: metrics ---
+    /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics. ADDR is PORT, IP or
+    /// IP:PORT; without an IP it listens on 127.0.0.1 only. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    // --- stats hook-in: config file ---
+    /// TOML file with any of these options (keys are the long option names:
+    /// `cpus = "2-7"`, `table-size = 512`); options given here override it.
+    /// SIGHUP re-reads it and applies CPU set, hash and table changes live.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+// --- stats hook-in: config file ---
+/// The `run` options the user typed, as a [`settings::Partial`] that wins over the file.
+fn cli_partial(a: &RunArgs, m: &ArgMatches) -> settings::Partial {
+    let given = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    let name = |v: Option<clap::builder::PossibleValue>| v.map(|p| p.get_name().to_string());
+    settings::Partial {
+        iface: a.iface.clone(),
+        cpus: a.steer.cpus.clone().map(settings::CpuList::Text),
+        hash: given("hash").then(|| name(clap::ValueEnum::to_possible_value(&a.steer.hash))).flatten(),
+        key: a.steer.key.clone(),
+        seed: given("seed").then_some(a.steer.seed),
+        symmetric: given("symmetric").then_some(a.steer.symmetric),
+        table_size: given("table_size").then_some(a.steer.table_size),
+        qsize: given("qsize").then_some(a.qsize),
+        xdp_mode: given("xdp_mode").then(|| name(clap::ValueEnum::to_possible_value(&a.xdp_mode))).flatten(),
+        replace: given("replace").then_some(a.replace),
+        interval: given("interval").then_some(a.interval),
+        quiet: given("quiet").then_some(a.quiet),
+        metrics: a.metrics.clone(),
+    }
 }
 
 #[derive(Args)]
@@ -129,25 +163,31 @@ struct HashArgs {
 
 #[derive(Args)]
 struct StatsArgs {
+    /// Interface whose `steer run` to read (works without one: softirq/softnet only).
     #[arg(long)]
     iface: String,
-    /// Seconds between two tables.
+    /// Seconds between two tables (rates are over this interval).
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
-    /// Print one table of totals and exit.
+    /// Print one interval and exit (for scripts).
     #[arg(long)]
     once: bool,
+    /// One JSON object per interval (one per line) instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let run_matches = matches.subcommand_matches("run").cloned().unwrap_or_default();
     match cli.cmd {
         Cmd::Hash(a) => hash(a),
         Cmd::Restore { iface } => restore(&iface),
-        Cmd::Run(a) => tokio_rt()?.block_on(run(a)),
+        Cmd::Run(a) => tokio_rt()?.block_on(run(a, &run_matches)),
         Cmd::Stats(a) => tokio_rt()?.block_on(stats(a)),
         Cmd::Nic(c) => nic_cmd(c),
     }
@@ -198,18 +238,46 @@ fn interval(secs: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-async fn run(a: RunArgs) -> Result<()> {
+async fn run(a: RunArgs, m: &ArgMatches) -> Result<()> {
     // nic (issue 4): --engine kernel configures the kernel's RPS/RFS/XPS instead of XDP.
     if a.nic.engine == Engine::Kernel {
         return run_kernel(a).await;
     }
-    let period = interval(a.interval)?;
-    let settings = a.steer.settings()?;
-    let opts = RunOptions::new(&a.iface, settings, a.qsize, a.xdp_mode, a.replace)?;
+    // --- stats hook-in: config file (command line over file over defaults) ---
+    let cli = cli_partial(&a, m);
+    let file = match &a.config {
+        Some(path) => settings::Partial::load(path)?,
+        None => settings::Partial::default(),
+    };
+    let mut run_settings = settings::RunSettings::merge(&cli, &file)?;
+    let reloader = a.config.clone().map(|path| settings::Reloader { path, cli });
+    let s = &run_settings;
+    let period = interval(s.interval)?;
+    let opts = RunOptions::new(&s.iface, s.hash_settings()?, s.qsize, s.xdp_mode, s.replace)?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let nic_guard = NicGuard::start(&a.iface, a.nic.profile, None, a.quiet)?; // nic (issue 4): --profile
-    let steering = Steering::start(&opts)?;
+    // --- stats hook-in: capabilities (named, before anything is loaded) ---
+    steer::caps::require(&steer::caps::RUN)?;
+    // --- stats hook-in: metrics (bound before attaching: a busy port changes nothing) ---
+    let metrics = match &run_settings.metrics {
+        Some(m) => Some(steer::metrics::bind(steer::metrics::parse_addr(m)?).await?),
+        None => None,
+    };
+    let nic_guard = NicGuard::start(&opts.iface, a.nic.profile, None, run_settings.quiet)?; // nic (issue 4): --profile
+    let mut steering = Steering::start(&opts)?;
+    // --- stats hook-in: cpumap drop counters (optional: stats work without them) ---
+    if let Err(e) = stats::cpumap::watch(&mut steering.ebpf, &opts.iface) {
+        log::warn!("cpumap drops will not be counted: {e}");
+    }
+    let _metrics_task = match metrics {
+        Some(listener) => {
+            log::info!("metrics at http://{}/metrics", listener.local_addr()?);
+            let registry = steer::metrics::registry(&opts.iface)?;
+            Some(tokio::spawn(steer::metrics::serve(listener, registry)))
+        }
+        None => None,
+    };
     log::info!(
         "steering {} ({}, {} XDP) to CPUs {} with {:?} hash over {} buckets; pinned at {}",
         opts.iface,
@@ -223,7 +291,10 @@ async fn run(a: RunArgs) -> Result<()> {
         opts.hash.table_size,
         steering.pin_dir().display()
     );
-    let result = monitor(&steering, &opts, period, a.quiet, &mut sigterm, &mut sigint).await;
+    let mut opts = opts;
+    let mut signals = Signals { term: &mut sigterm, int: &mut sigint, hup: &mut sighup };
+    let result =
+        monitor(&mut steering, &mut opts, &mut run_settings, reloader.as_ref(), period, &mut signals).await;
     let nic_restored = nic_guard.finish(); // nic (issue 4)
     let stopped = steering.stop();
     log::info!("detached from {} and removed the pins", opts.iface);
@@ -233,12 +304,12 @@ async fn run(a: RunArgs) -> Result<()> {
 /// Prints a rate table every `period` until SIGINT/SIGTERM, and watches for
 /// the two veth traps of native mode (see [`VethWatch`]).
 async fn monitor(
-    steering: &Steering,
-    opts: &RunOptions,
+    steering: &mut Steering,
+    opts: &mut RunOptions,
+    current: &mut settings::RunSettings,
+    reloader: Option<&settings::Reloader>,
     period: Duration,
-    quiet: bool,
-    sigterm: &mut tokio::signal::unix::Signal,
-    sigint: &mut tokio::signal::unix::Signal,
+    sig: &mut Signals<'_>,
 ) -> Result<()> {
     let mut prev = steering.snapshot()?;
     let mut watch = VethWatch::new(steering, opts, &prev);
@@ -246,15 +317,23 @@ async fn monitor(
     ticker.tick().await;
     loop {
         tokio::select! {
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => return Ok(()),
+            _ = sig.term.recv() => return Ok(()),
+            _ = sig.int.recv() => return Ok(()),
+            _ = sig.hup.recv() => {
+                // --- stats hook-in: SIGHUP reload ---
+                if let Some(new_period) = reload(steering, opts, current, reloader) {
+                    ticker = tokio::time::interval(new_period);
+                    ticker.tick().await;
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         let now = steering.snapshot()?;
         if let Some(w) = watch.as_mut() {
             w.check(&opts.iface, &steering.driver, &now);
         }
-        if !quiet {
+        if !current.quiet {
             let delta = now.since(&prev);
             let secs = now.at.duration_since(prev.at).as_secs_f64();
             println!("{}", stats::render(&delta, secs, &opts.hash.cpus));
@@ -269,7 +348,7 @@ async fn monitor(
 /// - TCP from the peer namespace losing CHECKSUM_PARTIAL on its way through the
 ///   CPUMAP, so the receiver drops it as `Tcp: InCsumErrors` (measured on 6.18).
 struct VethWatch {
-    start: Snapshot,
+    start: stats::Snapshot,
     rx0: Option<u64>,
     csum0: Option<u64>,
     warned_rx: bool,
@@ -277,7 +356,7 @@ struct VethWatch {
 }
 
 impl VethWatch {
-    fn new(steering: &Steering, opts: &RunOptions, now: &Snapshot) -> Option<Self> {
+    fn new(steering: &Steering, opts: &RunOptions, now: &stats::Snapshot) -> Option<Self> {
         (steering.mode == Attached::Native && steering.driver == "veth").then(|| Self {
             start: now.clone(),
             rx0: iface::rx_packets(&opts.iface).ok(),
@@ -287,7 +366,7 @@ impl VethWatch {
         })
     }
 
-    fn check(&mut self, ifname: &str, driver: &str, now: &Snapshot) {
+    fn check(&mut self, ifname: &str, driver: &str, now: &stats::Snapshot) {
         if let (false, Some(rx0), Ok(rx)) = (self.warned_rx, self.rx0, iface::rx_packets(ifname)) {
             let rx = rx.saturating_sub(rx0);
             let seen = now.since(&self.start).total().seen;
@@ -314,23 +393,61 @@ impl VethWatch {
     }
 }
 
+// --- stats hook-in: SIGHUP reload ---
+struct Signals<'a> {
+    term: &'a mut tokio::signal::unix::Signal,
+    int: &'a mut tokio::signal::unix::Signal,
+    hup: &'a mut tokio::signal::unix::Signal,
+}
+
+/// Re-reads the config file and applies it to the live maps. Any error is
+/// logged and the running configuration stays. Returns the new table period
+/// when it changed.
+fn reload(
+    steering: &mut Steering,
+    opts: &mut RunOptions,
+    current: &mut settings::RunSettings,
+    reloader: Option<&settings::Reloader>,
+) -> Option<Duration> {
+    let Some(r) = reloader else {
+        log::warn!("SIGHUP ignored: steer run was started without --config");
+        return None;
+    };
+    let (new, hash) = match r.reload(current) {
+        Ok(v) => v,
+        Err(e) => {
+            log::error!("SIGHUP: keeping the running configuration: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = steering.reconfigure(&hash) {
+        log::error!("SIGHUP: applying {}: {e}; keeping the running configuration", r.path.display());
+        // Put the running configuration back in every map (reconfigure adds queues first).
+        if let Err(e) = steering.reconfigure(&opts.hash) {
+            log::error!("SIGHUP: restoring the running configuration failed too: {e}");
+        }
+        return None;
+    }
+    log::info!(
+        "SIGHUP: reloaded {}: CPUs {} with {:?} hash over {} buckets",
+        r.path.display(),
+        cpus::format_list(&hash.cpus),
+        hash.kind,
+        hash.table_size
+    );
+    let changed = (new.interval != current.interval).then(|| Duration::from_secs_f64(new.interval));
+    opts.hash = hash;
+    *current = new;
+    changed
+}
+
 async fn stats(a: StatsArgs) -> Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
     let period = interval(a.interval)?;
     steer::mounts::ensure_bpffs()?;
-    let pinned = pins::Pinned::open(&a.iface)?;
-    let read = || Snapshot::read(&pinned.stats, &pinned.targets);
-    let first = read()?;
-    if a.once {
-        let zero = Snapshot {
-            at: first.at,
-            per_cpu: vec![Default::default(); first.per_cpu.len()],
-            steered_in: vec![0; first.steered_in.len()],
-        };
-        // Totals since the program was attached (a "rate" over one second).
-        println!("{}", stats::render(&first.since(&zero), 1.0, &[]).replace(" pps", "    "));
-        return Ok(());
-    }
-    let mut prev = first;
+    let mut source = stats::Source::open(&a.iface)?;
+    let tty = std::io::stdout().is_terminal() && !a.json;
+    let mut prev = source.sample()?;
     let mut ticker = tokio::time::interval(period);
     ticker.tick().await;
     loop {
@@ -338,9 +455,21 @@ async fn stats(a: StatsArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = ticker.tick() => {}
         }
-        let now = read()?;
-        let secs = now.at.duration_since(prev.at).as_secs_f64();
-        println!("{}", stats::render(&now.since(&prev), secs, &[]));
+        let now = source.sample()?;
+        let report = stats::Report::new(&a.iface, &prev, &now);
+        let mut out = std::io::stdout().lock();
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        } else if tty {
+            // Home and clear: redraw in place, like top.
+            write!(out, "\x1b[H\x1b[2J{}", stats::render_table(&report))?;
+        } else {
+            writeln!(out, "{}", stats::render_table(&report))?;
+        }
+        out.flush()?;
+        if a.once {
+            return Ok(());
+        }
         prev = now;
     }
 }
@@ -570,10 +699,11 @@ impl Drop for NicGuard {
 /// `steer run --engine kernel`: RPS over --cpus on every rx queue, RFS and
 /// XPS, until SIGINT/SIGTERM; then everything is put back.
 async fn run_kernel(a: RunArgs) -> Result<()> {
+    let ifname = a.iface.clone().context("--iface is required with --engine kernel")?;
     let period = interval(a.interval)?;
     let cpu_set = cpus::resolve(a.steer.cpus.as_deref())?;
-    if let Some(pid) = pins::live_owner(&a.iface) {
-        bail!("steer (pid {pid}) is steering \"{}\" with XDP: stop it first", a.iface);
+    if let Some(pid) = pins::live_owner(&ifname) {
+        bail!("steer (pid {pid}) is steering \"{}\" with XDP: stop it first", ifname);
     }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -584,10 +714,10 @@ async fn run_kernel(a: RunArgs) -> Result<()> {
         xps: true,
         ..Default::default()
     };
-    let guard = NicGuard::start(&a.iface, a.nic.profile, Some(req), a.quiet)?;
+    let guard = NicGuard::start(&ifname, a.nic.profile, Some(req), a.quiet)?;
     log::info!(
         "kernel RPS/RFS/XPS on {} over CPUs {} (rps_sock_flow_entries {}); restored on exit",
-        a.iface,
+        ifname,
         cpus::format_list(&cpu_set),
         a.nic.rfs_entries
     );

@@ -19,8 +19,10 @@ pub const TARGETS: &str = "targets";
 pub const CONFIG: &str = "config";
 pub const INDIR: &str = "indir";
 pub const CPUS: &str = "cpus";
+// --- stats hook-in: cpumap drop counters ---
+pub const CPUMAP_DROPS: &str = "cpumap_drops";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 6] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS];
+pub const ALL: [&str; 7] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS];
 
 pub fn dir(iface: &str) -> PathBuf {
     Path::new(mounts::BPFFS).join("steer").join(iface)

@@ -1,6 +1,13 @@
-//! Per-CPU counters of the XDP program: read, subtract, render.
+//! Per-CPU statistics: the XDP program's counters, `/proc/stat` softirq and
+//! idle time, `/proc/net/softnet_stat` and the cpumap drop counters, read
+//! together as a [`Sample`]; two samples make a [`Report`] of rates, which is
+//! what `steer stats` prints (table or JSON) and `--metrics` exports.
 
-use std::{borrow::Borrow, fmt::Write as _, time::Instant};
+pub mod cpumap;
+pub mod procstat;
+pub mod softnet;
+
+use std::{borrow::Borrow, collections::BTreeMap, fmt::Write as _, time::Instant};
 
 use aya::maps::{MapData, PerCpuArray};
 use steer_common::{Counters, PassReason};
@@ -117,4 +124,437 @@ pub fn render(delta: &Snapshot, secs: f64, cpus: &[u32]) -> String {
         let _ = writeln!(out, "passed: {}", reasons.join(", "));
     }
     out
+}
+
+/// Drops of the CPUMAP queues, per CPU, from the `xdp:xdp_cpumap_*` tracepoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpumapDrops {
+    /// Frames refused because this CPU's queue was full (counted for the target CPU).
+    pub enqueue: u64,
+    /// Frames this CPU's cpumap kthread dropped.
+    pub kthread: u64,
+}
+
+/// What `steer run` recorded about itself in its run file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunInfo {
+    pub pid: u32,
+    /// "native" or "generic".
+    pub mode: String,
+    pub cpus: Vec<u32>,
+}
+
+impl RunInfo {
+    /// Reads `/run/steer/IFACE/run.json`; `None` when no run is recorded.
+    pub fn read(iface: &str) -> Option<Self> {
+        let s = std::fs::read_to_string(crate::pins::run_file(iface)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+        Some(Self {
+            pid: v.get("pid")?.as_u64()? as u32,
+            mode: v.get("mode").and_then(|m| m.as_str()).unwrap_or("unknown").to_string(),
+            cpus: v
+                .get("cpus")
+                .and_then(|c| c.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Everything at one instant.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub at: Instant,
+    /// Seconds since the Unix epoch, for JSON consumers.
+    pub unix_s: f64,
+    /// `None` when no steer program is attached to the interface.
+    pub xdp: Option<Snapshot>,
+    /// Indexed by CPU; `None` when the cpumap tracepoints are not watched.
+    pub cpumap: Option<Vec<CpumapDrops>>,
+    pub times: Vec<procstat::CpuTimes>,
+    pub softnet: Vec<softnet::Softnet>,
+    pub run: Option<RunInfo>,
+}
+
+/// Cumulative counters of one CPU, as exported (JSON `total`, Prometheus).
+/// XDP and cpumap fields are `None` when steer is not attached.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CpuTotals {
+    pub cpu: u32,
+    /// Packets the XDP program ran on, on this CPU (the receiving CPU).
+    pub xdp_rx: Option<u64>,
+    /// Packets this CPU handed to the CPUMAP.
+    pub redirected: Option<u64>,
+    /// Packets redirected to this CPU (as a target), from every CPU.
+    pub steered_in: Option<u64>,
+    /// Packets passed up the stack unsteered on this CPU, all reasons.
+    pub passed: Option<u64>,
+    /// Redirects refused (no queue for the chosen CPU): passed instead.
+    pub redirect_err: Option<u64>,
+    /// Frames dropped because this CPU's CPUMAP queue was full.
+    pub cpumap_enqueue_drops: Option<u64>,
+    /// Frames this CPU's cpumap kthread dropped.
+    pub cpumap_kthread_drops: Option<u64>,
+    /// Seconds this CPU spent in softirq since boot.
+    pub softirq_s: f64,
+    /// Seconds this CPU was idle since boot.
+    pub idle_s: f64,
+    /// Seconds of every state since boot (the denominator of the percentages).
+    pub cpu_s: f64,
+    /// softnet_stat: packets processed by NET_RX (32-bit, wraps).
+    pub softnet_processed: u64,
+    /// softnet_stat: packets dropped because the backlog was full.
+    pub softnet_dropped: u64,
+    /// softnet_stat: NET_RX runs that ended with work left.
+    pub time_squeeze: u64,
+    /// softnet_stat: RPS IPIs received.
+    pub received_rps: u64,
+    /// softnet_stat: packets dropped by the RPS flow limit.
+    pub flow_limit: u64,
+}
+
+impl Sample {
+    /// Cumulative counters of every online CPU (rows of /proc/stat).
+    pub fn totals(&self) -> Vec<CpuTotals> {
+        self.times
+            .iter()
+            .map(|t| {
+                let cpu = t.cpu as usize;
+                let c = self.xdp.as_ref().map(|x| x.per_cpu.get(cpu).copied().unwrap_or_default());
+                let sn = self.softnet.iter().find(|s| s.cpu == t.cpu).copied().unwrap_or_default();
+                let cm = self.cpumap.as_ref().map(|m| m.get(cpu).copied().unwrap_or_default());
+                CpuTotals {
+                    cpu: t.cpu,
+                    xdp_rx: c.map(|c| c.seen),
+                    redirected: c.map(|c| c.redirected),
+                    steered_in: self.xdp.as_ref().map(|x| x.steered_in.get(cpu).copied().unwrap_or(0)),
+                    passed: c.map(|c| c.passed_total()),
+                    redirect_err: c.map(|c| c.redirect_err),
+                    cpumap_enqueue_drops: cm.map(|m| m.enqueue),
+                    cpumap_kthread_drops: cm.map(|m| m.kthread),
+                    softirq_s: t.softirq_s,
+                    idle_s: t.idle_s,
+                    cpu_s: t.total_s,
+                    softnet_processed: sn.processed.into(),
+                    softnet_dropped: sn.dropped.into(),
+                    time_squeeze: sn.time_squeeze.into(),
+                    received_rps: sn.received_rps.into(),
+                    flow_limit: sn.flow_limit.into(),
+                }
+            })
+            .collect()
+    }
+
+    /// Packets passed unsteered, by reason, summed over CPUs.
+    pub fn passed_by_reason(&self) -> Option<BTreeMap<&'static str, u64>> {
+        let t = self.xdp.as_ref()?.total();
+        Some(PassReason::ALL.iter().map(|r| (r.name(), t.passed[*r as usize])).collect())
+    }
+}
+
+/// Rates of one CPU over an interval. XDP fields are `None` when steer is not attached.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CpuRates {
+    pub cpu: u32,
+    /// Whether the running steer steers to this CPU.
+    pub steering: bool,
+    pub xdp_rx_pps: Option<f64>,
+    pub redirected_pps: Option<f64>,
+    pub steered_in_pps: Option<f64>,
+    pub passed_pps: Option<f64>,
+    /// Redirect errors plus cpumap enqueue and kthread drops.
+    pub drops_pps: Option<f64>,
+    pub softirq_pct: f64,
+    pub idle_pct: f64,
+    pub softnet_processed_pps: f64,
+    pub softnet_dropped_pps: f64,
+    pub time_squeeze_per_s: f64,
+    pub received_rps_per_s: f64,
+    pub flow_limit_per_s: f64,
+}
+
+/// One interval of `steer stats`: the JSON object `--json` prints per line.
+/// Field names are stable; new fields may be added.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    pub iface: String,
+    /// Seconds since the Unix epoch at the end of the interval.
+    pub time_unix_s: f64,
+    pub interval_s: f64,
+    /// "native", "generic", or null when no steer program is attached.
+    pub attached: Option<String>,
+    /// CPUs the running steer steers to (empty when not attached).
+    pub steering_cpus: Vec<u32>,
+    /// max/mean of `steered_in_pps` over the steering CPUs; null without traffic.
+    pub imbalance: Option<f64>,
+    pub cpus: Vec<CpuRates>,
+    /// Rates summed over CPUs (percentages: mean over CPUs).
+    pub all: CpuRates,
+    /// Cumulative counters at the end of the interval.
+    pub totals: Vec<CpuTotals>,
+    /// Cumulative packets passed unsteered, by reason (null when not attached).
+    pub passed_by_reason: Option<BTreeMap<&'static str, u64>>,
+}
+
+/// Difference of two kernel counters that may be 32-bit and wrap.
+fn delta(now: u64, before: u64) -> u64 {
+    if now >= before {
+        now - before
+    } else if before <= u32::MAX as u64 {
+        (now + (1u64 << 32)).saturating_sub(before)
+    } else {
+        0
+    }
+}
+
+impl Report {
+    /// Rates between `before` and `now`.
+    pub fn new(iface: &str, before: &Sample, now: &Sample) -> Self {
+        let secs = now.at.duration_since(before.at).as_secs_f64().max(1e-6);
+        let steering_cpus = now.run.as_ref().map(|r| r.cpus.clone()).unwrap_or_default();
+        let (t0, t1) = (before.totals(), now.totals());
+        let rate = |a: u64, b: u64| delta(a, b) as f64 / secs;
+        let orate = |a: Option<u64>, b: Option<u64>| Some(rate(a?, b.unwrap_or(0)));
+        let mut cpus = Vec::new();
+        for n in &t1 {
+            let b = t0
+                .iter()
+                .find(|b| b.cpu == n.cpu)
+                .cloned()
+                .unwrap_or_else(|| CpuTotals { cpu: n.cpu, ..n.clone() });
+            let dt = (n.cpu_s - b.cpu_s).max(1e-9);
+            let pct = |a: f64, b: f64| ((a - b) / dt * 100.0).clamp(0.0, 100.0);
+            let drops = n.xdp_rx.map(|_| {
+                [
+                    (n.redirect_err, b.redirect_err),
+                    (n.cpumap_enqueue_drops, b.cpumap_enqueue_drops),
+                    (n.cpumap_kthread_drops, b.cpumap_kthread_drops),
+                ]
+                .iter()
+                .map(|(a, b)| a.map(|a| rate(a, b.unwrap_or(0))).unwrap_or(0.0))
+                .sum()
+            });
+            cpus.push(CpuRates {
+                cpu: n.cpu,
+                steering: steering_cpus.contains(&n.cpu),
+                xdp_rx_pps: orate(n.xdp_rx, b.xdp_rx),
+                redirected_pps: orate(n.redirected, b.redirected),
+                steered_in_pps: orate(n.steered_in, b.steered_in),
+                passed_pps: orate(n.passed, b.passed),
+                drops_pps: drops,
+                softirq_pct: if n.cpu_s > b.cpu_s { pct(n.softirq_s, b.softirq_s) } else { 0.0 },
+                idle_pct: if n.cpu_s > b.cpu_s { pct(n.idle_s, b.idle_s) } else { 0.0 },
+                softnet_processed_pps: rate(n.softnet_processed, b.softnet_processed),
+                softnet_dropped_pps: rate(n.softnet_dropped, b.softnet_dropped),
+                time_squeeze_per_s: rate(n.time_squeeze, b.time_squeeze),
+                received_rps_per_s: rate(n.received_rps, b.received_rps),
+                flow_limit_per_s: rate(n.flow_limit, b.flow_limit),
+            });
+        }
+        let imbalance = imbalance(&cpus, &steering_cpus);
+        let all = sum_rates(&cpus);
+        Report {
+            iface: iface.to_string(),
+            time_unix_s: now.unix_s,
+            interval_s: secs,
+            attached: now.xdp.as_ref().and(now.run.as_ref()).map(|r| r.mode.clone()),
+            steering_cpus,
+            imbalance,
+            cpus,
+            all,
+            totals: t1,
+            passed_by_reason: now.passed_by_reason(),
+        }
+    }
+}
+
+/// max/mean of the steered-in rate over the steering CPUs (every CPU that
+/// received something when the set is unknown). 1.0 is a perfect spread.
+fn imbalance(cpus: &[CpuRates], steering: &[u32]) -> Option<f64> {
+    let v: Vec<f64> = cpus
+        .iter()
+        .filter(|c| if steering.is_empty() { c.steered_in_pps.unwrap_or(0.0) > 0.0 } else { c.steering })
+        .filter_map(|c| c.steered_in_pps)
+        .collect();
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let max = v.iter().copied().fold(0.0, f64::max);
+    (mean > 0.0).then(|| max / mean)
+}
+
+fn sum_rates(cpus: &[CpuRates]) -> CpuRates {
+    let n = cpus.len().max(1) as f64;
+    let osum = |f: fn(&CpuRates) -> Option<f64>| -> Option<f64> {
+        cpus.iter().map(f).try_fold(0.0, |acc, v| v.map(|v| acc + v))
+    };
+    CpuRates {
+        cpu: u32::MAX,
+        steering: false,
+        xdp_rx_pps: osum(|c| c.xdp_rx_pps),
+        redirected_pps: osum(|c| c.redirected_pps),
+        steered_in_pps: osum(|c| c.steered_in_pps),
+        passed_pps: osum(|c| c.passed_pps),
+        drops_pps: osum(|c| c.drops_pps),
+        softirq_pct: cpus.iter().map(|c| c.softirq_pct).sum::<f64>() / n,
+        idle_pct: cpus.iter().map(|c| c.idle_pct).sum::<f64>() / n,
+        softnet_processed_pps: cpus.iter().map(|c| c.softnet_processed_pps).sum(),
+        softnet_dropped_pps: cpus.iter().map(|c| c.softnet_dropped_pps).sum(),
+        time_squeeze_per_s: cpus.iter().map(|c| c.time_squeeze_per_s).sum(),
+        received_rps_per_s: cpus.iter().map(|c| c.received_rps_per_s).sum(),
+        flow_limit_per_s: cpus.iter().map(|c| c.flow_limit_per_s).sum(),
+    }
+}
+
+/// "1.23M", "45.6k", "789": rates in 6 characters.
+fn si(v: Option<f64>) -> String {
+    let Some(v) = v else { return "-".into() };
+    if v >= 9_999_500.0 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 999_950.0 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 99_950.0 {
+        format!("{:.0}k", v / 1e3)
+    } else if v >= 9_999.5 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Width of the per-CPU bar (steered-in, or softirq % without steer).
+const BAR: usize = 12;
+
+/// The per-CPU rate table `steer stats` prints: fits 80 columns.
+pub fn render_table(r: &Report) -> String {
+    let mut out = String::new();
+    let state = match &r.attached {
+        Some(m) => format!("steer {m} XDP, CPUs {}", crate::cpus::format_list(&r.steering_cpus)),
+        None => "no steer attached: softirq/softnet only".into(),
+    };
+    let _ = writeln!(out, "{}: {state}; per second over {:.2} s", r.iface, r.interval_s);
+    let _ = writeln!(
+        out,
+        "{:>3} {:>6} {:>6} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>5} {}",
+        "CPU",
+        "xdp-rx",
+        "in",
+        "pass",
+        "drops",
+        "%soft",
+        "%idle",
+        "sn-prc",
+        "sn-drp",
+        "sqz",
+        if r.attached.is_some() { "steered in" } else { "%soft" }
+    );
+    let bar_of = |c: &CpuRates| match r.attached {
+        Some(_) => c.steered_in_pps.unwrap_or(0.0),
+        None => c.softirq_pct,
+    };
+    let max = r.cpus.iter().map(bar_of).fold(0.0, f64::max);
+    let line = |out: &mut String, label: String, c: &CpuRates, bar: String| {
+        let _ = writeln!(
+            out,
+            "{label:>3} {:>6} {:>6} {:>6} {:>6} {:>5.1} {:>5.1} {:>6} {:>6} {:>5} {bar}",
+            si(c.xdp_rx_pps),
+            si(c.steered_in_pps),
+            si(c.passed_pps),
+            si(c.drops_pps),
+            c.softirq_pct,
+            c.idle_pct,
+            si(Some(c.softnet_processed_pps)),
+            si(Some(c.softnet_dropped_pps)),
+            si(Some(c.time_squeeze_per_s)),
+        );
+    };
+    for c in &r.cpus {
+        let v = bar_of(c);
+        let n = if max > 0.0 { ((v / max) * BAR as f64).round() as usize } else { 0 };
+        let mark = if c.steering { '#' } else { '=' };
+        line(&mut out, c.cpu.to_string(), c, mark.to_string().repeat(n));
+    }
+    line(&mut out, "all".into(), &r.all, String::new());
+    match (r.attached.is_some(), r.imbalance) {
+        (true, Some(i)) => {
+            let _ = writeln!(out, "imbalance (max/mean steered-in over steering CPUs): {i:.2}");
+        }
+        (true, None) => {
+            let _ = writeln!(out, "imbalance: no steered traffic");
+        }
+        _ => {}
+    }
+    if let Some(reasons) = &r.passed_by_reason {
+        let nz: Vec<String> =
+            reasons.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
+        if !nz.is_empty() {
+            let _ = writeln!(out, "passed since attach: {}", nz.join(", "));
+        }
+    }
+    out
+}
+
+/// Reads samples for one interface: the pins of a running `steer run` when
+/// there is one (picked up or dropped as runs come and go), and the kernel's
+/// per-CPU files always.
+pub struct Source {
+    iface: String,
+    pinned: Option<crate::pins::Pinned>,
+    cpumap: Option<PerCpuArray<aya::maps::MapData, u64>>,
+}
+
+impl Source {
+    /// Fails only when there is no steer run AND no such interface here, so
+    /// that a typo is not silently shown as an idle machine.
+    pub fn open(iface: &str) -> Result<Self> {
+        let mut s = Self { iface: iface.to_string(), pinned: None, cpumap: None };
+        s.refresh();
+        if s.pinned.is_none() {
+            crate::iface::index(iface)?;
+        }
+        Ok(s)
+    }
+
+    fn refresh(&mut self) {
+        let pinned_now = crate::pins::dir(&self.iface).join(crate::pins::STATS).exists();
+        if !pinned_now {
+            self.pinned = None;
+            self.cpumap = None;
+        } else {
+            if self.pinned.is_none() {
+                self.pinned = crate::pins::Pinned::open(&self.iface).ok();
+            }
+            if self.cpumap.is_none() {
+                self.cpumap = cpumap::open(&self.iface);
+            }
+        }
+    }
+
+    /// Whether a steer program's maps are being read.
+    pub fn attached(&self) -> bool {
+        self.pinned.is_some()
+    }
+
+    pub fn sample(&mut self) -> Result<Sample> {
+        self.refresh();
+        let xdp = match &self.pinned {
+            Some(p) => Some(Snapshot::read(&p.stats, &p.targets)?),
+            None => None,
+        };
+        let cpumap = match (&self.cpumap, &xdp) {
+            (Some(m), Some(x)) => Some(cpumap::read(m, x.per_cpu.len())?),
+            _ => None,
+        };
+        let unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        Ok(Sample {
+            at: Instant::now(),
+            unix_s,
+            xdp,
+            cpumap,
+            times: procstat::read()?,
+            softnet: softnet::read()?,
+            run: RunInfo::read(&self.iface),
+        })
+    }
 }

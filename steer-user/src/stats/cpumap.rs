@@ -1,0 +1,63 @@
+//! cpumap queue drops: the `cpumap_enqueue`/`cpumap_kthread` tracepoint
+//! programs (steer-ebpf/src/cpumap_trace.rs) count drops of steer's own CPUMAP
+//! into a per-CPU array that `steer run` pins as `cpumap_drops`, for
+//! `steer stats` and `--metrics` in other processes.
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray},
+    programs::TracePoint,
+    Ebpf,
+};
+
+use super::CpumapDrops;
+use crate::{
+    error::{Error, Result},
+    pins,
+};
+
+const PROGS: [(&str, &str); 2] =
+    [("cpumap_enqueue", "xdp_cpumap_enqueue"), ("cpumap_kthread", "xdp_cpumap_kthread")];
+
+/// Points the tracepoint programs at `ebpf`'s CPUMAP, attaches them (they
+/// stay attached as long as `ebpf` lives) and pins the counters for `iface`.
+/// Needs CAP_PERFMON (perf_event_open on a tracepoint) and tracefs.
+pub fn watch(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+    let id = match ebpf.map("CPUS") {
+        Some(aya::maps::Map::CpuMap(m)) => m.info().map_err(Error::ebpf)?.id(),
+        _ => return Err(Error::Ebpf("map CPUS missing".into())),
+    };
+    {
+        let m = ebpf.map_mut("CPUMAP_ID").ok_or_else(|| Error::Ebpf("map CPUMAP_ID missing".into()))?;
+        let mut a = Array::<_, u32>::try_from(m).map_err(Error::ebpf)?;
+        a.set(0, id, 0).map_err(Error::ebpf)?;
+    }
+    for (prog, event) in PROGS {
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| Error::Ebpf(format!("program {prog} missing")))?
+            .try_into()
+            .map_err(Error::ebpf)?;
+        p.load().map_err(|e| Error::Ebpf(format!("loading {prog}: {e}")))?;
+        p.attach("xdp", event).map_err(|e| Error::Ebpf(format!("attaching {prog} to xdp:{event}: {e}")))?;
+    }
+    let m = ebpf.map("CPUMAP_DROPS").ok_or_else(|| Error::Ebpf("map CPUMAP_DROPS missing".into()))?;
+    let path = pins::dir(iface).join(pins::CPUMAP_DROPS);
+    m.pin(&path).map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))
+}
+
+/// The pinned counters of a running steer, if it watches its CPUMAP.
+pub fn open(iface: &str) -> Option<PerCpuArray<MapData, u64>> {
+    let data = MapData::from_pin(pins::dir(iface).join(pins::CPUMAP_DROPS)).ok()?;
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).ok()
+}
+
+/// Drops per CPU (index = CPU), summed over the CPUs that counted them.
+pub fn read(map: &PerCpuArray<MapData, u64>, ncpus: usize) -> Result<Vec<CpumapDrops>> {
+    let sum = |i: usize| -> Result<u64> {
+        if i as u32 >= map.len() {
+            return Ok(0);
+        }
+        Ok(map.get(&(i as u32), 0).map_err(Error::ebpf)?.iter().sum())
+    };
+    (0..ncpus).map(|c| Ok(CpumapDrops { enqueue: sum(2 * c)?, kthread: sum(2 * c + 1)? })).collect()
+}
