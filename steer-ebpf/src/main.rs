@@ -7,19 +7,39 @@
 //!   BPF_PROG_TEST_RUN with live frames; it varies the source port per frame so
 //!   that many flows interleave packet by packet, like a NIC's receive ring.
 //! - `xdp_pass`: a bare XDP_PASS, the baseline for per-packet cost.
+//! - `rfs_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
+//!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
 #![no_std]
 #![no_main]
 
 mod lab;
 mod maps;
 mod parse;
+mod rfs;
 mod steer;
+mod track;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{tracepoint, xdp},
+    programs::{TracePointContext, XdpContext},
+};
 
 #[xdp]
 pub fn steer_xdp(ctx: XdpContext) -> u32 {
     steer::steer(&ctx)
+}
+
+/// RFS: records the CPU a TCP flow is read on (tcp:tcp_rcv_space_adjust).
+#[tracepoint(category = "tcp", name = "tcp_rcv_space_adjust")]
+pub fn rfs_read(ctx: TracePointContext) -> u32 {
+    track::on_read(&ctx)
+}
+
+/// RFS: drops a flow when its socket closes (sock:inet_sock_set_state).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn rfs_state(ctx: TracePointContext) -> u32 {
+    track::on_state(&ctx)
 }
 
 #[xdp]

@@ -9,6 +9,7 @@ pub mod loader;
 pub mod mounts;
 pub mod packet;
 pub mod pins;
+pub mod rfs;
 pub mod stats;
 pub mod testrun;
 

@@ -9,6 +9,7 @@ use steer::{
     cpus, iface,
     loader::{Attached, Steering},
     pins,
+    rfs::{self, Mode},
     stats::{self, Snapshot},
 };
 use steer_common::{
@@ -32,6 +33,8 @@ enum Cmd {
     Hash(HashArgs),
     /// Print the per-CPU counters of a running `steer run` on an interface.
     Stats(StatsArgs),
+    /// Show the RFS flow table of a `steer run --mode rfs`: flow, CPU, age, reader.
+    Flows(FlowsArgs),
     /// Remove what a crashed `steer run` left behind (pinned program and maps).
     Restore {
         #[arg(long)]
@@ -99,6 +102,29 @@ struct RunArgs {
     /// Print nothing periodically (only start/stop messages).
     #[arg(long)]
     quiet: bool,
+    /// rss: flow hash picks the CPU. rfs: the CPU where the application reads the flow
+    /// (recorded by socket tracepoints), the hash for flows not seen yet.
+    #[arg(long, value_enum, default_value_t = Mode::Rss)]
+    mode: Mode,
+    /// RFS flow table size (LRU; the kernel's rps_sock_flow_entries). Default 65536.
+    #[arg(long)]
+    flow_entries: Option<u32>,
+    /// RFS: move a flow to its reader's new CPU only after this many microseconds
+    /// without a packet, so no packet overtakes another. Default 500.
+    #[arg(long)]
+    migrate_idle_us: Option<u32>,
+}
+
+#[derive(Args)]
+struct FlowsArgs {
+    #[arg(long)]
+    iface: String,
+    /// Show the N busiest flows only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -143,7 +169,22 @@ fn main() -> Result<()> {
         Cmd::Restore { iface } => restore(&iface),
         Cmd::Run(a) => tokio_rt()?.block_on(run(a)),
         Cmd::Stats(a) => tokio_rt()?.block_on(stats(a)),
+        Cmd::Flows(a) => flows(a),
     }
+}
+
+fn flows(a: FlowsArgs) -> Result<()> {
+    steer::mounts::ensure_bpffs()?;
+    let pinned = rfs::PinnedFlows::open(&a.iface)?;
+    let entries = rfs::entries(&pinned.flows);
+    let counters = rfs::counters(&pinned.stats)?;
+    let rows = rfs::rows(&entries, rfs::now_ns(), a.top);
+    if a.json {
+        println!("{}", rfs::to_json(&rows, entries.len(), &counters));
+    } else {
+        print!("{}", rfs::render(&rows, entries.len(), &counters));
+    }
+    Ok(())
 }
 
 fn tokio_rt() -> Result<tokio::runtime::Runtime> {
@@ -191,7 +232,11 @@ fn interval(secs: f64) -> Result<Duration> {
 
 async fn run(a: RunArgs) -> Result<()> {
     let period = interval(a.interval)?;
-    let settings = a.steer.settings()?;
+    let settings = a.steer.settings()?.with_rfs(rfs::RfsSettings::from_args(
+        a.mode,
+        a.flow_entries,
+        a.migrate_idle_us,
+    )?);
     let opts = RunOptions::new(&a.iface, settings, a.qsize, a.xdp_mode, a.replace)?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -259,6 +304,9 @@ async fn monitor(
             let delta = now.since(&prev);
             let secs = now.at.duration_since(prev.at).as_secs_f64();
             println!("{}", stats::render(&delta, secs, &opts.hash.cpus));
+            if opts.hash.rfs.is_some() {
+                println!("{}", rfs::summary(&steering.ebpf)?);
+            }
         }
         prev = now;
     }

@@ -1,6 +1,6 @@
 //! Where a running steer leaves its objects, so that other processes
 //! (`steer stats`, `steer restore`, tests) can find them:
-//! `/sys/fs/bpf/steer/IFACE/{link,stats,targets,config,indir,cpus}`, plus
+//! `/sys/fs/bpf/steer/IFACE/{link,stats,targets,config,indir,cpus[,flows,rfs_stats]}`, plus
 //! `/run/steer/IFACE/run.json` with the owner's pid and settings.
 
 use std::path::{Path, PathBuf};
@@ -19,8 +19,11 @@ pub const TARGETS: &str = "targets";
 pub const CONFIG: &str = "config";
 pub const INDIR: &str = "indir";
 pub const CPUS: &str = "cpus";
+/// RFS (`--mode rfs` only): the flow table and its counters.
+pub const FLOWS: &str = "flows";
+pub const RFS_STATS: &str = "rfs_stats";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 6] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS];
+pub const ALL: [&str; 8] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, FLOWS, RFS_STATS];
 
 pub fn dir(iface: &str) -> PathBuf {
     Path::new(mounts::BPFFS).join("steer").join(iface)
