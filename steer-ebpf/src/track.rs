@@ -40,7 +40,11 @@ fn key(ctx: &TracePointContext, sport: usize, dport: usize, saddr: usize, daddr:
     LOCAL_ADDRS.get_ptr(&local)?;
     // SAFETY: as above.
     let (remote, lport, rport) = unsafe {
-        (ctx.read_at::<[u8; 16]>(daddr).ok()?, ctx.read_at::<u16>(sport).ok()?, ctx.read_at::<u16>(dport).ok()?)
+        (
+            ctx.read_at::<[u8; 16]>(daddr).ok()?,
+            ctx.read_at::<u16>(sport).ok()?,
+            ctx.read_at::<u16>(dport).ok()?,
+        )
     };
     Some(FlowKey::from_socket(&local, lport, &remote, rport))
 }

@@ -232,11 +232,8 @@ fn interval(secs: f64) -> Result<Duration> {
 
 async fn run(a: RunArgs) -> Result<()> {
     let period = interval(a.interval)?;
-    let settings = a.steer.settings()?.with_rfs(rfs::RfsSettings::from_args(
-        a.mode,
-        a.flow_entries,
-        a.migrate_idle_us,
-    )?);
+    let settings =
+        a.steer.settings()?.with_rfs(rfs::RfsSettings::from_args(a.mode, a.flow_entries, a.migrate_idle_us)?);
     let opts = RunOptions::new(&a.iface, settings, a.qsize, a.xdp_mode, a.replace)?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -87,7 +87,11 @@ impl RfsSettings {
 
     /// Settings from the command line: `None` unless `mode` is RFS. RFS-only
     /// options given with `--mode rss` are refused rather than ignored.
-    pub fn from_args(mode: Mode, flow_entries: Option<u32>, migrate_idle_us: Option<u32>) -> Result<Option<Self>> {
+    pub fn from_args(
+        mode: Mode,
+        flow_entries: Option<u32>,
+        migrate_idle_us: Option<u32>,
+    ) -> Result<Option<Self>> {
         if mode == Mode::Rss {
             if let Some(n) = flow_entries {
                 return Err(Error::BadValue {
@@ -131,18 +135,27 @@ pub fn start(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
             .try_into()
             .map_err(Error::ebpf)?;
         tp.load().map_err(|e| Error::Ebpf(format!("verifier rejected {prog}: {e}")))?;
-        tp.attach(category, name).map_err(|e| Error::Ebpf(format!("attaching {prog} to {category}:{name}: {e}")))?;
+        tp.attach(category, name)
+            .map_err(|e| Error::Ebpf(format!("attaching {prog} to {category}:{name}: {e}")))?;
     }
     Ok(())
 }
 
+/// A tracepoint field: name, offset, size.
+type Field = (&'static str, usize, usize);
+
 /// Checks that the tracepoints' fields sit where the hook reads them.
 fn check_formats() -> Result<()> {
     use steer_common::flow::tp::{rcv_space_adjust as r, set_state as s};
-    let want: [(&str, &[(&str, usize, usize)]); 2] = [
+    let want: [(&str, &[Field]); 2] = [
         (
             "tcp/tcp_rcv_space_adjust",
-            &[("sport", r::SPORT, 2), ("dport", r::DPORT, 2), ("saddr_v6", r::SADDR_V6, 16), ("daddr_v6", r::DADDR_V6, 16)],
+            &[
+                ("sport", r::SPORT, 2),
+                ("dport", r::DPORT, 2),
+                ("saddr_v6", r::SADDR_V6, 16),
+                ("daddr_v6", r::DADDR_V6, 16),
+            ],
         ),
         (
             "sock/inet_sock_set_state",
@@ -253,9 +266,10 @@ pub fn counters<M: Borrow<MapData>>(map: &PerCpuArray<M, RfsCounters>) -> Result
 
 /// One line of RFS totals for `steer run`'s periodic output.
 pub fn summary(ebpf: &Ebpf) -> Result<String> {
-    let stats: PerCpuArray<&MapData, RfsCounters> =
-        PerCpuArray::try_from(ebpf.map("RFS_STATS").ok_or_else(|| Error::Ebpf("map RFS_STATS missing".into()))?)
-            .map_err(Error::ebpf)?;
+    let stats: PerCpuArray<&MapData, RfsCounters> = PerCpuArray::try_from(
+        ebpf.map("RFS_STATS").ok_or_else(|| Error::Ebpf("map RFS_STATS missing".into()))?,
+    )
+    .map_err(Error::ebpf)?;
     let flows: HashMap<&MapData, FlowKey, FlowEntry> =
         HashMap::try_from(ebpf.map("FLOWS").ok_or_else(|| Error::Ebpf("map FLOWS missing".into()))?)
             .map_err(Error::ebpf)?;
@@ -289,10 +303,12 @@ impl PinnedFlows {
             )));
         }
         let open = |name: &str| {
-            MapData::from_pin(d.join(name)).map_err(|e| Error::Ebpf(format!("opening pinned map {name}: {e}")))
+            MapData::from_pin(d.join(name))
+                .map_err(|e| Error::Ebpf(format!("opening pinned map {name}: {e}")))
         };
         let flows = HashMap::try_from(aya::maps::Map::LruHashMap(open(pins::FLOWS)?)).map_err(Error::ebpf)?;
-        let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(pins::RFS_STATS)?)).map_err(Error::ebpf)?;
+        let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(pins::RFS_STATS)?))
+            .map_err(Error::ebpf)?;
         Ok(Self { flows, stats })
     }
 }
@@ -395,8 +411,8 @@ pub fn render(rows: &[FlowRow], total: usize, c: &RfsCounters) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  {}",
-        "FLOW (remote)", "LOCAL", "CPU", "READER", "PACKETS", "MOVES", "AGE ms", "IDLE ms", "PID", "COMM"
+        "{:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  COMM",
+        "FLOW (remote)", "LOCAL", "CPU", "READER", "PACKETS", "MOVES", "AGE ms", "IDLE ms", "PID"
     );
     for r in rows {
         let _ = writeln!(

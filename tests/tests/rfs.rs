@@ -1,0 +1,555 @@
+//! RFS on a real kernel: a TCP server in the lab's receiving namespace with
+//! reader threads pinned to CPUs, clients in the sending namespace, and
+//! `steer run --mode rfs --xdp-mode skb` on the receiving veth (generic XDP is
+//! the mode that sees the peer's socket traffic on veth).
+//!
+//! Every claim is checked against something the XDP program does not write:
+//! the CPU the test pinned the reader to, the receiving socket's own segment
+//! count (TCP_INFO tcpi_segs_in), and the namespace's TcpExt counters.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use steer::{
+    config::{HashArg, HashSettings},
+    rfs::{self, PinnedFlows},
+};
+use steer_common::{tuple::IPPROTO_TCP, FlowEntry, FlowKey, RfsCounters, Tuple};
+use steer_tests::{in_ns, ip, pin_to_cpu, require_root, Lab, SteerRun};
+
+/// Two CPUs at least, or the test cannot say anything about steering.
+fn two_cpus() -> (u32, u32) {
+    let online = steer::cpus::online().expect("reading online CPUs");
+    assert!(online.len() >= 2, "RFS tests need two online CPUs, this machine has {online:?}");
+    (online[0], online[1])
+}
+
+fn bytes16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// Which kind of listener the server has.
+#[derive(Clone, Copy, Debug)]
+enum Listen {
+    /// AF_INET on the IPv4 address.
+    V4,
+    /// AF_INET6 on the IPv6 address.
+    V6,
+    /// AF_INET6 on [::], reached over IPv4 (v4-mapped sockets).
+    DualStack,
+}
+
+/// One accepted connection: the server side, read by one reader thread.
+struct Conn {
+    server: Arc<TcpStream>,
+    client: Arc<TcpStream>,
+    /// Flow key in packet direction (client -> server), as the XDP side sees it.
+    key: FlowKey,
+    /// What the fast hash over CPUs 0-1 (steer's default) would choose: RSS.
+    rss_cpu: u32,
+}
+
+impl Conn {
+    fn segs_in(&self) -> u64 {
+        tcp_info(&self.server).tcpi_segs_in as u64
+    }
+}
+
+fn tcp_info(s: &TcpStream) -> libc::tcp_info {
+    // SAFETY: getsockopt into a zeroed tcp_info of the size we pass.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        );
+        info
+    }
+}
+
+/// `n` connections from the sending namespace to a listener of kind `listen`
+/// in the receiving one.
+fn connect(lab: &Lab, listen: Listen, port: u16, n: usize) -> Result<Vec<Conn>> {
+    let (bind, dst): (SocketAddr, SocketAddr) = match listen {
+        Listen::V4 => (format!("{}:{port}", lab.rx_ip).parse()?, format!("{}:{port}", lab.rx_ip).parse()?),
+        Listen::V6 => {
+            (format!("[{}]:{port}", lab.rx_ip6).parse()?, format!("[{}]:{port}", lab.rx_ip6).parse()?)
+        }
+        Listen::DualStack => (format!("[::]:{port}").parse()?, format!("{}:{port}", lab.rx_ip).parse()?),
+    };
+    let listener = in_ns(&lab.rx_ns, move || TcpListener::bind(bind))??;
+    let clients = in_ns(&lab.tx_ns, move || -> Result<Vec<TcpStream>> {
+        (0..n)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).context("connecting")?;
+                c.set_nodelay(true)?;
+                Ok(c)
+            })
+            .collect()
+    })??;
+    let rss = HashSettings::new(HashArg::Fast, None, 0, false, 256, vec![0, 1])?;
+    let mut accepted: Vec<(SocketAddr, TcpStream)> =
+        (0..n).map(|_| listener.accept().map(|(s, peer)| (peer, s))).collect::<std::io::Result<_>>()?;
+    let mut conns = Vec::new();
+    for c in clients {
+        let local = c.local_addr()?;
+        // A dual-stack server sees the IPv4 peer as ::ffff:a.b.c.d: compare as 16 bytes.
+        let i = accepted
+            .iter()
+            .position(|(peer, _)| bytes16(peer.ip()) == bytes16(local.ip()) && peer.port() == local.port())
+            .context("no accepted socket for a client")?;
+        let (_, server) = accepted.swap_remove(i);
+        let sl = server.local_addr()?;
+        let key = FlowKey::from_socket(&bytes16(sl.ip()), sl.port(), &bytes16(local.ip()), local.port());
+        let t = match (local.ip(), dst.ip()) {
+            (s @ IpAddr::V4(_), d @ IpAddr::V4(_)) | (s @ IpAddr::V6(_), d @ IpAddr::V6(_)) => {
+                Tuple::new(s, local.port(), d, port, IPPROTO_TCP).context("tuple")?
+            }
+            _ => bail!("client and server families differ"),
+        };
+        conns.push(Conn { server: Arc::new(server), client: Arc::new(c), key, rss_cpu: rss.choose(&t).cpu });
+    }
+    Ok(conns)
+}
+
+/// A thread reading some connections, pinned to `cpu` (changeable live).
+struct Reader {
+    cpu: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(name: &str, cpu: u32, conns: Vec<Arc<TcpStream>>) -> Self {
+        let want = Arc::new(AtomicUsize::new(cpu as usize));
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (w, s, b) = (want.clone(), stop.clone(), bytes.clone());
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut on = usize::MAX;
+                let mut buf = vec![0u8; 65536];
+                for c in &conns {
+                    let _ = c.set_nonblocking(true);
+                }
+                while !s.load(Ordering::Relaxed) {
+                    let cpu = w.load(Ordering::Relaxed);
+                    if cpu != on {
+                        pin_to_cpu(cpu);
+                        on = cpu;
+                    }
+                    let mut fds: Vec<libc::pollfd> = conns
+                        .iter()
+                        .map(|c| libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                        .collect();
+                    // SAFETY: a valid array of pollfd.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+                    for (c, fd) in conns.iter().zip(&fds) {
+                        if fd.revents & libc::POLLIN != 0 {
+                            if let Ok(n) = (&**c).read(&mut buf) {
+                                b.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawning a reader");
+        Self { cpu: want, stop, bytes, handle: Some(handle) }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Clients writing steadily: bursts of `burst` 1000-byte writes, then `gap`.
+/// Pinned to one CPU: on veth the sender's CPU is where the frame enters the
+/// receive path, and a sender hopping CPUs could reorder by itself.
+struct Senders {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<u64>>,
+}
+
+impl Senders {
+    fn start(conns: &[Conn], cpu: u32, burst: usize, gap: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = conns
+            .iter()
+            .map(|c| {
+                let (c, s) = (c.client.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    pin_to_cpu(cpu as usize);
+                    let msg = [0x5au8; 1000];
+                    let mut sent = 0;
+                    while !s.load(Ordering::Relaxed) {
+                        for _ in 0..burst {
+                            if (&*c).write_all(&msg).is_err() {
+                                return sent;
+                            }
+                            sent += msg.len() as u64;
+                        }
+                        std::thread::sleep(gap);
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Self { stop, handles }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handles.drain(..).map(|h| h.join().unwrap_or(0)).sum()
+    }
+}
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn entry(flows: &PinnedFlows, key: &FlowKey) -> Option<FlowEntry> {
+    flows.flows.get(key, 0).ok()
+}
+
+fn counters(flows: &PinnedFlows) -> RfsCounters {
+    rfs::counters(&flows.stats).expect("reading RFS counters")
+}
+
+/// Waits (bounded) until `f` holds; returns how long it took.
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+/// `TcpExt` of /proc/net/netstat in namespace `ns`.
+fn tcp_ext(ns: &str) -> StdHashMap<String, u64> {
+    in_ns(ns, || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("reading netstat");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        assert_eq!(lines.len(), 2, "TcpExt lines in netstat");
+        lines[0]
+            .split_whitespace()
+            .zip(lines[1].split_whitespace())
+            .skip(1)
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
+    })
+    .expect("entering the lab namespace")
+}
+
+/// The receiver's reordering evidence: segments it had to queue out of order.
+const REORDER_COUNTERS: [&str; 3] = ["TCPOFOQueue", "TCPOFOMerge", "TCPOFODrop"];
+
+/// Turns off TCP autocorking for the senders, so that each 1000-byte write
+/// is one segment on the wire and one frame for XDP (then tcpi_segs_in and
+/// the per-flow packet count measure the same thing).
+fn one_segment_per_write(lab: &Lab) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.tx_ns, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_autocorking"])
+        .output()
+        .expect("running ip netns exec");
+    assert!(out.status.success(), "disabling autocorking: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn start_rfs(lab: &Lab, extra: &[&str]) -> (SteerRun, PinnedFlows) {
+    let mut args = vec!["--mode", "rfs", "--xdp-mode", "skb", "--cpus", "0-1"];
+    args.extend_from_slice(extra);
+    let run = SteerRun::start(lab, &args).expect("starting steer run --mode rfs");
+    let flows = PinnedFlows::open(&lab.rx_if).expect("opening the pinned flow table");
+    (run, flows)
+}
+
+/// Readers on both CPUs; each flow goes to the reader whose CPU is NOT the
+/// one RSS would pick, so that only RFS can get its packets there.
+fn steers_each_flow_to_its_reader(listen: Listen) {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    one_segment_per_write(&lab);
+    let (run, flows) = start_rfs(&lab, &[]);
+    let conns = connect(&lab, listen, 5001, 6).expect("connecting");
+    let reader_cpu: Vec<u32> = conns.iter().map(|c| if c.rss_cpu == c0 { c1 } else { c0 }).collect();
+    let mut readers = Vec::new();
+    for cpu in [c0, c1] {
+        let mine: Vec<Arc<TcpStream>> = conns
+            .iter()
+            .zip(&reader_cpu)
+            .filter(|(_, r)| **r == cpu)
+            .map(|(c, _)| c.server.clone())
+            .collect();
+        if !mine.is_empty() {
+            readers.push(Reader::start(&format!("rfs-reader-{cpu}"), cpu, mine));
+        }
+    }
+    let senders = Senders::start(&conns, c0, 1, Duration::from_millis(1));
+    // Warm-up: the first reads record the flows, the first pause moves them.
+    for (c, cpu) in conns.iter().zip(&reader_cpu) {
+        wait_for(
+            &format!("flow {:?} steered to its reader's CPU {cpu}", c.key),
+            Duration::from_secs(5),
+            || entry(&flows, &c.key).is_some_and(|e| e.cpu == *cpu),
+        );
+    }
+    let before: Vec<(u64, u64)> =
+        conns.iter().map(|c| (entry(&flows, &c.key).map_or(0, |e| e.pkts), c.segs_in())).collect();
+    let hits0 = counters(&flows).hits;
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<(u64, u64, FlowEntry)> = conns
+        .iter()
+        .map(|c| {
+            let e = entry(&flows, &c.key).expect("flow still in the table");
+            (e.pkts, c.segs_in(), e)
+        })
+        .collect();
+    let c = counters(&flows);
+    let sent = senders.stop();
+    assert!(sent > 0, "the clients sent nothing");
+    for (i, ((p0, s0), (p1, s1, e))) in before.iter().zip(&after).enumerate() {
+        let (steered, segs) = (p1 - p0, s1 - s0);
+        assert!(segs >= 500, "flow {i}: only {segs} segments received in 3 s");
+        assert_eq!(e.cpu, reader_cpu[i], "flow {i}: steered to CPU {} but read on {}", e.cpu, reader_cpu[i]);
+        assert_eq!(e.want_cpu, reader_cpu[i], "flow {i}: hook recorded CPU {}", e.want_cpu);
+        let share = steered as f64 / segs as f64;
+        eprintln!(
+            "{listen:?} flow {i}: reader CPU {} (RSS would pick {}), {steered} of {segs} segments steered there ({:.1} %)",
+            reader_cpu[i],
+            conns[i].rss_cpu,
+            share * 100.0
+        );
+        assert!(
+            share >= 0.95,
+            "flow {i}: only {:.1} % of its packets went to its reader's CPU",
+            share * 100.0
+        );
+    }
+    let hit_rate = (c.hits - hits0) as f64;
+    eprintln!("{listen:?}: counters {c:?}, hits in window {hit_rate}");
+    assert!(c.hook_events > 0 && c.inserts as usize >= conns.len(), "hook counters: {c:?}");
+    drop(readers);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+#[test]
+fn rfs_steers_ipv4_flows_to_their_readers() {
+    steers_each_flow_to_its_reader(Listen::V4);
+}
+
+#[test]
+fn rfs_steers_ipv6_flows_to_their_readers() {
+    steers_each_flow_to_its_reader(Listen::V6);
+}
+
+#[test]
+fn rfs_steers_dual_stack_flows_to_their_readers() {
+    steers_each_flow_to_its_reader(Listen::DualStack);
+}
+
+/// A reader moves CPU mid-stream: the flow follows within a bounded time,
+/// the move is counted, packets inside bursts are held back (deferred), and
+/// the receiver queues nothing out of order.
+#[test]
+fn rfs_flow_follows_a_moving_reader_without_reordering() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    one_segment_per_write(&lab);
+    let (run, flows) = start_rfs(&lab, &[]);
+    let conns = connect(&lab, Listen::V4, 5002, 1).expect("connecting");
+    let c = &conns[0];
+    let reader = Reader::start("rfs-mover", c0, vec![c.server.clone()]);
+    // Bursts of 20 back-to-back segments, then a 5 ms pause: moves must wait for a pause.
+    let senders = Senders::start(&conns, c0, 20, Duration::from_millis(5));
+    wait_for("flow steered to CPU 0 reader", Duration::from_secs(5), || {
+        entry(&flows, &c.key).is_some_and(|e| e.cpu == c0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let ext0 = tcp_ext(&lab.rx_ns);
+    let (moves0, deferred0) = {
+        let k = counters(&flows);
+        (k.moves, k.deferred)
+    };
+    let flow_moves0 = entry(&flows, &c.key).map_or(0, |e| e.moves);
+    reader.cpu.store(c1 as usize, Ordering::Relaxed);
+    let took = wait_for("flow following its reader to CPU 1", Duration::from_secs(2), || {
+        entry(&flows, &c.key).is_some_and(|e| e.cpu == c1)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let ext1 = tcp_ext(&lab.rx_ns);
+    let k = counters(&flows);
+    let e = entry(&flows, &c.key).expect("flow in the table");
+    senders.stop();
+    eprintln!(
+        "flow followed in {took:?}; moves {} -> {}, deferred {} -> {}, reader bytes {}",
+        moves0,
+        k.moves,
+        deferred0,
+        k.deferred,
+        reader.bytes.load(Ordering::Relaxed)
+    );
+    assert!(e.moves > flow_moves0, "the flow's move was not counted: {e:?}");
+    assert!(k.moves > moves0, "global moves counter did not grow: {k:?}");
+    assert!(
+        k.deferred > deferred0,
+        "no packet was held back inside a burst: the idle gate did nothing ({k:?})"
+    );
+    for name in REORDER_COUNTERS {
+        let (a, b) = (ext0.get(name).copied().unwrap_or(0), ext1.get(name).copied().unwrap_or(0));
+        assert_eq!(a, b, "TcpExt {name} grew from {a} to {b} across the move: packets were reordered");
+    }
+    drop(reader);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// Closing connections deletes their entries; a table smaller than the
+/// number of flows evicts old ones (LRU) and nothing fails.
+#[test]
+fn rfs_close_deletes_entries_and_lru_overflow_is_harmless() {
+    require_root();
+    let (c0, _) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &["--flow-entries", "16"]);
+    let conns = connect(&lab, Listen::V4, 5003, 64).expect("connecting 64 flows");
+    let reader = Reader::start("rfs-lru", c0, conns.iter().map(|c| c.server.clone()).collect());
+    for c in &conns {
+        (&*c.client).write_all(&[1u8; 4000]).expect("sending");
+    }
+    wait_for("all 64 x 4000 bytes read", Duration::from_secs(5), || {
+        reader.bytes.load(Ordering::Relaxed) == 64 * 4000
+    });
+    let k = counters(&flows);
+    let live = rfs::entries(&flows.flows).len();
+    eprintln!(
+        "64 flows into 16 entries: live {live}, counters {k:?}, evictions {}",
+        k.evictions(live as u64)
+    );
+    assert!(live <= 16, "{live} entries in a 16-entry table");
+    assert!(k.inserts >= 64, "every flow should have been inserted once: {k:?}");
+    assert!(k.evictions(live as u64) >= 64 - 16, "LRU evictions not visible: {k:?}");
+    // Still steering: a second round of data arrives in full.
+    for c in &conns {
+        (&*c.client).write_all(&[2u8; 4000]).expect("sending again");
+    }
+    wait_for("second round read", Duration::from_secs(5), || {
+        reader.bytes.load(Ordering::Relaxed) == 2 * 64 * 4000
+    });
+    let live_keys: Vec<FlowKey> =
+        conns.iter().map(|c| c.key).filter(|k| entry(&flows, k).is_some()).collect();
+    assert!(!live_keys.is_empty(), "no flow of ours in the table after the second round");
+    let removed0 = counters(&flows).removed;
+    drop(reader);
+    drop(conns);
+    wait_for("entries of closed connections deleted", Duration::from_secs(5), || {
+        live_keys.iter().all(|k| entry(&flows, k).is_none())
+    });
+    let k = counters(&flows);
+    assert!(k.removed >= removed0 + live_keys.len() as u64, "closes not counted: {k:?}");
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// `steer flows` shows the flow, its CPU and its reader (pid and thread name).
+#[test]
+fn steer_flows_shows_flow_cpu_and_reader() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &[]);
+    let conns = connect(&lab, Listen::V4, 5004, 2).expect("connecting");
+    let _r0 = Reader::start("rfs-flows-a", c0, vec![conns[0].server.clone()]);
+    let _r1 = Reader::start("rfs-flows-b", c1, vec![conns[1].server.clone()]);
+    let senders = Senders::start(&conns, c0, 1, Duration::from_millis(2));
+    for (c, cpu) in conns.iter().zip([c0, c1]) {
+        wait_for("flow on its reader's CPU", Duration::from_secs(5), || {
+            entry(&flows, &c.key).is_some_and(|e| e.cpu == cpu)
+        });
+    }
+    let out = lab.steer(&["flows", "--iface", &lab.rx_if, "--json"]).output().expect("running steer flows");
+    assert!(out.status.success(), "steer flows: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("steer flows --json is JSON");
+    let rows = v["flows"].as_array().expect("flows array");
+    for (c, (cpu, comm)) in conns.iter().zip([(c0, "rfs-flows-a"), (c1, "rfs-flows-b")]) {
+        let src = c.client.local_addr().expect("client address").to_string();
+        let row =
+            rows.iter().find(|r| r["src"] == src.as_str()).unwrap_or_else(|| panic!("no row for {src}: {v}"));
+        assert_eq!(row["dst"], format!("{}:5004", lab.rx_ip).as_str(), "{row}");
+        assert_eq!(row["cpu"], cpu, "{row}");
+        assert_eq!(row["reader_cpu"], cpu, "{row}");
+        assert_eq!(row["comm"], comm, "{row}");
+        assert_eq!(row["pid"], std::process::id(), "{row}");
+        assert!(row["packets"].as_u64().unwrap_or(0) > 0, "{row}");
+    }
+    assert!(v["counters"]["hits"].as_u64().unwrap_or(0) > 0, "{v}");
+    let out =
+        lab.steer(&["flows", "--iface", &lab.rx_if, "--top", "1"]).output().expect("running steer flows");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("(1 shown)") && text.contains("rfs-flows"), "{text}");
+    senders.stop();
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// RFS options are checked before anything changes; `steer flows` on an RSS
+/// run says what to do.
+#[test]
+fn rfs_bad_input_changes_nothing() {
+    require_root();
+    let lab = Lab::new().expect("making the lab");
+    for (args, needle) in [
+        (vec!["--mode", "rss", "--flow-entries", "64"], "--flow-entries 64"),
+        (vec!["--mode", "rfs", "--flow-entries", "0"], "--flow-entries 0"),
+        (vec!["--mode", "rfs", "--migrate-idle-us", "9000000"], "--migrate-idle-us 9000000"),
+    ] {
+        let mut all = vec!["run", "--iface", lab.rx_if.as_str(), "--xdp-mode", "skb"];
+        all.extend(args.iter().copied());
+        let out = lab.steer(&all).output().expect("running steer");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+        assert!(!lab.rx_has_xdp().expect("ip link"), "{args:?} left XDP attached");
+        assert!(
+            !std::path::Path::new(&format!("/sys/fs/bpf/steer/{}", lab.rx_if)).exists(),
+            "{args:?} left pins"
+        );
+    }
+    let run = SteerRun::start(&lab, &["--xdp-mode", "skb"]).expect("starting steer in rss mode");
+    let out = lab.steer(&["flows", "--iface", &lab.rx_if]).output().expect("running steer flows");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--mode rfs"), "{err}");
+    run.stop().expect("stopping steer");
+    let _ = ip(&["-n", &lab.rx_ns, "link", "show"]);
+}
