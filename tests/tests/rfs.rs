@@ -379,9 +379,13 @@ fn rfs_steers_dual_stack_flows_to_their_readers() {
     steers_each_flow_to_its_reader(Listen::DualStack);
 }
 
-/// A reader moves CPU mid-stream: the flow follows within a bounded time,
-/// the move is counted, packets inside bursts are held back (deferred), and
-/// the receiver queues nothing out of order.
+/// A reader moves CPU mid-stream, back and forth: the flow follows each time
+/// within a bounded time, every move is counted, and the receiver queues
+/// nothing out of order.
+///
+/// The sender sits on the second CPU, so that a move towards the first one
+/// could let new packets (idle CPU) overtake old ones still queued behind the
+/// sender: with `--migrate-idle-us 0` this showed as TCPOFOQueue growing.
 #[test]
 fn rfs_flow_follows_a_moving_reader_without_reordering() {
     require_root();
@@ -392,44 +396,47 @@ fn rfs_flow_follows_a_moving_reader_without_reordering() {
     let conns = connect(&lab, Listen::V4, 5002, 1).expect("connecting");
     let c = &conns[0];
     let reader = Reader::start("rfs-mover", c0, vec![c.server.clone()]);
-    // Bursts of 20 back-to-back segments, then a 5 ms pause: moves must wait for a pause.
-    let senders = Senders::start(&conns, c0, 20, Duration::from_millis(5));
-    wait_for("flow steered to CPU 0 reader", Duration::from_secs(5), || {
+    // Bursts of 100 back-to-back segments (the reader reads, and so asks for
+    // the move, in the middle of one), then a 5 ms pause: moves wait for it.
+    let senders = Senders::start(&conns, c1, 100, Duration::from_millis(5));
+    wait_for("flow steered to the reader's first CPU", Duration::from_secs(5), || {
         entry(&flows, &c.key).is_some_and(|e| e.cpu == c0)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     let ext0 = tcp_ext(&lab.rx_ns);
-    let (moves0, deferred0) = {
-        let k = counters(&flows);
-        (k.moves, k.deferred)
-    };
+    let k0 = counters(&flows);
     let flow_moves0 = entry(&flows, &c.key).map_or(0, |e| e.moves);
-    reader.cpu.store(c1 as usize, Ordering::Relaxed);
-    let took = wait_for("flow following its reader to CPU 1", Duration::from_secs(2), || {
-        entry(&flows, &c.key).is_some_and(|e| e.cpu == c1)
-    });
-    std::thread::sleep(Duration::from_secs(1));
+    let rounds = 6;
+    let mut slowest = Duration::ZERO;
+    for i in 0..rounds * 2 {
+        let to = if i % 2 == 0 { c1 } else { c0 };
+        reader.cpu.store(to as usize, Ordering::Relaxed);
+        let took = wait_for(&format!("flow following its reader to CPU {to}"), Duration::from_secs(2), || {
+            entry(&flows, &c.key).is_some_and(|e| e.cpu == to)
+        });
+        slowest = slowest.max(took);
+        std::thread::sleep(Duration::from_millis(150));
+    }
     let ext1 = tcp_ext(&lab.rx_ns);
     let k = counters(&flows);
     let e = entry(&flows, &c.key).expect("flow in the table");
     senders.stop();
     eprintln!(
-        "flow followed in {took:?}; moves {} -> {}, deferred {} -> {}, reader bytes {}",
-        moves0,
+        "{} moves, slowest followed in {slowest:?}; moves {} -> {}, deferred {} -> {}, reader bytes {}",
+        rounds * 2,
+        k0.moves,
         k.moves,
-        deferred0,
+        k0.deferred,
         k.deferred,
         reader.bytes.load(Ordering::Relaxed)
     );
-    assert!(e.moves > flow_moves0, "the flow's move was not counted: {e:?}");
-    assert!(k.moves > moves0, "global moves counter did not grow: {k:?}");
-    assert!(
-        k.deferred > deferred0,
-        "no packet was held back inside a burst: the idle gate did nothing ({k:?})"
-    );
+    assert!(e.moves >= flow_moves0 + rounds * 2, "the flow's moves were not counted: {e:?}");
+    assert!(k.moves >= k0.moves + rounds as u64 * 2, "global moves counter: {k0:?} -> {k:?}");
+    // Whether a read lands inside a burst depends on the scheduler, so
+    // `deferred` is only reported here; rfs_idle_gate_in_the_kernel proves the gate.
     for name in REORDER_COUNTERS {
         let (a, b) = (ext0.get(name).copied().unwrap_or(0), ext1.get(name).copied().unwrap_or(0));
-        assert_eq!(a, b, "TcpExt {name} grew from {a} to {b} across the move: packets were reordered");
+        assert_eq!(a, b, "TcpExt {name} grew from {a} to {b} across the moves: packets were reordered");
     }
     drop(reader);
     let (ok, log) = run.stop().expect("stopping steer");
