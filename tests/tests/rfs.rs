@@ -21,9 +21,16 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{HashMap as AyaHashMap, PerCpuArray},
+    Ebpf,
+};
 use steer::{
     config::{HashArg, HashSettings},
-    rfs::{self, PinnedFlows},
+    loader::{self, PASS_PROG, STEER_PROG},
+    packet::Frame,
+    rfs::{self, PinnedFlows, RfsSettings},
+    testrun,
 };
 use steer_common::{tuple::IPPROTO_TCP, FlowEntry, FlowKey, RfsCounters, Tuple};
 use steer_tests::{in_ns, ip, pin_to_cpu, require_root, Lab, SteerRun};
@@ -411,9 +418,10 @@ fn rfs_flow_follows_a_moving_reader_without_reordering() {
     for i in 0..rounds * 2 {
         let to = if i % 2 == 0 { c1 } else { c0 };
         reader.cpu.store(to as usize, Ordering::Relaxed);
-        let took = wait_for(&format!("flow following its reader to CPU {to}"), Duration::from_secs(2), || {
-            entry(&flows, &c.key).is_some_and(|e| e.cpu == to)
-        });
+        let took =
+            wait_for(&format!("flow following its reader to CPU {to}"), Duration::from_secs(2), || {
+                entry(&flows, &c.key).is_some_and(|e| e.cpu == to)
+            });
         slowest = slowest.max(took);
         std::thread::sleep(Duration::from_millis(150));
     }
@@ -559,4 +567,245 @@ fn rfs_bad_input_changes_nothing() {
     assert!(!out.status.success() && err.contains("--mode rfs"), "{err}");
     run.stop().expect("stopping steer");
     let _ = ip(&["-n", &lab.rx_ns, "link", "show"]);
+}
+
+// --- In the kernel, through BPF_PROG_TEST_RUN --------------------------------
+
+const XDP_REDIRECT: u32 = 4;
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn load_rfs(cpus: Vec<u32>, rfs: Option<RfsSettings>) -> (Ebpf, HashSettings) {
+    let s = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus).expect("settings").with_rfs(rfs);
+    (loader::load(&s, 256).expect("loading steer (verifier)"), s)
+}
+
+fn set_flow(ebpf: &mut Ebpf, key: &FlowKey, e: FlowEntry) {
+    let mut m: AyaHashMap<_, FlowKey, FlowEntry> =
+        AyaHashMap::try_from(ebpf.map_mut("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
+    m.insert(key, e, 0).expect("inserting a flow");
+}
+
+fn get_flow(ebpf: &Ebpf, key: &FlowKey) -> Option<FlowEntry> {
+    let m: AyaHashMap<_, FlowKey, FlowEntry> =
+        AyaHashMap::try_from(ebpf.map("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
+    m.get(key, 0).ok()
+}
+
+fn rfs_totals(ebpf: &Ebpf) -> RfsCounters {
+    let m: PerCpuArray<_, RfsCounters> =
+        PerCpuArray::try_from(ebpf.map("RFS_STATS").expect("RFS_STATS map")).expect("per-CPU array");
+    rfs::counters(&m).expect("reading RFS counters")
+}
+
+fn diff(a: &RfsCounters, b: &RfsCounters) -> RfsCounters {
+    RfsCounters {
+        hits: a.hits - b.hits,
+        misses: a.misses - b.misses,
+        moves: a.moves - b.moves,
+        deferred: a.deferred - b.deferred,
+        not_steerable: a.not_steerable - b.not_steerable,
+        ..Default::default()
+    }
+}
+
+/// Runs `frame` once: verdict, the one CPU it was redirected to, RFS counter delta.
+fn step(ebpf: &mut Ebpf, frame: &[u8]) -> (u32, Option<u32>, RfsCounters) {
+    let (s0, r0) = (loader::snapshot(ebpf).expect("snapshot"), rfs_totals(ebpf));
+    let prog = loader::program(ebpf, STEER_PROG).expect("steer_xdp");
+    let out = testrun::run(prog.fd().expect("loaded"), frame, 1).expect("BPF_PROG_TEST_RUN");
+    let d = loader::snapshot(ebpf).expect("snapshot").since(&s0);
+    let cpus: Vec<u32> =
+        d.steered_in.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, _)| c as u32).collect();
+    (out.retval, (cpus.len() == 1).then(|| cpus[0]), diff(&rfs_totals(ebpf), &r0))
+}
+
+fn v4_flow() -> (Vec<u8>, Tuple) {
+    let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
+    let frame = Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40000, 80).payload(10).build();
+    (frame, Tuple::new(IpAddr::V4(a), 40000, IpAddr::V4(b), 80, IPPROTO_TCP).expect("tuple"))
+}
+
+/// The XDP side of RFS, one step at a time on a crafted frame: miss, a new
+/// flow held on RSS until idle, a hit, a move held back while the flow is
+/// busy and done once it is idle, a reader CPU without a queue, IPv6, UDP.
+#[test]
+fn rfs_idle_gate_in_the_kernel() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let (mut ebpf, s) = load_rfs(vec![c0, c1], Some(RfsSettings::new(1024, 1_000_000).expect("settings")));
+    let (frame, t) = v4_flow();
+    let key = FlowKey::from_tuple(&t).expect("tcp flow key");
+    let rss = s.choose(&t).cpu;
+    let other = if rss == c0 { c1 } else { c0 };
+
+    let (v, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((v, cpu, d.misses, d.hits), (XDP_REDIRECT, Some(rss), 1, 0), "miss goes by RSS");
+
+    // As the hook inserts it: still on RSS, reader elsewhere, the flow busy (last packet now).
+    let fresh =
+        FlowEntry { cpu: u32::MAX, want_cpu: other, last_pkt_ns: rfs::now_ns(), ..Default::default() };
+    set_flow(&mut ebpf, &key, fresh);
+    let (v, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((v, cpu, d.deferred, d.moves), (XDP_REDIRECT, Some(rss), 1, 0), "busy new flow stays on RSS");
+    // Idle for 2 s (> 1 s): it moves to the reader.
+    set_flow(&mut ebpf, &key, FlowEntry { last_pkt_ns: rfs::now_ns() - 2_000_000_000, ..fresh });
+    let (v, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((v, cpu, d.moves, d.hits), (XDP_REDIRECT, Some(other), 1, 1), "idle flow moves to its reader");
+    let e = get_flow(&ebpf, &key).expect("entry");
+    assert_eq!((e.cpu, e.moves, e.pkts), (other, 1, 1));
+    assert!(e.last_pkt_ns > 0);
+
+    // The reader moves back to the RSS CPU while packets keep coming: deferred.
+    set_flow(&mut ebpf, &key, FlowEntry { want_cpu: rss, last_pkt_ns: rfs::now_ns(), ..e });
+    let (_, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((cpu, d.deferred, d.moves, d.hits), (Some(other), 1, 0, 1), "busy flow is not moved");
+    set_flow(&mut ebpf, &key, FlowEntry { want_cpu: rss, last_pkt_ns: rfs::now_ns() - 2_000_000_000, ..e });
+    let (_, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((cpu, d.moves), (Some(rss), 1), "idle flow follows");
+
+    // UDP is not tracked: a miss even with a TCP entry of the same ports.
+    let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
+    let udp = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40000, 80).payload(10).build();
+    let (_, _, d) = step(&mut ebpf, &udp);
+    assert_eq!((d.misses, d.hits), (1, 0), "UDP is a miss");
+
+    // IPv6: the key is the addresses as they are.
+    let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        ("2001:db8::1".parse().expect("ip"), "2001:db8::2".parse().expect("ip"));
+    let f6 = Frame::eth(MAC_B, MAC_A).ipv6(a6, b6).tcp(1234, 443).build();
+    let k6 = FlowKey::from_socket(&b6.octets(), 443, &a6.octets(), 1234);
+    set_flow(&mut ebpf, &k6, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
+    let (v, cpu, d) = step(&mut ebpf, &f6);
+    assert_eq!((v, cpu, d.hits), (XDP_REDIRECT, Some(other), 1), "IPv6 hit");
+
+    // A reader on a CPU outside --cpus: no queue there, RSS steers, counted.
+    let (mut only0, s0) = load_rfs(vec![c0], Some(RfsSettings::default()));
+    set_flow(&mut only0, &key, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
+    let (v, cpu, d) = step(&mut only0, &frame);
+    assert_eq!((v, cpu, d.not_steerable), (XDP_REDIRECT, Some(s0.choose(&t).cpu), 1), "outside --cpus");
+}
+
+/// Restores kernel.bpf_stats_enabled on drop.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+    fn enable() -> Self {
+        let old = std::fs::read_to_string(Self::PATH).expect("reading bpf_stats_enabled");
+        std::fs::write(Self::PATH, "1").expect("enabling bpf stats");
+        Self(old.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// (run_time_ns, run_cnt) of each BPF program `pid` holds, by program name.
+fn prog_stats(pid: u32) -> StdHashMap<String, (u64, u64)> {
+    let names: StdHashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
+        .collect();
+    let mut out = StdHashMap::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
+        let text = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        let field =
+            |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(id), Some(ns), Some(cnt)) = (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        {
+            if let Some(name) = names.get(&(id as u32)) {
+                out.insert(name.clone(), (ns, cnt));
+            }
+        }
+    }
+    out
+}
+
+/// Measurements for the note (printed; ratios, no thresholds): the hook's cost
+/// per event and the live XDP cost from the kernel's bpf stats on the lab
+/// workload, the RFS hit rate there, and the XDP per-packet cost with RFS off,
+/// on (hit) and on (miss) through BPF_PROG_TEST_RUN, interleaved in one run.
+#[test]
+fn rfs_costs_for_the_note() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    // Test-run costs first: rss, rfs hit, rfs miss, bare pass, three rounds.
+    let (frame, t) = v4_flow();
+    let (mut rss, _) = load_rfs(vec![c0, c1], None);
+    let (mut on, _) = load_rfs(vec![c0, c1], Some(RfsSettings::default()));
+    let key = FlowKey::from_tuple(&t).expect("key");
+    set_flow(&mut on, &key, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
+    let (miss_frame, _) = {
+        let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
+        (Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40001, 80).payload(10).build(), ())
+    };
+    loader::program(&mut rss, PASS_PROG).expect("xdp_pass").load().expect("loading xdp_pass");
+    let reps = 1_000_000;
+    let mut cost: StdHashMap<&str, Vec<u32>> = StdHashMap::new();
+    let mut objs = [rss, on];
+    for _ in 0..3 {
+        for (name, i, prog, f) in [
+            ("xdp_pass", 0, PASS_PROG, &frame),
+            ("rfs_miss", 1, STEER_PROG, &miss_frame),
+            ("rfs_off", 0, STEER_PROG, &frame),
+            ("rfs_hit", 1, STEER_PROG, &frame),
+        ] {
+            let p = loader::program(&mut objs[i], prog).expect("program");
+            let out = testrun::run(p.fd().expect("loaded"), f, reps).expect("test run");
+            cost.entry(name).or_default().push(out.duration_ns);
+        }
+    }
+    let med = |v: &Vec<u32>| {
+        let mut v = v.clone();
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "XDP ns/packet (BPF_PROG_TEST_RUN, {reps} reps, median of 3): xdp_pass {} | rfs off {} | rfs on, miss {} | rfs on, hit {}",
+        med(&cost["xdp_pass"]),
+        med(&cost["rfs_off"]),
+        med(&cost["rfs_miss"]),
+        med(&cost["rfs_hit"])
+    );
+    let e = get_flow(&objs[1], &key).expect("entry");
+    assert!(e.pkts >= 3 * reps as u64, "the hit path ran: {e:?}");
+
+    // Live: the lab workload with bpf stats on.
+    let lab = Lab::new().expect("making the lab");
+    one_segment_per_write(&lab);
+    let (run, flows) = start_rfs(&lab, &[]);
+    let stats = BpfStats::enable();
+    let conns = connect(&lab, Listen::DualStack, 5005, 4).expect("connecting");
+    let _r0 = Reader::start("rfs-cost-a", c0, conns[..2].iter().map(|c| c.server.clone()).collect());
+    let _r1 = Reader::start("rfs-cost-b", c1, conns[2..].iter().map(|c| c.server.clone()).collect());
+    let senders = Senders::start(&conns, c0, 1, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(1));
+    let (p0, k0) = (prog_stats(run.child.id()), counters(&flows));
+    std::thread::sleep(Duration::from_secs(3));
+    let (p1, k1) = (prog_stats(run.child.id()), counters(&flows));
+    senders.stop();
+    drop(stats);
+    for name in ["rfs_read", "steer_xdp"] {
+        let (Some(a), Some(b)) = (p0.get(name), p1.get(name)) else {
+            panic!("no bpf stats for {name} in steer's fds: {p1:?}");
+        };
+        let (ns, cnt) = (b.0 - a.0, b.1 - a.1);
+        assert!(cnt > 0, "{name} did not run");
+        eprintln!(
+            "live {name}: {cnt} runs, {:.0} ns/run (bpf_stats run_time_ns/run_cnt)",
+            ns as f64 / cnt as f64
+        );
+    }
+    let (hits, misses) = (k1.hits - k0.hits, k1.misses - k0.misses);
+    eprintln!(
+        "lab hit rate: {hits} hits, {misses} misses ({:.2} %); hook events {}",
+        100.0 * hits as f64 / (hits + misses).max(1) as f64,
+        k1.hook_events - k0.hook_events
+    );
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
 }
