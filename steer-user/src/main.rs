@@ -237,7 +237,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let opts = RunOptions::new(&a.iface, settings, a.qsize, a.xdp_mode, a.replace)?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let steering = Steering::start(&opts)?;
+    let mut steering = Steering::start(&opts)?;
     log::info!(
         "steering {} ({}, {} XDP) to CPUs {} with {:?} hash over {} buckets; pinned at {}",
         opts.iface,
@@ -251,7 +251,7 @@ async fn run(a: RunArgs) -> Result<()> {
         opts.hash.table_size,
         steering.pin_dir().display()
     );
-    let result = monitor(&steering, &opts, period, a.quiet, &mut sigterm, &mut sigint).await;
+    let result = monitor(&mut steering, &opts, period, a.quiet, &mut sigterm, &mut sigint).await;
     let stopped = steering.stop();
     log::info!("detached from {} and removed the pins", opts.iface);
     result.and(stopped.map_err(Into::into))
@@ -261,7 +261,7 @@ async fn run(a: RunArgs) -> Result<()> {
 /// the veth trap: native XDP there only sees frames redirected into the veth,
 /// not the socket traffic of the peer namespace.
 async fn monitor(
-    steering: &Steering,
+    steering: &mut Steering,
     opts: &RunOptions,
     period: Duration,
     quiet: bool,
@@ -281,6 +281,10 @@ async fn monitor(
             _ = ticker.tick() => {}
         }
         let now = steering.snapshot()?;
+        if opts.hash.rfs.is_some() {
+            // RFS records sockets by local address: follow address changes on the interface.
+            rfs::refresh_local_addrs(&mut steering.ebpf, &opts.iface)?;
+        }
         if !warned && steering.mode == Attached::Native {
             if let (Some(rx0), Ok(rx)) = (rx_start, iface::rx_packets(&opts.iface)) {
                 let rx = rx.saturating_sub(rx0);

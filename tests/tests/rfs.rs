@@ -569,6 +569,71 @@ fn rfs_bad_input_changes_nothing() {
     let _ = ip(&["-n", &lab.rx_ns, "link", "show"]);
 }
 
+/// The tracepoints fire for every socket on the host: reads on sockets whose
+/// local address is not on the steered interface (loopback in the same
+/// namespace, the clients' side in the other one) are counted and ignored.
+#[test]
+fn rfs_ignores_sockets_not_on_the_interface() {
+    require_root();
+    let (c0, _) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &[]);
+    let k0 = counters(&flows);
+    // Loopback inside the receiving namespace.
+    let (lo_server, lo_client) = in_ns(&lab.rx_ns, || -> Result<(TcpStream, TcpStream)> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let c = TcpStream::connect(l.local_addr()?)?;
+        Ok((l.accept()?.0, c))
+    })
+    .expect("entering the namespace")
+    .expect("loopback connection");
+    // A lab connection whose *client* side reads (data from server to client).
+    let conns = connect(&lab, Listen::V4, 5006, 1).expect("connecting");
+    let lo_reader = Reader::start("rfs-lo", c0, vec![Arc::new(lo_server.try_clone().expect("clone"))]);
+    let client_reader = Reader::start("rfs-client", c0, vec![conns[0].client.clone()]);
+    for _ in 0..50 {
+        (&lo_client).write_all(&[7u8; 1000]).expect("loopback write");
+        (&*conns[0].server).write_all(&[7u8; 1000]).expect("server write");
+    }
+    wait_for("both readers got their data", Duration::from_secs(5), || {
+        lo_reader.bytes.load(Ordering::Relaxed) == 50_000
+            && client_reader.bytes.load(Ordering::Relaxed) == 50_000
+    });
+    let k = counters(&flows);
+    let live = rfs::entries(&flows.flows);
+    assert!(k.hook_filtered > k0.hook_filtered, "reads on foreign sockets were not seen: {k:?}");
+    assert_eq!(k.inserts, k0.inserts, "a foreign socket was recorded: {live:?}");
+    assert!(live.is_empty(), "flow table should be empty: {live:?}");
+    drop((lo_reader, client_reader));
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// An address added to the interface while steer runs is tracked within a
+/// few monitor intervals.
+#[test]
+fn rfs_tracks_an_address_added_while_running() {
+    require_root();
+    let (c0, _) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &["--interval", "0.2"]);
+    ip(&["-n", &lab.rx_ns, "addr", "add", "198.18.0.3/24", "dev", &lab.rx_if]).expect("adding an address");
+    std::thread::sleep(Duration::from_millis(600));
+    let listener = in_ns(&lab.rx_ns, || TcpListener::bind("198.18.0.3:5007")).expect("ns").expect("bind");
+    let client = in_ns(&lab.tx_ns, || TcpStream::connect("198.18.0.3:5007")).expect("ns").expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let reader = Reader::start("rfs-newaddr", c0, vec![Arc::new(server)]);
+    (&client).write_all(&[1u8; 3000]).expect("write");
+    wait_for("data read", Duration::from_secs(5), || reader.bytes.load(Ordering::Relaxed) == 3000);
+    let l = client.local_addr().expect("addr");
+    let key =
+        FlowKey::from_socket(&bytes16("198.18.0.3".parse().expect("ip")), 5007, &bytes16(l.ip()), l.port());
+    wait_for("flow to the new address recorded", Duration::from_secs(2), || entry(&flows, &key).is_some());
+    drop(reader);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
 // --- In the kernel, through BPF_PROG_TEST_RUN --------------------------------
 
 const XDP_REDIRECT: u32 = 4;
