@@ -7,13 +7,14 @@
 //! Both carry the socket's addresses as `saddr_v6`/`daddr_v6`, v4-mapped for
 //! IPv4 (AF_INET and dual-stack sockets alike), local side first, ports in host
 //! order. Field offsets come from the events' `format` files (see
-//! `steer_common::flow::tp`). The tracepoints are global, so sockets whose
+//! `steer_common::flow::tp`; the loader checks them against this kernel). The tracepoints are global, so sockets whose
 //! local address is not on the steered interface are skipped first thing.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     programs::TracePointContext,
+    EbpfContext,
 };
 use steer_common::{
     flow::tp::{self, rcv_space_adjust as rsa, set_state as ss},
@@ -32,21 +33,37 @@ fn rfs_counters() -> Option<&'static mut RfsCounters> {
     RFS_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
+/// 16 bytes of the event record at `off` (2-byte aligned in both formats),
+/// read straight from the context: tracepoint records are readable in place
+/// with aligned loads, which is cheaper than a probe-read helper call.
+#[inline(always)]
+fn addr(ctx: &TracePointContext, off: usize) -> [u8; 16] {
+    let p = ctx.as_ptr() as *const u16;
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 8 {
+        // SAFETY: inside the record (offsets from its format file), u16-aligned.
+        let w = unsafe { *p.add(off / 2 + i) };
+        let b = w.to_ne_bytes();
+        out[i * 2] = b[0];
+        out[i * 2 + 1] = b[1];
+        i += 1;
+    }
+    out
+}
+
+#[inline(always)]
+fn word16(ctx: &TracePointContext, off: usize) -> u16 {
+    // SAFETY: as above.
+    unsafe { *(ctx.as_ptr() as *const u16).add(off / 2) }
+}
+
 /// The socket's flow key, if its local address is on the steered interface.
 #[inline(always)]
 fn key(ctx: &TracePointContext, sport: usize, dport: usize, saddr: usize, daddr: usize) -> Option<FlowKey> {
-    // SAFETY: offsets inside the event record, from its format file.
-    let local: [u8; 16] = unsafe { ctx.read_at(saddr) }.ok()?;
+    let local = addr(ctx, saddr);
     LOCAL_ADDRS.get_ptr(&local)?;
-    // SAFETY: as above.
-    let (remote, lport, rport) = unsafe {
-        (
-            ctx.read_at::<[u8; 16]>(daddr).ok()?,
-            ctx.read_at::<u16>(sport).ok()?,
-            ctx.read_at::<u16>(dport).ok()?,
-        )
-    };
-    Some(FlowKey::from_socket(&local, lport, &remote, rport))
+    Some(FlowKey::from_socket(&local, word16(ctx, sport), &addr(ctx, daddr), word16(ctx, dport)))
 }
 
 /// A read: the flow's reader is on this CPU now.
@@ -69,7 +86,11 @@ pub fn on_read(ctx: &TracePointContext) -> u32 {
         if e.want_cpu != cpu {
             e.want_cpu = cpu;
         }
-        e.last_read_ns = now;
+        // Informational (`steer flows`): refresh at most every millisecond so
+        // that a busy reader does not keep pulling the line from the XDP CPU.
+        if now.wrapping_sub(e.last_read_ns) > 1_000_000 {
+            e.last_read_ns = now;
+        }
         if e.pid != pid {
             e.pid = pid;
             e.comm = bpf_get_current_comm().unwrap_or_default();
@@ -93,9 +114,9 @@ pub fn on_read(ctx: &TracePointContext) -> u32 {
 
 /// A state change: on close, drop the flow.
 pub fn on_state(ctx: &TracePointContext) -> u32 {
-    // SAFETY: offsets inside the event record, from its format file.
-    let (proto, newstate) = unsafe { (ctx.read_at::<u16>(ss::PROTOCOL), ctx.read_at::<i32>(ss::NEWSTATE)) };
-    if proto != Ok(IPPROTO_TCP as u16) || newstate != Ok(tp::TCP_CLOSE) {
+    // SAFETY: inside the record (offset from its format file), 4-byte aligned.
+    let newstate = unsafe { *(ctx.as_ptr() as *const i32).add(ss::NEWSTATE / 4) };
+    if word16(ctx, ss::PROTOCOL) != IPPROTO_TCP as u16 || newstate != tp::TCP_CLOSE {
         return 0;
     }
     let Some(key) = key(ctx, ss::SPORT, ss::DPORT, ss::SADDR_V6, ss::DADDR_V6) else {
