@@ -117,6 +117,7 @@ struct RunArgs {
 
 #[derive(Args)]
 struct FlowsArgs {
+    /// Interface a `steer run --mode rfs` is attached to.
     #[arg(long)]
     iface: String,
     /// Show the N busiest flows only (0: all).
