@@ -6,10 +6,12 @@
 //! in-kernel fixtures call the very same functions the XDP program runs.
 #![no_std]
 
+pub mod flow;
 pub mod hash;
 pub mod maps;
 pub mod tuple;
 
+pub use flow::{FlowEntry, FlowKey, RfsCounters};
 pub use hash::{HashKind, ToeplitzTable, MS_RSS_KEY};
 pub use maps::{Counters, GenConfig, PassReason, SteerConfig};
 pub use tuple::Tuple;

@@ -86,6 +86,11 @@ pub struct SteerConfig {
     pub table_mask: u32,
     /// 1: both directions of a connection hash alike.
     pub symmetric: u32,
+    /// 1: look the flow up in the RFS flow table before hashing (`--mode rfs`).
+    pub rfs: u32,
+    /// A flow whose reader changed CPU moves only after this long without a
+    /// packet (`--migrate-idle-us`), so none of its packets overtake others.
+    pub migrate_idle_us: u32,
 }
 
 /// Configuration of the lab generator program (`lab_gen`).
@@ -108,4 +113,7 @@ mod pod {
     unsafe impl aya::Pod for super::GenConfig {}
     unsafe impl aya::Pod for crate::hash::ToeplitzTable {}
     unsafe impl aya::Pod for crate::tuple::Tuple {}
+    unsafe impl aya::Pod for crate::flow::FlowKey {}
+    unsafe impl aya::Pod for crate::flow::FlowEntry {}
+    unsafe impl aya::Pod for crate::flow::RfsCounters {}
 }

@@ -8,6 +8,8 @@
 //!   that many flows interleave packet by packet, like a NIC's receive ring.
 //! - `xdp_pass`: a bare XDP_PASS, the baseline for per-packet cost.
 //! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues.
+//! - `rfs_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
+//!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
 #![no_std]
 #![no_main]
 
@@ -15,7 +17,9 @@ mod cpumap_trace;
 mod lab;
 mod maps;
 mod parse;
+mod rfs;
 mod steer;
+mod track;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -26,6 +30,18 @@ use aya_ebpf::{
 #[xdp]
 pub fn steer_xdp(ctx: XdpContext) -> u32 {
     steer::steer(&ctx)
+}
+
+/// RFS: records the CPU a TCP flow is read on (tcp:tcp_rcv_space_adjust).
+#[tracepoint(category = "tcp", name = "tcp_rcv_space_adjust")]
+pub fn rfs_read(ctx: TracePointContext) -> u32 {
+    track::on_read(&ctx)
+}
+
+/// RFS: drops a flow when its socket closes (sock:inet_sock_set_state).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn rfs_state(ctx: TracePointContext) -> u32 {
+    track::on_state(&ctx)
 }
 
 #[xdp]

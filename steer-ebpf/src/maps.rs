@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, CpuMap, PerCpuArray},
+    maps::{Array, CpuMap, HashMap, LruHashMap, PerCpuArray},
 };
-use steer_common::{Counters, GenConfig, SteerConfig, ToeplitzTable};
+use steer_common::{Counters, FlowEntry, FlowKey, GenConfig, RfsCounters, SteerConfig, ToeplitzTable};
 
 /// Upper bound for CPU indices; the loader sets the real number of possible CPUs.
 pub const MAX_CPUS: u32 = 64;
@@ -40,3 +40,20 @@ pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 /// Frames the generator has produced on each CPU: also its sequence number.
 #[map]
 pub static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// --- RFS (issue 3) -----------------------------------------------------------
+
+/// Flow (packet direction) -> where its reader is. Written by the socket hook,
+/// read and steered by the XDP program. An LRU, so that a busy host's flows
+/// push out stale ones instead of failing inserts. Size set by the loader.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static RFS_STATS: PerCpuArray<RfsCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Local addresses (16 bytes, IPv4 v4-mapped) of the steered interface. The
+/// socket tracepoints fire for every socket on the host; only sockets bound to
+/// one of these can receive packets through the interface.
+#[map]
+pub static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);

@@ -36,6 +36,12 @@ pub fn steer(ctx: &XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return pass(c, PassReason::NoConfig);
     };
+    // RFS first (issue 3): a flow whose reader is known goes to the reader's CPU.
+    if cfg.rfs != 0 {
+        if let Some(verdict) = crate::rfs::steer(&tuple, cfg, c) {
+            return verdict;
+        }
+    }
     let kind = if cfg.hash == HashKind::Toeplitz as u32 { HashKind::Toeplitz } else { HashKind::Fast };
     let table = if kind == HashKind::Toeplitz { TOEPLITZ.get(0) } else { None };
     let Some(h) = hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, &tuple) else {

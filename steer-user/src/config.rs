@@ -59,6 +59,8 @@ pub struct HashSettings {
     pub symmetric: bool,
     pub table_size: u32,
     pub cpus: Vec<u32>,
+    /// RFS (`--mode rfs`): look flows up in the flow table before hashing.
+    pub rfs: Option<crate::rfs::RfsSettings>,
 }
 
 /// What `steer hash` prints for a flow.
@@ -89,7 +91,7 @@ impl HashSettings {
             None => MS_RSS_KEY,
         };
         check_table_size(table_size)?;
-        Ok(Self { kind: hash.into(), key, seed, symmetric, table_size, cpus })
+        Ok(Self { kind: hash.into(), key, seed, symmetric, table_size, cpus, rfs: None })
     }
 
     pub fn steer_config(&self) -> SteerConfig {
@@ -98,7 +100,15 @@ impl HashSettings {
             seed: self.seed,
             table_mask: self.table_size - 1,
             symmetric: self.symmetric as u32,
+            rfs: self.rfs.is_some() as u32,
+            migrate_idle_us: self.rfs.map_or(0, |r| r.migrate_idle_us),
         }
+    }
+
+    /// The same settings with RFS on (`Some`) or off.
+    pub fn with_rfs(mut self, rfs: Option<crate::rfs::RfsSettings>) -> Self {
+        self.rfs = rfs;
+        self
     }
 
     pub fn indirection_table(&self) -> Vec<u32> {

@@ -12,6 +12,7 @@ pub mod mounts;
 pub mod nic;
 pub mod packet;
 pub mod pins;
+pub mod rfs;
 pub mod settings;
 pub mod stats;
 pub mod testrun;

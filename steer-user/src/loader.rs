@@ -14,7 +14,7 @@ use crate::{
     config::{HashSettings, RunOptions, XdpMode},
     cpus,
     error::{Error, Result},
-    iface, mounts, pins,
+    iface, mounts, pins, rfs,
     stats::Snapshot,
 };
 
@@ -33,6 +33,7 @@ pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
         .map_max_entries("CPUS", ncpus)
         .map_max_entries("TARGETS", ncpus)
         .map_max_entries("INDIR", hash.table_size)
+        .map_max_entries("FLOWS", hash.rfs.map_or(rfs::UNUSED_FLOW_ENTRIES, |r| r.flow_entries))
         .load(crate::EBPF_OBJECT)
         .map_err(|e| Error::Ebpf(format!("loading the eBPF object: {e}")))?;
     write_config(&mut ebpf, hash)?;
@@ -156,6 +157,10 @@ impl Steering {
             pins::remove(&opts.iface)?;
         }
         let mut ebpf = load(&opts.hash, opts.qsize)?;
+        if opts.hash.rfs.is_some() {
+            // Before XDP attaches: on failure, dropping `ebpf` detaches the tracepoints.
+            rfs::start(&mut ebpf, &opts.iface)?;
+        }
         let driver = iface::driver(&opts.iface).unwrap_or_else(|_| "unknown".into());
         let prog = program(&mut ebpf, STEER_PROG)?;
         let busy = |e: &ProgramError| errno(e) == Some(libc::EBUSY) || errno(e) == Some(libc::EEXIST);
@@ -201,7 +206,15 @@ impl Steering {
                 ("CONFIG", pins::CONFIG),
                 ("INDIR", pins::INDIR),
                 ("CPUS", pins::CPUS),
+                ("FLOWS", pins::FLOWS),
+                ("RFS_STATS", pins::RFS_STATS),
             ] {
+                if map == "FLOWS" || map == "RFS_STATS" {
+                    // RFS maps are pinned only when RFS runs, so `steer flows` can tell.
+                    if opts.hash.rfs.is_none() {
+                        continue;
+                    }
+                }
                 let m = self.ebpf.map(map).ok_or_else(|| Error::Ebpf(format!("map {map} missing")))?;
                 m.pin(dir.join(pin))
                     .map_err(|e| Error::Ebpf(format!("pinning {map} at {}: {e}", dir.display())))?;
@@ -219,6 +232,9 @@ impl Steering {
                 "symmetric": opts.hash.symmetric,
                 "table_size": opts.hash.table_size,
                 "qsize": opts.qsize,
+                "steering": if opts.hash.rfs.is_some() { "rfs" } else { "rss" },
+                "flow_entries": opts.hash.rfs.map(|r| r.flow_entries),
+                "migrate_idle_us": opts.hash.rfs.map(|r| r.migrate_idle_us),
             });
             std::fs::write(pins::run_file(&self.iface), meta.to_string())
                 .map_err(|e| Error::io("writing the run file", e))?;

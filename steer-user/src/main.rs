@@ -10,7 +10,9 @@ use steer::{
     config::{HashArg, HashSettings, RunOptions, XdpMode, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
     cpus, iface,
     loader::{Attached, Steering},
-    pins, settings, stats,
+    pins,
+    rfs::{self, Mode},
+    settings, stats,
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
@@ -37,6 +39,8 @@ enum Cmd {
     /// IRQ affinity, RPS/RFS/XPS.
     #[command(subcommand)]
     Nic(NicCmd),
+    /// Show the RFS flow table of a `steer run --mode rfs`: flow, CPU, age, reader.
+    Flows(FlowsArgs),
     /// Remove what a crashed `steer run` left behind (pinned program and maps, NIC snapshot).
     Restore {
         #[arg(long)]
@@ -117,6 +121,17 @@ struct RunArgs {
     /// SIGHUP re-reads it and applies CPU set, hash and table changes live.
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
+    /// rss: flow hash picks the CPU. rfs: the CPU where the application reads the flow
+    /// (recorded by socket tracepoints), the hash for flows not seen yet.
+    #[arg(long, value_enum, default_value_t = Mode::Rss)]
+    mode: Mode,
+    /// RFS flow table size (LRU; the kernel's rps_sock_flow_entries). Default 65536.
+    #[arg(long)]
+    flow_entries: Option<u32>,
+    /// RFS: move a flow to its reader's new CPU only after this many microseconds
+    /// without a packet, so no packet overtakes another. Default 500.
+    #[arg(long)]
+    migrate_idle_us: Option<u32>,
 }
 
 // --- stats hook-in: config file ---
@@ -139,6 +154,19 @@ fn cli_partial(a: &RunArgs, m: &ArgMatches) -> settings::Partial {
         quiet: given("quiet").then_some(a.quiet),
         metrics: a.metrics.clone(),
     }
+}
+
+#[derive(Args)]
+struct FlowsArgs {
+    /// Interface a `steer run --mode rfs` is attached to.
+    #[arg(long)]
+    iface: String,
+    /// Show the N busiest flows only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -190,7 +218,22 @@ fn main() -> Result<()> {
         Cmd::Run(a) => tokio_rt()?.block_on(run(a, &run_matches)),
         Cmd::Stats(a) => tokio_rt()?.block_on(stats(a)),
         Cmd::Nic(c) => nic_cmd(c),
+        Cmd::Flows(a) => flows(a),
     }
+}
+
+fn flows(a: FlowsArgs) -> Result<()> {
+    steer::mounts::ensure_bpffs()?;
+    let pinned = rfs::PinnedFlows::open(&a.iface)?;
+    let entries = rfs::entries(&pinned.flows);
+    let counters = rfs::counters(&pinned.stats)?;
+    let rows = rfs::rows(&entries, rfs::now_ns(), a.top);
+    if a.json {
+        println!("{}", rfs::to_json(&rows, entries.len(), &counters));
+    } else {
+        print!("{}", rfs::render(&rows, entries.len(), &counters));
+    }
+    Ok(())
 }
 
 fn tokio_rt() -> Result<tokio::runtime::Runtime> {
@@ -253,7 +296,9 @@ async fn run(a: RunArgs, m: &ArgMatches) -> Result<()> {
     let reloader = a.config.clone().map(|path| settings::Reloader { path, cli });
     let s = &run_settings;
     let period = interval(s.interval)?;
-    let opts = RunOptions::new(&s.iface, s.hash_settings()?, s.qsize, s.xdp_mode, s.replace)?;
+    let rfs_settings = rfs::RfsSettings::from_args(a.mode, a.flow_entries, a.migrate_idle_us)?;
+    let opts =
+        RunOptions::new(&s.iface, s.hash_settings()?.with_rfs(rfs_settings), s.qsize, s.xdp_mode, s.replace)?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -330,6 +375,10 @@ async fn monitor(
             _ = ticker.tick() => {}
         }
         let now = steering.snapshot()?;
+        if opts.hash.rfs.is_some() {
+            // RFS records sockets by local address: follow address changes on the interface.
+            rfs::refresh_local_addrs(&mut steering.ebpf, &opts.iface)?;
+        }
         if let Some(w) = watch.as_mut() {
             w.check(&opts.iface, &steering.driver, &now);
         }
@@ -337,6 +386,9 @@ async fn monitor(
             let delta = now.since(&prev);
             let secs = now.at.duration_since(prev.at).as_secs_f64();
             println!("{}", stats::render(&delta, secs, &opts.hash.cpus));
+            if opts.hash.rfs.is_some() {
+                println!("{}", rfs::summary(&steering.ebpf)?);
+            }
         }
         prev = now;
     }
@@ -420,6 +472,8 @@ fn reload(
             return None;
         }
     };
+    // RFS settings come from the command line only: keep the running ones.
+    let hash = hash.with_rfs(opts.hash.rfs);
     if let Err(e) = steering.reconfigure(&hash) {
         log::error!("SIGHUP: applying {}: {e}; keeping the running configuration", r.path.display());
         // Put the running configuration back in every map (reconfigure adds queues first).

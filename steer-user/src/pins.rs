@@ -1,6 +1,6 @@
 //! Where a running steer leaves its objects, so that other processes
 //! (`steer stats`, `steer restore`, tests) can find them:
-//! `/sys/fs/bpf/steer/IFACE/{link,stats,targets,config,indir,cpus}`, plus
+//! `/sys/fs/bpf/steer/IFACE/{link,stats,targets,config,indir,cpus[,flows,rfs_stats]}`, plus
 //! `/run/steer/IFACE/run.json` with the owner's pid and settings.
 
 use std::path::{Path, PathBuf};
@@ -21,8 +21,11 @@ pub const INDIR: &str = "indir";
 pub const CPUS: &str = "cpus";
 // --- stats hook-in: cpumap drop counters ---
 pub const CPUMAP_DROPS: &str = "cpumap_drops";
+/// RFS (`--mode rfs` only): the flow table and its counters.
+pub const FLOWS: &str = "flows";
+pub const RFS_STATS: &str = "rfs_stats";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 7] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS];
+pub const ALL: [&str; 9] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS];
 
 pub fn dir(iface: &str) -> PathBuf {
     Path::new(mounts::BPFFS).join("steer").join(iface)

@@ -1,0 +1,240 @@
+//! RFS: the flow table shared by the socket hook (which records where each
+//! flow is read) and the XDP program (which steers the flow there).
+//!
+//! One key shape serves IPv4, IPv6 and dual-stack sockets: addresses are
+//! always 16 bytes, IPv4 written v4-mapped (`::ffff:a.b.c.d`). The tracepoints
+//! already hand out v4-mapped `saddr_v6`/`daddr_v6` for every TCP socket,
+//! AF_INET included, so the hook copies them as they are, and the XDP program
+//! maps an IPv4 packet's addresses the same way ([`FlowKey::from_tuple`]).
+
+use crate::tuple::{Tuple, IPPROTO_TCP};
+
+/// Default size of the flow table, the typical `rps_sock_flow_entries`.
+pub const DEFAULT_FLOW_ENTRIES: u32 = 65536;
+
+/// Word 2 of a v4-mapped address (`::ffff:0:0/96`), as raw network-order bytes.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// A flow in packet direction (source = the remote peer, destination = the
+/// local socket). Raw network-order words, like [`Tuple`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    /// Source and destination port, the raw first word of the TCP header.
+    pub ports: u32,
+    pub proto: u32,
+}
+
+impl FlowKey {
+    /// The key of a parsed packet, or `None` when RFS does not track it
+    /// (not TCP, or a fragment without ports).
+    #[inline(always)]
+    pub fn from_tuple(t: &Tuple) -> Option<Self> {
+        if t.proto != IPPROTO_TCP || t.has_ports == 0 {
+            return None;
+        }
+        let (saddr, daddr) = if t.family == 4 {
+            ([0, 0, V4_MAPPED_WORD, t.saddr[0]], [0, 0, V4_MAPPED_WORD, t.daddr[0]])
+        } else {
+            (t.saddr, t.daddr)
+        };
+        Some(Self { saddr, daddr, ports: t.ports, proto: IPPROTO_TCP as u32 })
+    }
+
+    /// The key of a socket as the tracepoints describe it: `local`/`remote`
+    /// are their `saddr_v6`/`daddr_v6` bytes, ports in host order. The packet
+    /// comes from the remote side, so the key is the mirror image.
+    #[inline(always)]
+    pub fn from_socket(local: &[u8; 16], lport: u16, remote: &[u8; 16], rport: u16) -> Self {
+        let r = rport.to_be_bytes();
+        let l = lport.to_be_bytes();
+        Self {
+            saddr: words(remote),
+            daddr: words(local),
+            ports: u32::from_ne_bytes([r[0], r[1], l[0], l[1]]),
+            proto: IPPROTO_TCP as u32,
+        }
+    }
+
+    /// Source address as 16 bytes (v4-mapped for IPv4).
+    pub fn src_bytes(&self) -> [u8; 16] {
+        bytes(&self.saddr)
+    }
+
+    pub fn dst_bytes(&self) -> [u8; 16] {
+        bytes(&self.daddr)
+    }
+
+    /// Source (remote) port in host order.
+    pub fn sport(&self) -> u16 {
+        let b = self.ports.to_ne_bytes();
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// Destination (local) port in host order.
+    pub fn dport(&self) -> u16 {
+        let b = self.ports.to_ne_bytes();
+        u16::from_be_bytes([b[2], b[3]])
+    }
+}
+
+#[inline(always)]
+fn words(b: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+fn bytes(w: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    out
+}
+
+/// Where a flow goes. The hook writes `want_cpu`, `last_read_ns`, `pid` and
+/// `comm`; the XDP program writes `cpu`, `last_pkt_ns`, `pkts` and `moves`.
+/// Each side writes only its own fields in place, so neither undoes the other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The CPU the XDP program redirects this flow to now.
+    pub cpu: u32,
+    /// The CPU the application last read the flow on; `cpu` follows it once
+    /// the flow has been idle for the migration threshold.
+    pub want_cpu: u32,
+    /// `bpf_ktime_get_ns` of the flow's last packet (0: none yet).
+    pub last_pkt_ns: u64,
+    /// `bpf_ktime_get_ns` of the last read.
+    pub last_read_ns: u64,
+    /// When the hook created the entry.
+    pub created_ns: u64,
+    /// Packets of this flow the XDP program redirected to `cpu`.
+    pub pkts: u64,
+    /// Times `cpu` changed.
+    pub moves: u32,
+    /// Thread group (process) id of the last reader.
+    pub pid: u32,
+    /// Command name of the last reader, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// Per-CPU RFS counters (one entry of a per-CPU array). XDP side counts on the
+/// CPU the packet arrived on; hook side on the reader's CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RfsCounters {
+    /// XDP: a TCP packet's flow was in the table and was redirected by it.
+    pub hits: u64,
+    /// XDP: not in the table (or not TCP): RSS chose the CPU.
+    pub misses: u64,
+    /// XDP: a flow moved to its reader's new CPU after being idle long enough.
+    pub moves: u64,
+    /// XDP: packets kept on the old CPU because the flow was not idle yet.
+    pub deferred: u64,
+    /// XDP: the recorded CPU has no CPUMAP queue (outside `--cpus`): RSS chose.
+    pub not_steerable: u64,
+    /// Hook: a read recorded (tcp_rcv_space_adjust on a tracked address).
+    pub hook_events: u64,
+    /// Hook: reads of sockets whose local address is not on the interface.
+    pub hook_filtered: u64,
+    /// Hook: new entries created.
+    pub inserts: u64,
+    /// Hook: entries deleted because their socket closed.
+    pub removed: u64,
+}
+
+impl RfsCounters {
+    pub fn add(&mut self, o: &RfsCounters) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.moves += o.moves;
+        self.deferred += o.deferred;
+        self.not_steerable += o.not_steerable;
+        self.hook_events += o.hook_events;
+        self.hook_filtered += o.hook_filtered;
+        self.inserts += o.inserts;
+        self.removed += o.removed;
+    }
+
+    /// Entries that left the table without a close: the LRU evicted them.
+    pub fn evictions(&self, live_entries: u64) -> u64 {
+        self.inserts.saturating_sub(self.removed).saturating_sub(live_entries)
+    }
+}
+
+/// Offsets of the tracepoint fields the hook reads, from
+/// /sys/kernel/tracing/events/{tcp/tcp_rcv_space_adjust,sock/inet_sock_set_state}/format.
+/// These formats are a stable ABI; the loader checks them at start.
+pub mod tp {
+    pub mod rcv_space_adjust {
+        pub const SPORT: usize = 16;
+        pub const DPORT: usize = 18;
+        pub const SADDR_V6: usize = 30;
+        pub const DADDR_V6: usize = 46;
+    }
+    pub mod set_state {
+        pub const NEWSTATE: usize = 20;
+        pub const SPORT: usize = 24;
+        pub const DPORT: usize = 26;
+        pub const PROTOCOL: usize = 30;
+        pub const SADDR_V6: usize = 40;
+        pub const DADDR_V6: usize = 56;
+    }
+    /// `TCP_CLOSE`: the socket is gone, drop its entry.
+    pub const TCP_CLOSE: i32 = 7;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    fn mapped(a: Ipv4Addr) -> [u8; 16] {
+        a.to_ipv6_mapped().octets()
+    }
+
+    #[test]
+    fn ipv4_packet_and_socket_give_the_same_key() {
+        let (remote, local) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+        let t = Tuple::new(IpAddr::V4(remote), 40000, IpAddr::V4(local), 80, IPPROTO_TCP).unwrap();
+        let from_packet = FlowKey::from_tuple(&t).unwrap();
+        let from_socket = FlowKey::from_socket(&mapped(local), 80, &mapped(remote), 40000);
+        assert_eq!(from_packet, from_socket);
+        assert_eq!((from_packet.sport(), from_packet.dport()), (40000, 80));
+        assert_eq!(from_packet.src_bytes(), mapped(remote));
+    }
+
+    #[test]
+    fn ipv6_packet_and_socket_give_the_same_key() {
+        let remote: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let local: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let t = Tuple::new(IpAddr::V6(remote), 1234, IpAddr::V6(local), 443, IPPROTO_TCP).unwrap();
+        assert_eq!(
+            FlowKey::from_tuple(&t).unwrap(),
+            FlowKey::from_socket(&local.octets(), 443, &remote.octets(), 1234)
+        );
+    }
+
+    #[test]
+    fn udp_and_fragments_are_not_tracked() {
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let u = Tuple::new(a, 1, a, 2, crate::tuple::IPPROTO_UDP).unwrap();
+        assert!(FlowKey::from_tuple(&u).is_none());
+        let f = Tuple::new(a, 1, a, 2, IPPROTO_TCP).unwrap().without_ports();
+        assert!(FlowKey::from_tuple(&f).is_none());
+    }
+
+    #[test]
+    fn evictions_are_what_left_without_a_close() {
+        let c = RfsCounters { inserts: 100, removed: 10, ..Default::default() };
+        assert_eq!(c.evictions(60), 30);
+        assert_eq!(c.evictions(200), 0);
+    }
+}

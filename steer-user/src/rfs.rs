@@ -1,0 +1,485 @@
+//! RFS, user side: settings, attaching the socket-tracking tracepoints, the
+//! interface's local addresses the hook filters on, and reading the flow table
+//! for `steer flows`.
+//!
+//! The data path is in steer-ebpf (track.rs records, rfs.rs steers); the key
+//! layout is in steer-common's flow.rs.
+
+use std::{
+    borrow::Borrow,
+    collections::BTreeSet,
+    ffi::CStr,
+    fmt::Write as _,
+    net::{IpAddr, Ipv6Addr},
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::TracePoint,
+    Ebpf,
+};
+use steer_common::{flow::DEFAULT_FLOW_ENTRIES, FlowEntry, FlowKey, RfsCounters};
+
+use crate::{
+    error::{Error, Result},
+    mounts, pins,
+};
+
+/// Default `--migrate-idle-us`. The kernel's RFS moves a flow once the old
+/// CPU's backlog has drained past the flow's last packet; a CPUMAP queue
+/// drains in tens of microseconds at most when it is not overloaded, so half
+/// a millisecond without a packet means nothing of the flow is still queued.
+pub const DEFAULT_MIGRATE_IDLE_US: u32 = 500;
+/// Largest `--flow-entries` (the XDP side's bound, 4M entries of ~100 bytes).
+pub const MAX_FLOW_ENTRIES: u32 = 1 << 22;
+/// Largest `--migrate-idle-us`: one second.
+pub const MAX_MIGRATE_IDLE_US: u32 = 1_000_000;
+/// Flow table size when RFS is off: the map exists but stays unused.
+pub const UNUSED_FLOW_ENTRIES: u32 = 16;
+
+/// Tracepoint programs and where they attach.
+pub const TRACEPOINTS: [(&str, &str, &str); 2] =
+    [("rfs_read", "tcp", "tcp_rcv_space_adjust"), ("rfs_state", "sock", "inet_sock_set_state")];
+
+/// How the XDP program chooses a CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Flow hash -> indirection table -> CPU (software RSS/RPS).
+    Rss,
+    /// The CPU where the application reads the flow, RSS for unknown flows.
+    Rfs,
+}
+
+/// Validated RFS settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RfsSettings {
+    pub flow_entries: u32,
+    pub migrate_idle_us: u32,
+}
+
+impl Default for RfsSettings {
+    fn default() -> Self {
+        Self { flow_entries: DEFAULT_FLOW_ENTRIES, migrate_idle_us: DEFAULT_MIGRATE_IDLE_US }
+    }
+}
+
+impl RfsSettings {
+    pub fn new(flow_entries: u32, migrate_idle_us: u32) -> Result<Self> {
+        if !(1..=MAX_FLOW_ENTRIES).contains(&flow_entries) {
+            return Err(Error::BadValue {
+                what: "--flow-entries",
+                value: flow_entries.to_string(),
+                why: format!("must be between 1 and {MAX_FLOW_ENTRIES}"),
+            });
+        }
+        if migrate_idle_us > MAX_MIGRATE_IDLE_US {
+            return Err(Error::BadValue {
+                what: "--migrate-idle-us",
+                value: migrate_idle_us.to_string(),
+                why: format!(
+                    "must be at most {MAX_MIGRATE_IDLE_US} (one second); 0 moves flows at once and may reorder"
+                ),
+            });
+        }
+        Ok(Self { flow_entries, migrate_idle_us })
+    }
+
+    /// Settings from the command line: `None` unless `mode` is RFS. RFS-only
+    /// options given with `--mode rss` are refused rather than ignored.
+    pub fn from_args(
+        mode: Mode,
+        flow_entries: Option<u32>,
+        migrate_idle_us: Option<u32>,
+    ) -> Result<Option<Self>> {
+        if mode == Mode::Rss {
+            if let Some(n) = flow_entries {
+                return Err(Error::BadValue {
+                    what: "--flow-entries",
+                    value: n.to_string(),
+                    why: "only applies to --mode rfs".into(),
+                });
+            }
+            if let Some(n) = migrate_idle_us {
+                return Err(Error::BadValue {
+                    what: "--migrate-idle-us",
+                    value: n.to_string(),
+                    why: "only applies to --mode rfs".into(),
+                });
+            }
+            return Ok(None);
+        }
+        Self::new(
+            flow_entries.unwrap_or(DEFAULT_FLOW_ENTRIES),
+            migrate_idle_us.unwrap_or(DEFAULT_MIGRATE_IDLE_US),
+        )
+        .map(Some)
+    }
+}
+
+/// Starts socket tracking on a loaded object: fills the interface's local
+/// addresses, loads and attaches the tracepoint programs. The links belong to
+/// `ebpf`; dropping it detaches them. Call before attaching XDP, so that a
+/// failure here leaves nothing changed.
+pub fn start(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+    mounts::ensure_tracefs()?;
+    check_formats()?;
+    let n = refresh_local_addrs(ebpf, iface)?;
+    if n == 0 {
+        log::warn!("{iface} has no IP address yet: RFS records nothing until it has one");
+    }
+    for (prog, category, name) in TRACEPOINTS {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| Error::Ebpf(format!("program {prog} missing from the object")))?
+            .try_into()
+            .map_err(Error::ebpf)?;
+        tp.load().map_err(|e| Error::Ebpf(format!("verifier rejected {prog}: {e}")))?;
+        tp.attach(category, name)
+            .map_err(|e| Error::Ebpf(format!("attaching {prog} to {category}:{name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A tracepoint field: name, offset, size.
+type Field = (&'static str, usize, usize);
+
+/// Checks that the tracepoints' fields sit where the hook reads them.
+fn check_formats() -> Result<()> {
+    use steer_common::flow::tp::{rcv_space_adjust as r, set_state as s};
+    let want: [(&str, &[Field]); 2] = [
+        (
+            "tcp/tcp_rcv_space_adjust",
+            &[
+                ("sport", r::SPORT, 2),
+                ("dport", r::DPORT, 2),
+                ("saddr_v6", r::SADDR_V6, 16),
+                ("daddr_v6", r::DADDR_V6, 16),
+            ],
+        ),
+        (
+            "sock/inet_sock_set_state",
+            &[
+                ("newstate", s::NEWSTATE, 4),
+                ("sport", s::SPORT, 2),
+                ("dport", s::DPORT, 2),
+                ("protocol", s::PROTOCOL, 2),
+                ("saddr_v6", s::SADDR_V6, 16),
+                ("daddr_v6", s::DADDR_V6, 16),
+            ],
+        ),
+    ];
+    for (event, fields) in want {
+        let path = format!("{}/events/{event}/format", mounts::TRACEFS);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+        for (name, off, size) in fields.iter() {
+            if field(&text, name) != Some((*off, *size)) {
+                return Err(Error::Ebpf(format!(
+                    "tracepoint {event} has no field {name} at offset {off} size {size} ({path}): this kernel's \
+                     format differs from the one steer was built for, RFS cannot run; use --mode rss"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Offset and size of field `name` in a tracepoint format file.
+fn field(format: &str, name: &str) -> Option<(usize, usize)> {
+    format.lines().find_map(|l| {
+        let mut parts = l.trim().split(';').map(str::trim);
+        let decl = parts.next()?.strip_prefix("field:")?;
+        let ident = decl.rsplit(' ').next()?.split('[').next()?;
+        if ident != name {
+            return None;
+        }
+        let off = parts.next()?.strip_prefix("offset:")?.parse().ok()?;
+        let size = parts.next()?.strip_prefix("size:")?.parse().ok()?;
+        Some((off, size))
+    })
+}
+
+/// Addresses of `iface` in the calling thread's network namespace, as the
+/// hook compares them (16 bytes, IPv4 v4-mapped).
+pub fn local_addrs(iface: &str) -> Result<BTreeSet<[u8; 16]>> {
+    let mut out = BTreeSet::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(Error::io("listing interface addresses", std::io::Error::last_os_error()));
+    }
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name from getifaddrs.
+        if unsafe { CStr::from_ptr(ifa.ifa_name) }.to_bytes() != iface.as_bytes() {
+            continue;
+        }
+        // SAFETY: sa_family says which sockaddr this is.
+        match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let v4 = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                out.insert(v4.to_ipv6_mapped().octets());
+            }
+            libc::AF_INET6 => {
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.insert(sin6.sin6_addr.s6_addr);
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Makes the hook's address filter equal to `iface`'s addresses now (they
+/// may change while steer runs). Returns how many there are.
+pub fn refresh_local_addrs(ebpf: &mut Ebpf, iface: &str) -> Result<usize> {
+    let want = local_addrs(iface)?;
+    let map = ebpf.map_mut("LOCAL_ADDRS").ok_or_else(|| Error::Ebpf("map LOCAL_ADDRS missing".into()))?;
+    let mut m: HashMap<_, [u8; 16], u32> = HashMap::try_from(map).map_err(Error::ebpf)?;
+    let have: Vec<[u8; 16]> = m.keys().filter_map(|k| k.ok()).collect();
+    for k in have.iter().filter(|k| !want.contains(*k)) {
+        let _ = m.remove(k);
+    }
+    for k in want.iter().filter(|k| !have.contains(k)) {
+        m.insert(k, 1, 0).map_err(|e| Error::Ebpf(format!("adding {} to LOCAL_ADDRS: {e}", show_addr(k))))?;
+    }
+    Ok(want.len())
+}
+
+/// Summed RFS counters.
+pub fn counters<M: Borrow<MapData>>(map: &PerCpuArray<M, RfsCounters>) -> Result<RfsCounters> {
+    let mut t = RfsCounters::default();
+    for c in map.get(&0, 0).map_err(Error::ebpf)?.iter() {
+        t.add(c);
+    }
+    Ok(t)
+}
+
+/// One line of RFS totals for `steer run`'s periodic output.
+pub fn summary(ebpf: &Ebpf) -> Result<String> {
+    let stats: PerCpuArray<&MapData, RfsCounters> = PerCpuArray::try_from(
+        ebpf.map("RFS_STATS").ok_or_else(|| Error::Ebpf("map RFS_STATS missing".into()))?,
+    )
+    .map_err(Error::ebpf)?;
+    let flows: HashMap<&MapData, FlowKey, FlowEntry> =
+        HashMap::try_from(ebpf.map("FLOWS").ok_or_else(|| Error::Ebpf("map FLOWS missing".into()))?)
+            .map_err(Error::ebpf)?;
+    let live = flows.keys().count() as u64;
+    let c = counters(&stats)?;
+    let fields: Vec<String> = counter_fields(&c, live).iter().map(|(n, v)| format!("{n} {v}")).collect();
+    Ok(format!("rfs: {live} flows; {}", fields.join(", ")))
+}
+
+/// Every entry of a flow table.
+pub fn entries<M: Borrow<MapData>>(map: &HashMap<M, FlowKey, FlowEntry>) -> Vec<(FlowKey, FlowEntry)> {
+    map.iter().filter_map(|r| r.ok()).collect()
+}
+
+/// The flow table and RFS counters of a running steer, opened from their pins.
+pub struct PinnedFlows {
+    pub flows: HashMap<MapData, FlowKey, FlowEntry>,
+    pub stats: PerCpuArray<MapData, RfsCounters>,
+}
+
+impl PinnedFlows {
+    pub fn open(iface: &str) -> Result<Self> {
+        let d = pins::dir(iface);
+        if !d.join(pins::FLOWS).exists() {
+            if !d.join(pins::LINK).exists() {
+                return Err(Error::NotRunning { iface: iface.into(), path: d });
+            }
+            return Err(Error::Ebpf(format!(
+                "steer runs on \"{iface}\" without RFS (no flow table at {}): start it with --mode rfs",
+                d.display()
+            )));
+        }
+        let open = |name: &str| {
+            MapData::from_pin(d.join(name))
+                .map_err(|e| Error::Ebpf(format!("opening pinned map {name}: {e}")))
+        };
+        let flows = HashMap::try_from(aya::maps::Map::LruHashMap(open(pins::FLOWS)?)).map_err(Error::ebpf)?;
+        let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(pins::RFS_STATS)?))
+            .map_err(Error::ebpf)?;
+        Ok(Self { flows, stats })
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn now_ns() -> u64 {
+    // SAFETY: clock_gettime into a zeroed timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// An address as users write it: IPv4 for v4-mapped ones.
+pub fn show_addr(b: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*b);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn endpoint(b: &[u8; 16], port: u16) -> String {
+    match show_addr(b) {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// One row of `steer flows`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FlowRow {
+    /// Remote endpoint (the packets' source).
+    pub src: String,
+    /// Local endpoint (the reading socket).
+    pub dst: String,
+    /// CPU the flow is steered to; `None` while RSS still steers it (new
+    /// flow, waiting to be idle before its first move).
+    pub cpu: Option<u32>,
+    /// CPU of the last read.
+    pub reader_cpu: u32,
+    /// Packets steered by this entry.
+    pub packets: u64,
+    pub moves: u32,
+    /// Milliseconds since the entry was created / since the last packet / since the last read.
+    pub age_ms: u64,
+    pub idle_ms: Option<u64>,
+    pub read_ago_ms: u64,
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl FlowRow {
+    pub fn new(k: &FlowKey, e: &FlowEntry, now_ns: u64) -> Self {
+        let ms = |t: u64| now_ns.saturating_sub(t) / 1_000_000;
+        let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+        Self {
+            src: endpoint(&k.src_bytes(), k.sport()),
+            dst: endpoint(&k.dst_bytes(), k.dport()),
+            cpu: (e.cpu != u32::MAX).then_some(e.cpu),
+            reader_cpu: e.want_cpu,
+            packets: e.pkts,
+            moves: e.moves,
+            age_ms: ms(e.created_ns),
+            idle_ms: (e.last_pkt_ns != 0).then(|| ms(e.last_pkt_ns)),
+            read_ago_ms: ms(e.last_read_ns),
+            pid: e.pid,
+            comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+        }
+    }
+}
+
+/// Rows sorted busiest first, at most `top` of them (0: all).
+pub fn rows(entries: &[(FlowKey, FlowEntry)], now_ns: u64, top: usize) -> Vec<FlowRow> {
+    let mut rows: Vec<FlowRow> = entries.iter().map(|(k, e)| FlowRow::new(k, e, now_ns)).collect();
+    rows.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.src.cmp(&b.src)));
+    if top > 0 {
+        rows.truncate(top);
+    }
+    rows
+}
+
+/// The counters as `name value` pairs, in the order tables and JSON show them.
+pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 10] {
+    [
+        ("hits", c.hits),
+        ("misses", c.misses),
+        ("moves", c.moves),
+        ("deferred", c.deferred),
+        ("not_steerable", c.not_steerable),
+        ("inserts", c.inserts),
+        ("removed", c.removed),
+        ("evictions", c.evictions(live)),
+        ("hook_events", c.hook_events),
+        ("hook_filtered", c.hook_filtered),
+    ]
+}
+
+/// `steer flows` as a table.
+pub fn render(rows: &[FlowRow], total: usize, c: &RfsCounters) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  COMM",
+        "FLOW (remote)", "LOCAL", "CPU", "READER", "PACKETS", "MOVES", "AGE ms", "IDLE ms", "PID"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  {}",
+            r.src,
+            r.dst,
+            r.cpu.map_or("rss".to_string(), |c| c.to_string()),
+            r.reader_cpu,
+            r.packets,
+            r.moves,
+            r.age_ms,
+            r.idle_ms.map_or("-".to_string(), |v| v.to_string()),
+            r.pid,
+            r.comm
+        );
+    }
+    let fields: Vec<String> =
+        counter_fields(c, total as u64).iter().map(|(n, v)| format!("{n} {v}")).collect();
+    let _ = writeln!(out, "{} flows ({} shown); {}", total, rows.len(), fields.join(", "));
+    out
+}
+
+/// `steer flows --json`.
+pub fn to_json(rows: &[FlowRow], total: usize, c: &RfsCounters) -> serde_json::Value {
+    let counters: serde_json::Map<String, serde_json::Value> =
+        counter_fields(c, total as u64).iter().map(|(n, v)| (n.to_string(), (*v).into())).collect();
+    serde_json::json!({ "flows": rows, "total": total, "counters": counters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_with_the_value_in_the_message() {
+        assert_eq!(RfsSettings::from_args(Mode::Rfs, None, None).unwrap(), Some(RfsSettings::default()));
+        let e = RfsSettings::from_args(Mode::Rfs, Some(0), None).unwrap_err().to_string();
+        assert!(e.contains("--flow-entries 0"), "{e}");
+        let e = RfsSettings::from_args(Mode::Rfs, None, Some(5_000_000)).unwrap_err().to_string();
+        assert!(e.contains("--migrate-idle-us 5000000"), "{e}");
+        let e = RfsSettings::from_args(Mode::Rss, Some(1024), None).unwrap_err().to_string();
+        assert!(e.contains("only applies to --mode rfs"), "{e}");
+        assert_eq!(RfsSettings::from_args(Mode::Rss, None, None).unwrap(), None);
+    }
+
+    #[test]
+    fn format_fields_are_found() {
+        let f = "\tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;\n\
+                 \tfield:__u8 saddr_v6[16];\toffset:30;\tsize:16;\tsigned:0;\n";
+        assert_eq!(field(f, "sport"), Some((16, 2)));
+        assert_eq!(field(f, "saddr_v6"), Some((30, 16)));
+        assert_eq!(field(f, "dport"), None);
+    }
+
+    #[test]
+    fn rows_show_v4_mapped_as_ipv4() {
+        let local = std::net::Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
+        let remote = std::net::Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets();
+        let k = FlowKey::from_socket(&local, 80, &remote, 40000);
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"nginx"[..4].as_ref());
+        let e = FlowEntry { cpu: 1, want_cpu: 1, pkts: 7, created_ns: 1_000_000, comm, ..Default::default() };
+        let r = FlowRow::new(&k, &e, 3_000_000);
+        assert_eq!((r.src.as_str(), r.dst.as_str()), ("198.18.0.1:40000", "198.18.0.2:80"));
+        assert_eq!((r.cpu, r.age_ms, r.idle_ms, r.comm.as_str()), (Some(1), 2, None, "ngin"));
+        let unmoved = FlowEntry { cpu: u32::MAX, ..e };
+        assert_eq!(FlowRow::new(&k, &unmoved, 3_000_000).cpu, None);
+    }
+}

@@ -1,0 +1,876 @@
+//! RFS on a real kernel: a TCP server in the lab's receiving namespace with
+//! reader threads pinned to CPUs, clients in the sending namespace, and
+//! `steer run --mode rfs --xdp-mode skb` on the receiving veth (generic XDP is
+//! the mode that sees the peer's socket traffic on veth).
+//!
+//! Every claim is checked against something the XDP program does not write:
+//! the CPU the test pinned the reader to, the receiving socket's own segment
+//! count (TCP_INFO tcpi_segs_in), and the namespace's TcpExt counters.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{HashMap as AyaHashMap, PerCpuArray},
+    Ebpf,
+};
+use steer::{
+    config::{HashArg, HashSettings},
+    loader::{self, PASS_PROG, STEER_PROG},
+    packet::Frame,
+    rfs::{self, PinnedFlows, RfsSettings},
+    testrun,
+};
+use steer_common::{tuple::IPPROTO_TCP, FlowEntry, FlowKey, RfsCounters, Tuple};
+use steer_tests::{in_ns, ip, pin_to_cpu, require_root, Lab, SteerRun};
+
+/// Two CPUs at least, or the test cannot say anything about steering.
+fn two_cpus() -> (u32, u32) {
+    let online = steer::cpus::online().expect("reading online CPUs");
+    assert!(online.len() >= 2, "RFS tests need two online CPUs, this machine has {online:?}");
+    (online[0], online[1])
+}
+
+fn bytes16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// Which kind of listener the server has.
+#[derive(Clone, Copy, Debug)]
+enum Listen {
+    /// AF_INET on the IPv4 address.
+    V4,
+    /// AF_INET6 on the IPv6 address.
+    V6,
+    /// AF_INET6 on [::], reached over IPv4 (v4-mapped sockets).
+    DualStack,
+}
+
+/// One accepted connection: the server side, read by one reader thread.
+struct Conn {
+    server: Arc<TcpStream>,
+    client: Arc<TcpStream>,
+    /// Flow key in packet direction (client -> server), as the XDP side sees it.
+    key: FlowKey,
+    /// What the fast hash over CPUs 0-1 (steer's default) would choose: RSS.
+    rss_cpu: u32,
+}
+
+impl Conn {
+    fn segs_in(&self) -> u64 {
+        tcp_info(&self.server).tcpi_segs_in as u64
+    }
+}
+
+fn tcp_info(s: &TcpStream) -> libc::tcp_info {
+    // SAFETY: getsockopt into a zeroed tcp_info of the size we pass.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        );
+        info
+    }
+}
+
+/// `n` connections from the sending namespace to a listener of kind `listen`
+/// in the receiving one.
+fn connect(lab: &Lab, listen: Listen, port: u16, n: usize) -> Result<Vec<Conn>> {
+    let (bind, dst): (SocketAddr, SocketAddr) = match listen {
+        Listen::V4 => (format!("{}:{port}", lab.rx_ip).parse()?, format!("{}:{port}", lab.rx_ip).parse()?),
+        Listen::V6 => {
+            (format!("[{}]:{port}", lab.rx_ip6).parse()?, format!("[{}]:{port}", lab.rx_ip6).parse()?)
+        }
+        Listen::DualStack => (format!("[::]:{port}").parse()?, format!("{}:{port}", lab.rx_ip).parse()?),
+    };
+    let listener = in_ns(&lab.rx_ns, move || TcpListener::bind(bind))??;
+    let clients = in_ns(&lab.tx_ns, move || -> Result<Vec<TcpStream>> {
+        (0..n)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).context("connecting")?;
+                c.set_nodelay(true)?;
+                Ok(c)
+            })
+            .collect()
+    })??;
+    let rss = HashSettings::new(HashArg::Fast, None, 0, false, 256, vec![0, 1])?;
+    let mut accepted: Vec<(SocketAddr, TcpStream)> =
+        (0..n).map(|_| listener.accept().map(|(s, peer)| (peer, s))).collect::<std::io::Result<_>>()?;
+    let mut conns = Vec::new();
+    for c in clients {
+        let local = c.local_addr()?;
+        // A dual-stack server sees the IPv4 peer as ::ffff:a.b.c.d: compare as 16 bytes.
+        let i = accepted
+            .iter()
+            .position(|(peer, _)| bytes16(peer.ip()) == bytes16(local.ip()) && peer.port() == local.port())
+            .context("no accepted socket for a client")?;
+        let (_, server) = accepted.swap_remove(i);
+        let sl = server.local_addr()?;
+        let key = FlowKey::from_socket(&bytes16(sl.ip()), sl.port(), &bytes16(local.ip()), local.port());
+        let t = match (local.ip(), dst.ip()) {
+            (s @ IpAddr::V4(_), d @ IpAddr::V4(_)) | (s @ IpAddr::V6(_), d @ IpAddr::V6(_)) => {
+                Tuple::new(s, local.port(), d, port, IPPROTO_TCP).context("tuple")?
+            }
+            _ => bail!("client and server families differ"),
+        };
+        conns.push(Conn { server: Arc::new(server), client: Arc::new(c), key, rss_cpu: rss.choose(&t).cpu });
+    }
+    Ok(conns)
+}
+
+/// A thread reading some connections, pinned to `cpu` (changeable live).
+struct Reader {
+    cpu: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(name: &str, cpu: u32, conns: Vec<Arc<TcpStream>>) -> Self {
+        let want = Arc::new(AtomicUsize::new(cpu as usize));
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (w, s, b) = (want.clone(), stop.clone(), bytes.clone());
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut on = usize::MAX;
+                let mut buf = vec![0u8; 65536];
+                for c in &conns {
+                    let _ = c.set_nonblocking(true);
+                }
+                while !s.load(Ordering::Relaxed) {
+                    let cpu = w.load(Ordering::Relaxed);
+                    if cpu != on {
+                        pin_to_cpu(cpu);
+                        on = cpu;
+                    }
+                    let mut fds: Vec<libc::pollfd> = conns
+                        .iter()
+                        .map(|c| libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                        .collect();
+                    // SAFETY: a valid array of pollfd.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+                    for (c, fd) in conns.iter().zip(&fds) {
+                        if fd.revents & libc::POLLIN != 0 {
+                            if let Ok(n) = (&**c).read(&mut buf) {
+                                b.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawning a reader");
+        Self { cpu: want, stop, bytes, handle: Some(handle) }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Clients writing steadily: bursts of `burst` 1000-byte writes, then `gap`.
+/// Pinned to one CPU: on veth the sender's CPU is where the frame enters the
+/// receive path, and a sender hopping CPUs could reorder by itself.
+struct Senders {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<u64>>,
+}
+
+impl Senders {
+    fn start(conns: &[Conn], cpu: u32, burst: usize, gap: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = conns
+            .iter()
+            .map(|c| {
+                let (c, s) = (c.client.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    pin_to_cpu(cpu as usize);
+                    let msg = [0x5au8; 1000];
+                    let mut sent = 0;
+                    while !s.load(Ordering::Relaxed) {
+                        for _ in 0..burst {
+                            if (&*c).write_all(&msg).is_err() {
+                                return sent;
+                            }
+                            sent += msg.len() as u64;
+                        }
+                        std::thread::sleep(gap);
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Self { stop, handles }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handles.drain(..).map(|h| h.join().unwrap_or(0)).sum()
+    }
+}
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn entry(flows: &PinnedFlows, key: &FlowKey) -> Option<FlowEntry> {
+    flows.flows.get(key, 0).ok()
+}
+
+fn counters(flows: &PinnedFlows) -> RfsCounters {
+    rfs::counters(&flows.stats).expect("reading RFS counters")
+}
+
+/// Waits (bounded) until `f` holds; returns how long it took.
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+/// `TcpExt` of /proc/net/netstat in namespace `ns`.
+fn tcp_ext(ns: &str) -> StdHashMap<String, u64> {
+    in_ns(ns, || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("reading netstat");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        assert_eq!(lines.len(), 2, "TcpExt lines in netstat");
+        lines[0]
+            .split_whitespace()
+            .zip(lines[1].split_whitespace())
+            .skip(1)
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
+    })
+    .expect("entering the lab namespace")
+}
+
+/// The receiver's reordering evidence: segments it had to queue out of order.
+const REORDER_COUNTERS: [&str; 3] = ["TCPOFOQueue", "TCPOFOMerge", "TCPOFODrop"];
+
+/// Turns off TCP autocorking for the senders, so that each 1000-byte write
+/// is one segment on the wire and one frame for XDP (then tcpi_segs_in and
+/// the per-flow packet count measure the same thing).
+fn one_segment_per_write(lab: &Lab) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.tx_ns, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_autocorking"])
+        .output()
+        .expect("running ip netns exec");
+    assert!(out.status.success(), "disabling autocorking: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn start_rfs(lab: &Lab, extra: &[&str]) -> (SteerRun, PinnedFlows) {
+    let mut args = vec!["--mode", "rfs", "--xdp-mode", "skb", "--cpus", "0-1"];
+    args.extend_from_slice(extra);
+    let run = SteerRun::start(lab, &args).expect("starting steer run --mode rfs");
+    let flows = PinnedFlows::open(&lab.rx_if).expect("opening the pinned flow table");
+    (run, flows)
+}
+
+/// Readers on both CPUs; each flow goes to the reader whose CPU is NOT the
+/// one RSS would pick, so that only RFS can get its packets there.
+fn steers_each_flow_to_its_reader(listen: Listen) {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    one_segment_per_write(&lab);
+    let (run, flows) = start_rfs(&lab, &[]);
+    let conns = connect(&lab, listen, 5001, 6).expect("connecting");
+    let reader_cpu: Vec<u32> = conns.iter().map(|c| if c.rss_cpu == c0 { c1 } else { c0 }).collect();
+    let mut readers = Vec::new();
+    for cpu in [c0, c1] {
+        let mine: Vec<Arc<TcpStream>> = conns
+            .iter()
+            .zip(&reader_cpu)
+            .filter(|(_, r)| **r == cpu)
+            .map(|(c, _)| c.server.clone())
+            .collect();
+        if !mine.is_empty() {
+            readers.push(Reader::start(&format!("rfs-reader-{cpu}"), cpu, mine));
+        }
+    }
+    let senders = Senders::start(&conns, c0, 1, Duration::from_millis(1));
+    // Warm-up: the first reads record the flows, the first pause moves them.
+    for (c, cpu) in conns.iter().zip(&reader_cpu) {
+        wait_for(
+            &format!("flow {:?} steered to its reader's CPU {cpu}", c.key),
+            Duration::from_secs(5),
+            || entry(&flows, &c.key).is_some_and(|e| e.cpu == *cpu),
+        );
+    }
+    let before: Vec<(u64, u64)> =
+        conns.iter().map(|c| (entry(&flows, &c.key).map_or(0, |e| e.pkts), c.segs_in())).collect();
+    let hits0 = counters(&flows).hits;
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<(u64, u64, FlowEntry)> = conns
+        .iter()
+        .map(|c| {
+            let e = entry(&flows, &c.key).expect("flow still in the table");
+            (e.pkts, c.segs_in(), e)
+        })
+        .collect();
+    let c = counters(&flows);
+    let sent = senders.stop();
+    assert!(sent > 0, "the clients sent nothing");
+    for (i, ((p0, s0), (p1, s1, e))) in before.iter().zip(&after).enumerate() {
+        let (steered, segs) = (p1 - p0, s1 - s0);
+        assert!(segs >= 500, "flow {i}: only {segs} segments received in 3 s");
+        assert_eq!(e.cpu, reader_cpu[i], "flow {i}: steered to CPU {} but read on {}", e.cpu, reader_cpu[i]);
+        assert_eq!(e.want_cpu, reader_cpu[i], "flow {i}: hook recorded CPU {}", e.want_cpu);
+        let share = steered as f64 / segs as f64;
+        eprintln!(
+            "{listen:?} flow {i}: reader CPU {} (RSS would pick {}), {steered} of {segs} segments steered there ({:.1} %)",
+            reader_cpu[i],
+            conns[i].rss_cpu,
+            share * 100.0
+        );
+        assert!(
+            share >= 0.95,
+            "flow {i}: only {:.1} % of its packets went to its reader's CPU",
+            share * 100.0
+        );
+    }
+    let hit_rate = (c.hits - hits0) as f64;
+    eprintln!("{listen:?}: counters {c:?}, hits in window {hit_rate}");
+    assert!(c.hook_events > 0 && c.inserts as usize >= conns.len(), "hook counters: {c:?}");
+    drop(readers);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+#[test]
+fn rfs_steers_ipv4_flows_to_their_readers() {
+    steers_each_flow_to_its_reader(Listen::V4);
+}
+
+#[test]
+fn rfs_steers_ipv6_flows_to_their_readers() {
+    steers_each_flow_to_its_reader(Listen::V6);
+}
+
+#[test]
+fn rfs_steers_dual_stack_flows_to_their_readers() {
+    steers_each_flow_to_its_reader(Listen::DualStack);
+}
+
+/// A reader moves CPU mid-stream, back and forth: the flow follows each time
+/// within a bounded time, every move is counted, and the receiver queues
+/// nothing out of order.
+///
+/// The sender sits on the second CPU, so that a move towards the first one
+/// could let new packets (idle CPU) overtake old ones still queued behind the
+/// sender: with `--migrate-idle-us 0` this showed as TCPOFOQueue growing.
+#[test]
+fn rfs_flow_follows_a_moving_reader_without_reordering() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    one_segment_per_write(&lab);
+    let (run, flows) = start_rfs(&lab, &[]);
+    let conns = connect(&lab, Listen::V4, 5002, 1).expect("connecting");
+    let c = &conns[0];
+    let reader = Reader::start("rfs-mover", c0, vec![c.server.clone()]);
+    // Bursts of 100 back-to-back segments (the reader reads, and so asks for
+    // the move, in the middle of one), then a 5 ms pause: moves wait for it.
+    let senders = Senders::start(&conns, c1, 100, Duration::from_millis(5));
+    wait_for("flow steered to the reader's first CPU", Duration::from_secs(5), || {
+        entry(&flows, &c.key).is_some_and(|e| e.cpu == c0)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let ext0 = tcp_ext(&lab.rx_ns);
+    let k0 = counters(&flows);
+    let flow_moves0 = entry(&flows, &c.key).map_or(0, |e| e.moves);
+    let rounds = 6;
+    let mut slowest = Duration::ZERO;
+    for i in 0..rounds * 2 {
+        let to = if i % 2 == 0 { c1 } else { c0 };
+        reader.cpu.store(to as usize, Ordering::Relaxed);
+        let took =
+            wait_for(&format!("flow following its reader to CPU {to}"), Duration::from_secs(2), || {
+                entry(&flows, &c.key).is_some_and(|e| e.cpu == to)
+            });
+        slowest = slowest.max(took);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let ext1 = tcp_ext(&lab.rx_ns);
+    let k = counters(&flows);
+    let e = entry(&flows, &c.key).expect("flow in the table");
+    senders.stop();
+    eprintln!(
+        "{} moves, slowest followed in {slowest:?}; moves {} -> {}, deferred {} -> {}, reader bytes {}",
+        rounds * 2,
+        k0.moves,
+        k.moves,
+        k0.deferred,
+        k.deferred,
+        reader.bytes.load(Ordering::Relaxed)
+    );
+    assert!(e.moves >= flow_moves0 + rounds * 2, "the flow's moves were not counted: {e:?}");
+    assert!(k.moves >= k0.moves + rounds as u64 * 2, "global moves counter: {k0:?} -> {k:?}");
+    // Whether a read lands inside a burst depends on the scheduler, so
+    // `deferred` is only reported here; rfs_idle_gate_in_the_kernel proves the gate.
+    for name in REORDER_COUNTERS {
+        let (a, b) = (ext0.get(name).copied().unwrap_or(0), ext1.get(name).copied().unwrap_or(0));
+        assert_eq!(a, b, "TcpExt {name} grew from {a} to {b} across the moves: packets were reordered");
+    }
+    drop(reader);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// Closing connections deletes their entries; a table smaller than the
+/// number of flows evicts old ones (LRU) and nothing fails.
+#[test]
+fn rfs_close_deletes_entries_and_lru_overflow_is_harmless() {
+    require_root();
+    let (c0, _) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &["--flow-entries", "16"]);
+    let conns = connect(&lab, Listen::V4, 5003, 64).expect("connecting 64 flows");
+    let reader = Reader::start("rfs-lru", c0, conns.iter().map(|c| c.server.clone()).collect());
+    for c in &conns {
+        (&*c.client).write_all(&[1u8; 4000]).expect("sending");
+    }
+    wait_for("all 64 x 4000 bytes read", Duration::from_secs(5), || {
+        reader.bytes.load(Ordering::Relaxed) == 64 * 4000
+    });
+    let k = counters(&flows);
+    let live = rfs::entries(&flows.flows).len();
+    eprintln!(
+        "64 flows into 16 entries: live {live}, counters {k:?}, evictions {}",
+        k.evictions(live as u64)
+    );
+    assert!(live <= 16, "{live} entries in a 16-entry table");
+    assert!(k.inserts >= 64, "every flow should have been inserted once: {k:?}");
+    assert!(k.evictions(live as u64) >= 64 - 16, "LRU evictions not visible: {k:?}");
+    // Still steering: a second round of data arrives in full.
+    for c in &conns {
+        (&*c.client).write_all(&[2u8; 4000]).expect("sending again");
+    }
+    wait_for("second round read", Duration::from_secs(5), || {
+        reader.bytes.load(Ordering::Relaxed) == 2 * 64 * 4000
+    });
+    let live_keys: Vec<FlowKey> =
+        conns.iter().map(|c| c.key).filter(|k| entry(&flows, k).is_some()).collect();
+    assert!(!live_keys.is_empty(), "no flow of ours in the table after the second round");
+    let removed0 = counters(&flows).removed;
+    drop(reader);
+    drop(conns);
+    wait_for("entries of closed connections deleted", Duration::from_secs(5), || {
+        live_keys.iter().all(|k| entry(&flows, k).is_none())
+    });
+    let k = counters(&flows);
+    assert!(k.removed >= removed0 + live_keys.len() as u64, "closes not counted: {k:?}");
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// `steer flows` shows the flow, its CPU and its reader (pid and thread name).
+#[test]
+fn steer_flows_shows_flow_cpu_and_reader() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &[]);
+    let conns = connect(&lab, Listen::V4, 5004, 2).expect("connecting");
+    let _r0 = Reader::start("rfs-flows-a", c0, vec![conns[0].server.clone()]);
+    let _r1 = Reader::start("rfs-flows-b", c1, vec![conns[1].server.clone()]);
+    let senders = Senders::start(&conns, c0, 1, Duration::from_millis(2));
+    for (c, cpu) in conns.iter().zip([c0, c1]) {
+        wait_for("flow on its reader's CPU", Duration::from_secs(5), || {
+            entry(&flows, &c.key).is_some_and(|e| e.cpu == cpu)
+        });
+    }
+    let out = lab.steer(&["flows", "--iface", &lab.rx_if, "--json"]).output().expect("running steer flows");
+    assert!(out.status.success(), "steer flows: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("steer flows --json is JSON");
+    let rows = v["flows"].as_array().expect("flows array");
+    for (c, (cpu, comm)) in conns.iter().zip([(c0, "rfs-flows-a"), (c1, "rfs-flows-b")]) {
+        let src = c.client.local_addr().expect("client address").to_string();
+        let row =
+            rows.iter().find(|r| r["src"] == src.as_str()).unwrap_or_else(|| panic!("no row for {src}: {v}"));
+        assert_eq!(row["dst"], format!("{}:5004", lab.rx_ip).as_str(), "{row}");
+        assert_eq!(row["cpu"], cpu, "{row}");
+        assert_eq!(row["reader_cpu"], cpu, "{row}");
+        assert_eq!(row["comm"], comm, "{row}");
+        assert_eq!(row["pid"], std::process::id(), "{row}");
+        assert!(row["packets"].as_u64().unwrap_or(0) > 0, "{row}");
+    }
+    assert!(v["counters"]["hits"].as_u64().unwrap_or(0) > 0, "{v}");
+    let out =
+        lab.steer(&["flows", "--iface", &lab.rx_if, "--top", "1"]).output().expect("running steer flows");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("(1 shown)") && text.contains("rfs-flows"), "{text}");
+    senders.stop();
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// RFS options are checked before anything changes; `steer flows` on an RSS
+/// run says what to do.
+#[test]
+fn rfs_bad_input_changes_nothing() {
+    require_root();
+    let lab = Lab::new().expect("making the lab");
+    for (args, needle) in [
+        (vec!["--mode", "rss", "--flow-entries", "64"], "--flow-entries 64"),
+        (vec!["--mode", "rfs", "--flow-entries", "0"], "--flow-entries 0"),
+        (vec!["--mode", "rfs", "--migrate-idle-us", "9000000"], "--migrate-idle-us 9000000"),
+    ] {
+        let mut all = vec!["run", "--iface", lab.rx_if.as_str(), "--xdp-mode", "skb"];
+        all.extend(args.iter().copied());
+        let out = lab.steer(&all).output().expect("running steer");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+        assert!(!lab.rx_has_xdp().expect("ip link"), "{args:?} left XDP attached");
+        assert!(
+            !std::path::Path::new(&format!("/sys/fs/bpf/steer/{}", lab.rx_if)).exists(),
+            "{args:?} left pins"
+        );
+    }
+    let run = SteerRun::start(&lab, &["--xdp-mode", "skb"]).expect("starting steer in rss mode");
+    let out = lab.steer(&["flows", "--iface", &lab.rx_if]).output().expect("running steer flows");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--mode rfs"), "{err}");
+    run.stop().expect("stopping steer");
+    let _ = ip(&["-n", &lab.rx_ns, "link", "show"]);
+}
+
+/// The tracepoints fire for every socket on the host: reads on sockets whose
+/// local address is not on the steered interface (loopback in the same
+/// namespace, the clients' side in the other one) are counted and ignored.
+#[test]
+fn rfs_ignores_sockets_not_on_the_interface() {
+    require_root();
+    let (c0, _) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &[]);
+    let k0 = counters(&flows);
+    // Loopback inside the receiving namespace.
+    let (lo_server, lo_client) = in_ns(&lab.rx_ns, || -> Result<(TcpStream, TcpStream)> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let c = TcpStream::connect(l.local_addr()?)?;
+        Ok((l.accept()?.0, c))
+    })
+    .expect("entering the namespace")
+    .expect("loopback connection");
+    // A lab connection whose *client* side reads (data from server to client).
+    let conns = connect(&lab, Listen::V4, 5006, 1).expect("connecting");
+    let lo_reader = Reader::start("rfs-lo", c0, vec![Arc::new(lo_server.try_clone().expect("clone"))]);
+    let client_reader = Reader::start("rfs-client", c0, vec![conns[0].client.clone()]);
+    for _ in 0..50 {
+        (&lo_client).write_all(&[7u8; 1000]).expect("loopback write");
+        (&*conns[0].server).write_all(&[7u8; 1000]).expect("server write");
+    }
+    wait_for("both readers got their data", Duration::from_secs(5), || {
+        lo_reader.bytes.load(Ordering::Relaxed) == 50_000
+            && client_reader.bytes.load(Ordering::Relaxed) == 50_000
+    });
+    let k = counters(&flows);
+    let live = rfs::entries(&flows.flows);
+    assert!(k.hook_filtered > k0.hook_filtered, "reads on foreign sockets were not seen: {k:?}");
+    assert_eq!(k.inserts, k0.inserts, "a foreign socket was recorded: {live:?}");
+    assert!(live.is_empty(), "flow table should be empty: {live:?}");
+    drop((lo_reader, client_reader));
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// An address added to the interface while steer runs is tracked within a
+/// few monitor intervals.
+#[test]
+fn rfs_tracks_an_address_added_while_running() {
+    require_root();
+    let (c0, _) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &["--interval", "0.2"]);
+    ip(&["-n", &lab.rx_ns, "addr", "add", "198.18.0.3/24", "dev", &lab.rx_if]).expect("adding an address");
+    std::thread::sleep(Duration::from_millis(600));
+    let listener = in_ns(&lab.rx_ns, || TcpListener::bind("198.18.0.3:5007")).expect("ns").expect("bind");
+    let client = in_ns(&lab.tx_ns, || TcpStream::connect("198.18.0.3:5007")).expect("ns").expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let reader = Reader::start("rfs-newaddr", c0, vec![Arc::new(server)]);
+    (&client).write_all(&[1u8; 3000]).expect("write");
+    wait_for("data read", Duration::from_secs(5), || reader.bytes.load(Ordering::Relaxed) == 3000);
+    let l = client.local_addr().expect("addr");
+    let key =
+        FlowKey::from_socket(&bytes16("198.18.0.3".parse().expect("ip")), 5007, &bytes16(l.ip()), l.port());
+    wait_for("flow to the new address recorded", Duration::from_secs(2), || entry(&flows, &key).is_some());
+    drop(reader);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+// --- In the kernel, through BPF_PROG_TEST_RUN --------------------------------
+
+const XDP_REDIRECT: u32 = 4;
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn load_rfs(cpus: Vec<u32>, rfs: Option<RfsSettings>) -> (Ebpf, HashSettings) {
+    let s = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus).expect("settings").with_rfs(rfs);
+    (loader::load(&s, 256).expect("loading steer (verifier)"), s)
+}
+
+fn set_flow(ebpf: &mut Ebpf, key: &FlowKey, e: FlowEntry) {
+    let mut m: AyaHashMap<_, FlowKey, FlowEntry> =
+        AyaHashMap::try_from(ebpf.map_mut("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
+    m.insert(key, e, 0).expect("inserting a flow");
+}
+
+fn get_flow(ebpf: &Ebpf, key: &FlowKey) -> Option<FlowEntry> {
+    let m: AyaHashMap<_, FlowKey, FlowEntry> =
+        AyaHashMap::try_from(ebpf.map("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
+    m.get(key, 0).ok()
+}
+
+fn rfs_totals(ebpf: &Ebpf) -> RfsCounters {
+    let m: PerCpuArray<_, RfsCounters> =
+        PerCpuArray::try_from(ebpf.map("RFS_STATS").expect("RFS_STATS map")).expect("per-CPU array");
+    rfs::counters(&m).expect("reading RFS counters")
+}
+
+fn diff(a: &RfsCounters, b: &RfsCounters) -> RfsCounters {
+    RfsCounters {
+        hits: a.hits - b.hits,
+        misses: a.misses - b.misses,
+        moves: a.moves - b.moves,
+        deferred: a.deferred - b.deferred,
+        not_steerable: a.not_steerable - b.not_steerable,
+        ..Default::default()
+    }
+}
+
+/// Runs `frame` once: verdict, the one CPU it was redirected to, RFS counter delta.
+fn step(ebpf: &mut Ebpf, frame: &[u8]) -> (u32, Option<u32>, RfsCounters) {
+    let (s0, r0) = (loader::snapshot(ebpf).expect("snapshot"), rfs_totals(ebpf));
+    let prog = loader::program(ebpf, STEER_PROG).expect("steer_xdp");
+    let out = testrun::run(prog.fd().expect("loaded"), frame, 1).expect("BPF_PROG_TEST_RUN");
+    let d = loader::snapshot(ebpf).expect("snapshot").since(&s0);
+    let cpus: Vec<u32> =
+        d.steered_in.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, _)| c as u32).collect();
+    (out.retval, (cpus.len() == 1).then(|| cpus[0]), diff(&rfs_totals(ebpf), &r0))
+}
+
+fn v4_flow() -> (Vec<u8>, Tuple) {
+    let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
+    let frame = Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40000, 80).payload(10).build();
+    (frame, Tuple::new(IpAddr::V4(a), 40000, IpAddr::V4(b), 80, IPPROTO_TCP).expect("tuple"))
+}
+
+/// The XDP side of RFS, one step at a time on a crafted frame: miss, a new
+/// flow held on RSS until idle, a hit, a move held back while the flow is
+/// busy and done once it is idle, a reader CPU without a queue, IPv6, UDP.
+#[test]
+fn rfs_idle_gate_in_the_kernel() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let (mut ebpf, s) = load_rfs(vec![c0, c1], Some(RfsSettings::new(1024, 1_000_000).expect("settings")));
+    let (frame, t) = v4_flow();
+    let key = FlowKey::from_tuple(&t).expect("tcp flow key");
+    let rss = s.choose(&t).cpu;
+    let other = if rss == c0 { c1 } else { c0 };
+
+    let (v, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((v, cpu, d.misses, d.hits), (XDP_REDIRECT, Some(rss), 1, 0), "miss goes by RSS");
+
+    // As the hook inserts it: still on RSS, reader elsewhere, the flow busy (last packet now).
+    let fresh =
+        FlowEntry { cpu: u32::MAX, want_cpu: other, last_pkt_ns: rfs::now_ns(), ..Default::default() };
+    set_flow(&mut ebpf, &key, fresh);
+    let (v, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((v, cpu, d.deferred, d.moves), (XDP_REDIRECT, Some(rss), 1, 0), "busy new flow stays on RSS");
+    // Idle for 2 s (> 1 s): it moves to the reader.
+    set_flow(&mut ebpf, &key, FlowEntry { last_pkt_ns: rfs::now_ns() - 2_000_000_000, ..fresh });
+    let (v, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((v, cpu, d.moves, d.hits), (XDP_REDIRECT, Some(other), 1, 1), "idle flow moves to its reader");
+    let e = get_flow(&ebpf, &key).expect("entry");
+    assert_eq!((e.cpu, e.moves, e.pkts), (other, 1, 1));
+    assert!(e.last_pkt_ns > 0);
+
+    // The reader moves back to the RSS CPU while packets keep coming: deferred.
+    set_flow(&mut ebpf, &key, FlowEntry { want_cpu: rss, last_pkt_ns: rfs::now_ns(), ..e });
+    let (_, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((cpu, d.deferred, d.moves, d.hits), (Some(other), 1, 0, 1), "busy flow is not moved");
+    set_flow(&mut ebpf, &key, FlowEntry { want_cpu: rss, last_pkt_ns: rfs::now_ns() - 2_000_000_000, ..e });
+    let (_, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((cpu, d.moves), (Some(rss), 1), "idle flow follows");
+
+    // UDP is not tracked: a miss even with a TCP entry of the same ports.
+    let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
+    let udp = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40000, 80).payload(10).build();
+    let (_, _, d) = step(&mut ebpf, &udp);
+    assert_eq!((d.misses, d.hits), (1, 0), "UDP is a miss");
+
+    // IPv6: the key is the addresses as they are.
+    let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        ("2001:db8::1".parse().expect("ip"), "2001:db8::2".parse().expect("ip"));
+    let f6 = Frame::eth(MAC_B, MAC_A).ipv6(a6, b6).tcp(1234, 443).build();
+    let k6 = FlowKey::from_socket(&b6.octets(), 443, &a6.octets(), 1234);
+    set_flow(&mut ebpf, &k6, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
+    let (v, cpu, d) = step(&mut ebpf, &f6);
+    assert_eq!((v, cpu, d.hits), (XDP_REDIRECT, Some(other), 1), "IPv6 hit");
+
+    // A reader on a CPU outside --cpus: no queue there, RSS steers, counted.
+    let (mut only0, s0) = load_rfs(vec![c0], Some(RfsSettings::default()));
+    set_flow(&mut only0, &key, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
+    let (v, cpu, d) = step(&mut only0, &frame);
+    assert_eq!((v, cpu, d.not_steerable), (XDP_REDIRECT, Some(s0.choose(&t).cpu), 1), "outside --cpus");
+}
+
+/// Restores kernel.bpf_stats_enabled on drop.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+    fn enable() -> Self {
+        let old = std::fs::read_to_string(Self::PATH).expect("reading bpf_stats_enabled");
+        std::fs::write(Self::PATH, "1").expect("enabling bpf stats");
+        Self(old.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// (run_time_ns, run_cnt) of each BPF program `pid` holds, by program name.
+fn prog_stats(pid: u32) -> StdHashMap<String, (u64, u64)> {
+    let names: StdHashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
+        .collect();
+    let mut out = StdHashMap::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo").flatten() {
+        let text = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        let field =
+            |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(id), Some(ns), Some(cnt)) = (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        {
+            if let Some(name) = names.get(&(id as u32)) {
+                out.insert(name.clone(), (ns, cnt));
+            }
+        }
+    }
+    out
+}
+
+/// Measurements for the note (printed; ratios, no thresholds): the hook's cost
+/// per event and the live XDP cost from the kernel's bpf stats on the lab
+/// workload, the RFS hit rate there, and the XDP per-packet cost with RFS off,
+/// on (hit) and on (miss) through BPF_PROG_TEST_RUN, interleaved in one run.
+#[test]
+fn rfs_costs_for_the_note() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    // Test-run costs first: rss, rfs hit, rfs miss, bare pass, three rounds.
+    let (frame, t) = v4_flow();
+    let (mut rss, _) = load_rfs(vec![c0, c1], None);
+    let (mut on, _) = load_rfs(vec![c0, c1], Some(RfsSettings::default()));
+    let key = FlowKey::from_tuple(&t).expect("key");
+    set_flow(&mut on, &key, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
+    let (miss_frame, _) = {
+        let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
+        (Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40001, 80).payload(10).build(), ())
+    };
+    loader::program(&mut rss, PASS_PROG).expect("xdp_pass").load().expect("loading xdp_pass");
+    let reps = 1_000_000;
+    let mut cost: StdHashMap<&str, Vec<u32>> = StdHashMap::new();
+    let mut objs = [rss, on];
+    for _ in 0..3 {
+        for (name, i, prog, f) in [
+            ("xdp_pass", 0, PASS_PROG, &frame),
+            ("rfs_miss", 1, STEER_PROG, &miss_frame),
+            ("rfs_off", 0, STEER_PROG, &frame),
+            ("rfs_hit", 1, STEER_PROG, &frame),
+        ] {
+            let p = loader::program(&mut objs[i], prog).expect("program");
+            let out = testrun::run(p.fd().expect("loaded"), f, reps).expect("test run");
+            cost.entry(name).or_default().push(out.duration_ns);
+        }
+    }
+    let med = |v: &Vec<u32>| {
+        let mut v = v.clone();
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "XDP ns/packet (BPF_PROG_TEST_RUN, {reps} reps, median of 3): xdp_pass {} | rfs off {} | rfs on, miss {} | rfs on, hit {}",
+        med(&cost["xdp_pass"]),
+        med(&cost["rfs_off"]),
+        med(&cost["rfs_miss"]),
+        med(&cost["rfs_hit"])
+    );
+    let e = get_flow(&objs[1], &key).expect("entry");
+    assert!(e.pkts >= 3 * reps as u64, "the hit path ran: {e:?}");
+
+    // Live: the lab workload with bpf stats on.
+    let lab = Lab::new().expect("making the lab");
+    one_segment_per_write(&lab);
+    let (run, flows) = start_rfs(&lab, &[]);
+    let stats = BpfStats::enable();
+    let conns = connect(&lab, Listen::DualStack, 5005, 4).expect("connecting");
+    let _r0 = Reader::start("rfs-cost-a", c0, conns[..2].iter().map(|c| c.server.clone()).collect());
+    let _r1 = Reader::start("rfs-cost-b", c1, conns[2..].iter().map(|c| c.server.clone()).collect());
+    let senders = Senders::start(&conns, c0, 1, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(1));
+    let (p0, k0) = (prog_stats(run.child.id()), counters(&flows));
+    std::thread::sleep(Duration::from_secs(3));
+    let (p1, k1) = (prog_stats(run.child.id()), counters(&flows));
+    senders.stop();
+    drop(stats);
+    for name in ["rfs_read", "steer_xdp"] {
+        let (Some(a), Some(b)) = (p0.get(name), p1.get(name)) else {
+            panic!("no bpf stats for {name} in steer's fds: {p1:?}");
+        };
+        let (ns, cnt) = (b.0 - a.0, b.1 - a.1);
+        assert!(cnt > 0, "{name} did not run");
+        eprintln!(
+            "live {name}: {cnt} runs, {:.0} ns/run (bpf_stats run_time_ns/run_cnt)",
+            ns as f64 / cnt as f64
+        );
+    }
+    let (hits, misses) = (k1.hits - k0.hits, k1.misses - k0.misses);
+    eprintln!(
+        "lab hit rate: {hits} hits, {misses} misses ({:.2} %); hook events {}",
+        100.0 * hits as f64 / (hits + misses).max(1) as f64,
+        k1.hook_events - k0.hook_events
+    );
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
