@@ -173,6 +173,23 @@ impl Collector for SteerCollector {
             }
         }
         counter_family(e, "steer_cpumap_drops", "Frames the CPUMAP dropped, by CPU and stage", cm)?;
+        if let Some(rfs) = sample.rfs_totals() {
+            counter_family(
+                e,
+                "steer_rfs_hits",
+                "Packets steered by the RFS flow table, by receiving CPU",
+                opt(|t| t.rfs_hits),
+            )?;
+            let events = rfs.iter().filter(|(k, _)| **k != "flows" && **k != "hits");
+            counter_family(
+                e,
+                "steer_rfs_events",
+                "RFS events: misses, moves, deferred moves, inserts, removals, evictions, hook events",
+                events.map(|(k, v)| (vec![("event", k.to_string())], *v)).collect::<Vec<_>>(),
+            )?;
+            let flows = rfs.get("flows").copied().unwrap_or(0);
+            gauge(e, "steer_rfs_flows", "Entries in the RFS flow table", flows as i64)?;
+        }
         counter_family(
             e,
             "steer_softirq_seconds",

@@ -174,7 +174,21 @@ pub struct Sample {
     pub times: Vec<procstat::CpuTimes>,
     pub softnet: Vec<softnet::Softnet>,
     pub run: Option<RunInfo>,
+    /// RFS counters per CPU and the live flow count; `None` unless `--mode rfs`.
+    pub rfs: Option<RfsSample>,
 }
+
+/// RFS state of a `steer run --mode rfs` at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct RfsSample {
+    /// Indexed by CPU (the CPU the XDP program ran on).
+    pub per_cpu: Vec<steer_common::RfsCounters>,
+    /// Entries in the flow table now.
+    pub live_flows: u64,
+}
+
+/// RFS totals as exported (JSON `rfs`): counter name -> value, plus `flows`.
+pub type RfsTotals = BTreeMap<&'static str, u64>;
 
 /// Cumulative counters of one CPU, as exported (JSON `total`, Prometheus).
 /// XDP and cpumap fields are `None` when steer is not attached.
@@ -191,6 +205,8 @@ pub struct CpuTotals {
     pub passed: Option<u64>,
     /// Redirects refused (no queue for the chosen CPU): passed instead.
     pub redirect_err: Option<u64>,
+    /// RFS: packets this CPU steered by the flow table (`--mode rfs` only).
+    pub rfs_hits: Option<u64>,
     /// Frames dropped because this CPU's CPUMAP queue was full.
     pub cpumap_enqueue_drops: Option<u64>,
     /// Frames this CPU's cpumap kthread dropped.
@@ -230,6 +246,7 @@ impl Sample {
                     steered_in: self.xdp.as_ref().map(|x| x.steered_in.get(cpu).copied().unwrap_or(0)),
                     passed: c.map(|c| c.passed_total()),
                     redirect_err: c.map(|c| c.redirect_err),
+                    rfs_hits: self.rfs.as_ref().map(|r| r.per_cpu.get(cpu).map_or(0, |c| c.hits)),
                     cpumap_enqueue_drops: cm.map(|m| m.enqueue),
                     cpumap_kthread_drops: cm.map(|m| m.kthread),
                     softirq_s: t.softirq_s,
@@ -243,6 +260,21 @@ impl Sample {
                 }
             })
             .collect()
+    }
+
+    /// RFS counters summed over CPUs, and the live flow count.
+    pub fn rfs_totals(&self) -> Option<RfsTotals> {
+        let r = self.rfs.as_ref()?;
+        let mut t = steer_common::RfsCounters::default();
+        for c in &r.per_cpu {
+            t.add(c);
+        }
+        Some(
+            crate::rfs::counter_fields(&t, r.live_flows)
+                .into_iter()
+                .chain([("flows", r.live_flows)])
+                .collect(),
+        )
     }
 
     /// Packets passed unsteered, by reason, summed over CPUs.
@@ -262,6 +294,8 @@ pub struct CpuRates {
     pub redirected_pps: Option<f64>,
     pub steered_in_pps: Option<f64>,
     pub passed_pps: Option<f64>,
+    /// Packets steered by the RFS flow table (`--mode rfs` only).
+    pub rfs_hits_pps: Option<f64>,
     /// Redirect errors plus cpumap enqueue and kthread drops.
     pub drops_pps: Option<f64>,
     pub softirq_pct: f64,
@@ -294,6 +328,10 @@ pub struct Report {
     pub totals: Vec<CpuTotals>,
     /// Cumulative packets passed unsteered, by reason (null when not attached).
     pub passed_by_reason: Option<BTreeMap<&'static str, u64>>,
+    /// Cumulative RFS counters (hits, misses, moves, deferred, not_steerable,
+    /// inserts, removed, evictions, hook_events, hook_filtered) and `flows`,
+    /// the live table size; null unless `--mode rfs`.
+    pub rfs: Option<RfsTotals>,
 }
 
 /// Difference of two kernel counters that may be 32-bit and wrap.
@@ -341,6 +379,7 @@ impl Report {
                 redirected_pps: orate(n.redirected, b.redirected),
                 steered_in_pps: orate(n.steered_in, b.steered_in),
                 passed_pps: orate(n.passed, b.passed),
+                rfs_hits_pps: orate(n.rfs_hits, b.rfs_hits),
                 drops_pps: drops,
                 softirq_pct: if n.cpu_s > b.cpu_s { pct(n.softirq_s, b.softirq_s) } else { 0.0 },
                 idle_pct: if n.cpu_s > b.cpu_s { pct(n.idle_s, b.idle_s) } else { 0.0 },
@@ -364,6 +403,7 @@ impl Report {
             all,
             totals: t1,
             passed_by_reason: now.passed_by_reason(),
+            rfs: now.rfs_totals(),
         }
     }
 }
@@ -393,6 +433,7 @@ fn sum_rates(cpus: &[CpuRates]) -> CpuRates {
         redirected_pps: osum(|c| c.redirected_pps),
         steered_in_pps: osum(|c| c.steered_in_pps),
         passed_pps: osum(|c| c.passed_pps),
+        rfs_hits_pps: osum(|c| c.rfs_hits_pps),
         drops_pps: osum(|c| c.drops_pps),
         softirq_pct: cpus.iter().map(|c| c.softirq_pct).sum::<f64>() / n,
         idle_pct: cpus.iter().map(|c| c.idle_pct).sum::<f64>() / n,
@@ -421,7 +462,7 @@ fn si(v: Option<f64>) -> String {
 }
 
 /// Width of the per-CPU bar (steered-in, or softirq % without steer).
-const BAR: usize = 12;
+const BAR: usize = 8;
 
 /// The per-CPU rate table `steer stats` prints: fits 80 columns.
 pub fn render_table(r: &Report) -> String {
@@ -433,10 +474,11 @@ pub fn render_table(r: &Report) -> String {
     let _ = writeln!(out, "{}: {state}; per second over {:.2} s", r.iface, r.interval_s);
     let _ = writeln!(
         out,
-        "{:>3} {:>6} {:>6} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>5} {}",
+        "{:>3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>5} {}",
         "CPU",
         "xdp-rx",
         "in",
+        "rfs",
         "pass",
         "drops",
         "%soft",
@@ -454,9 +496,10 @@ pub fn render_table(r: &Report) -> String {
     let line = |out: &mut String, label: String, c: &CpuRates, bar: String| {
         let _ = writeln!(
             out,
-            "{label:>3} {:>6} {:>6} {:>6} {:>6} {:>5.1} {:>5.1} {:>6} {:>6} {:>5} {bar}",
+            "{label:>3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5.1} {:>5.1} {:>6} {:>6} {:>5} {bar}",
             si(c.xdp_rx_pps),
             si(c.steered_in_pps),
+            si(c.rfs_hits_pps),
             si(c.passed_pps),
             si(c.drops_pps),
             c.softirq_pct,
@@ -482,6 +525,17 @@ pub fn render_table(r: &Report) -> String {
         }
         _ => {}
     }
+    if let Some(rfs) = &r.rfs {
+        let _ = writeln!(
+            out,
+            "rfs: {} flows; hits {}, misses {}, moves {}, deferred {}",
+            rfs.get("flows").unwrap_or(&0),
+            rfs.get("hits").unwrap_or(&0),
+            rfs.get("misses").unwrap_or(&0),
+            rfs.get("moves").unwrap_or(&0),
+            rfs.get("deferred").unwrap_or(&0)
+        );
+    }
     if let Some(reasons) = &r.passed_by_reason {
         let nz: Vec<String> =
             reasons.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
@@ -499,13 +553,14 @@ pub struct Source {
     iface: String,
     pinned: Option<crate::pins::Pinned>,
     cpumap: Option<PerCpuArray<aya::maps::MapData, u64>>,
+    rfs: Option<crate::rfs::PinnedFlows>,
 }
 
 impl Source {
     /// Fails only when there is no steer run AND no such interface here, so
     /// that a typo is not silently shown as an idle machine.
     pub fn open(iface: &str) -> Result<Self> {
-        let mut s = Self { iface: iface.to_string(), pinned: None, cpumap: None };
+        let mut s = Self { iface: iface.to_string(), pinned: None, cpumap: None, rfs: None };
         s.refresh();
         if s.pinned.is_none() {
             crate::iface::index(iface)?;
@@ -518,7 +573,11 @@ impl Source {
         if !pinned_now {
             self.pinned = None;
             self.cpumap = None;
+            self.rfs = None;
         } else {
+            if self.rfs.is_none() && crate::pins::dir(&self.iface).join(crate::pins::FLOWS).exists() {
+                self.rfs = crate::rfs::PinnedFlows::open(&self.iface).ok();
+            }
             if self.pinned.is_none() {
                 self.pinned = crate::pins::Pinned::open(&self.iface).ok();
             }
@@ -543,6 +602,13 @@ impl Source {
             (Some(m), Some(x)) => Some(cpumap::read(m, x.per_cpu.len())?),
             _ => None,
         };
+        let rfs = match &self.rfs {
+            Some(f) => Some(RfsSample {
+                per_cpu: f.stats.get(&0, 0).map_err(Error::ebpf)?.iter().copied().collect(),
+                live_flows: f.flows.keys().count() as u64,
+            }),
+            None => None,
+        };
         let unix_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -555,6 +621,7 @@ impl Source {
             times: procstat::read()?,
             softnet: softnet::read()?,
             run: RunInfo::read(&self.iface),
+            rfs,
         })
     }
 }

@@ -534,3 +534,54 @@ fn cpumap_queue_drops_are_counted_and_account_for_the_loss() -> Result<()> {
     assert!(ok_exit, "{err}");
     Ok(())
 }
+
+#[test]
+fn rfs_hits_show_in_stats_json_table_and_metrics() -> Result<()> {
+    require_root();
+    let lab = Lab::new()?;
+    let addr = format!("127.0.0.1:{}", test_port() + 2);
+    let run = SteerRun::start(&lab, &["--xdp-mode", "skb", "--mode", "rfs", "--metrics", &addr])?;
+    // One TCP stream read by a server in the lab namespace: its reads fill the flow table.
+    let rx_ip = lab.rx_ip;
+    let listener = in_ns(&lab.rx_ns, move || std::net::TcpListener::bind((rx_ip, 7010)))??;
+    let server = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut c, _) = listener.accept()?;
+        let mut buf = vec![0u8; 4096];
+        let mut n = 0;
+        loop {
+            match std::io::Read::read(&mut c, &mut buf)? {
+                0 => return Ok(n),
+                k => n += k,
+            }
+        }
+    });
+    in_ns(&lab.tx_ns, move || -> std::io::Result<()> {
+        let mut c = std::net::TcpStream::connect((rx_ip, 7010))?;
+        for _ in 0..400 {
+            std::io::Write::write_all(&mut c, &[7u8; 1000])?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    })??;
+    assert_eq!(server.join().map_err(|_| anyhow::anyhow!("server panicked"))??, 400 * 1000);
+
+    let json = stats_json(&lab, "0.2")?;
+    let rfs = &json["rfs"];
+    let hits = rfs["hits"].as_u64().context("rfs.hits in --json")?;
+    assert!(hits > 0, "no RFS hits: {json}");
+    let per_cpu: u64 =
+        json["totals"].as_array().context("totals")?.iter().filter_map(|t| t["rfs_hits"].as_u64()).sum();
+    assert_eq!(per_cpu, hits, "per-CPU rfs_hits add up to rfs.hits");
+    let table =
+        ok(lab.steer(&["stats", "--iface", &lab.rx_if, "--once", "--interval", "0.2"]).output()?, "stats")?;
+    assert!(table.contains(" rfs ") && table.contains("rfs: "), "{table}");
+    let (body, s) = scrape(&lab.rx_ns, &addr)?;
+    let scraped: f64 = (0..online_cpus())
+        .filter_map(|c| metric(&s, "steer_rfs_hits_total", &[("cpu", &c.to_string())]))
+        .sum();
+    assert!(scraped >= hits as f64, "steer_rfs_hits_total {scraped} < json {hits}:\n{body}");
+    assert!(metric(&s, "steer_rfs_events_total", &[("event", "misses")]).is_some(), "{body}");
+    assert!(metric(&s, "steer_rfs_flows", &[]).is_some(), "{body}");
+    run.stop()?;
+    Ok(())
+}
