@@ -5,6 +5,8 @@ pub mod config;
 pub mod cpus;
 pub mod error;
 pub mod iface;
+// hook-in (issue 6, branch bench): `steer lab` and the bench's engine.
+pub mod lab;
 pub mod loader;
 pub mod mounts;
 pub mod packet;

@@ -17,6 +17,9 @@ use steer_common::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
+// hook-in (issue 6, branch bench): the `steer lab` subcommand lives in lab_cmd.rs.
+mod lab_cmd;
+
 #[derive(Parser)]
 #[command(name = "steer", version, about = "Spread a Linux receive path over CPUs with XDP and a CPUMAP")]
 struct Cli {
@@ -37,6 +40,8 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+    /// Build a veth lab in fresh namespaces and show steer against no steering (hook-in: issue 6).
+    Lab(lab_cmd::LabArgs),
 }
 
 /// How flows map to CPUs: shared by `run` and `hash` so both agree.
@@ -143,6 +148,7 @@ fn main() -> Result<()> {
         Cmd::Restore { iface } => restore(&iface),
         Cmd::Run(a) => tokio_rt()?.block_on(run(a)),
         Cmd::Stats(a) => tokio_rt()?.block_on(stats(a)),
+        Cmd::Lab(a) => lab_cmd::run(a),
     }
 }
 
