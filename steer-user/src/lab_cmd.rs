@@ -157,14 +157,17 @@ fn real_clients() -> Vec<String> {
 fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
     let started = Instant::now();
     let plan = if a.quick { Plan::quick() } else { Plan::full() };
-    let b = Bench::new(settings(t))?;
-    let mut scenarios = scenario::standard(&b.online, t.irq_cpu);
+    // Everything is checked before the lab is built.
+    let mut scenarios = scenario::standard(&cpus::online()?, t.irq_cpu);
     if let Some(f) = &a.only {
         scenarios.retain(|s| s.name.contains(f.as_str()));
         if scenarios.is_empty() {
-            anyhow::bail!("--only \"{f}\" matches no scenario");
+            let names: Vec<String> =
+                scenario::standard(&cpus::online()?, t.irq_cpu).into_iter().map(|s| s.name).collect();
+            anyhow::bail!("--only \"{f}\" matches no scenario (scenarios: {})", names.join(", "));
         }
     }
+    let b = Bench::new(settings(t))?;
     let mut out = Vec::new();
     for sc in scenarios {
         lab::check_stop()?;

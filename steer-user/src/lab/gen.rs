@@ -43,6 +43,25 @@ impl Default for GenSettings {
     }
 }
 
+impl GenSettings {
+    /// Checks the values before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        let max = 65535 - self.base_port as u32;
+        if self.flows == 0 || self.flows > max {
+            return Err(LabError::Msg(format!(
+                "invalid --flows {}: must be between 1 and {max}",
+                self.flows
+            )));
+        }
+        if self.chunk == 0 {
+            return Err(LabError::Msg(
+                "invalid chunk 0: the generator sends at least one frame per call".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One burst as it happened.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Burst {

@@ -69,8 +69,8 @@ pub fn check_stop() -> Result<()> {
 /// /proc/stat (what mpstat's %soft shows) and /proc/net/softnet_stat.
 #[derive(Clone, Debug, Default)]
 pub struct CpuCounters {
-    /// Per CPU: (softirq ticks, total ticks).
-    pub ticks: Vec<(u64, u64)>,
+    /// Per CPU: (softirq ticks, busy ticks, total ticks).
+    pub ticks: Vec<(u64, u64, u64)>,
     /// Per CPU: packets processed by the stack (softnet_stat column 1).
     pub processed: Vec<u64>,
     /// Per CPU: packets dropped because the backlog was full (column 2).
@@ -84,6 +84,9 @@ pub struct CpuCounters {
 pub struct CpuPicture {
     /// % of the interval each CPU spent in softirq.
     pub soft_pct: Vec<f64>,
+    /// % of the interval each CPU was not idle. cpumap's kthreads (steer)
+    /// count as system time, not softirq, so compare this column too.
+    pub busy_pct: Vec<f64>,
     /// Packets per second the stack processed on each CPU.
     pub pps: Vec<f64>,
     pub dropped: Vec<u64>,
@@ -108,10 +111,11 @@ impl CpuCounters {
             // user nice system idle iowait irq softirq steal ...
             let soft = v.get(6).copied().unwrap_or(0);
             let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
             if ticks.len() <= cpu {
-                ticks.resize(cpu + 1, (0, 0));
+                ticks.resize(cpu + 1, (0, 0, 0));
             }
-            ticks[cpu] = (soft, total);
+            ticks[cpu] = (soft, total.saturating_sub(idle), total);
         }
         let sn = std::fs::read_to_string("/proc/net/softnet_stat")
             .map_err(|e| LabError::io("reading /proc/net/softnet_stat", e))?;
@@ -132,29 +136,30 @@ impl CpuCounters {
             dropped[cpu] = v.get(1).copied().unwrap_or(0);
             received_rps[cpu] = v.get(9).copied().unwrap_or(0);
         }
-        ticks.resize(n, (0, 0));
+        ticks.resize(n, (0, 0, 0));
         Ok(Self { ticks, processed, dropped, received_rps })
     }
 
     /// The picture between `before` and `self`, `secs` apart.
     pub fn since(&self, before: &CpuCounters, secs: f64) -> CpuPicture {
         let n = self.ticks.len().min(before.ticks.len());
-        let soft_pct = (0..n)
-            .map(|c| {
-                let ds = self.ticks[c].0.saturating_sub(before.ticks[c].0) as f64;
-                let dt = self.ticks[c].1.saturating_sub(before.ticks[c].1) as f64;
-                if dt > 0.0 {
-                    100.0 * ds / dt
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let pct = |c: usize, f: fn(&(u64, u64, u64)) -> u64| {
+            let dv = f(&self.ticks[c]).saturating_sub(f(&before.ticks[c])) as f64;
+            let dt = self.ticks[c].2.saturating_sub(before.ticks[c].2) as f64;
+            if dt > 0.0 {
+                100.0 * dv / dt
+            } else {
+                0.0
+            }
+        };
+        let soft_pct = (0..n).map(|c| pct(c, |t| t.0)).collect();
+        let busy_pct = (0..n).map(|c| pct(c, |t| t.1)).collect();
         let d = |a: &[u64], b: &[u64]| -> Vec<u64> {
             a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y)).collect()
         };
         CpuPicture {
             soft_pct,
+            busy_pct,
             pps: d(&self.processed, &before.processed).iter().map(|v| *v as f64 / secs.max(1e-9)).collect(),
             dropped: d(&self.dropped, &before.dropped),
             received_rps: d(&self.received_rps, &before.received_rps),
@@ -182,7 +187,7 @@ mod tests {
         let c = CpuCounters::read().unwrap();
         let online = crate::cpus::online().unwrap();
         for cpu in online {
-            assert!(c.ticks[cpu as usize].1 > 0, "CPU {cpu} has no ticks");
+            assert!(c.ticks[cpu as usize].2 > 0, "CPU {cpu} has no ticks");
         }
     }
 

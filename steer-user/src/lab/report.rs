@@ -77,16 +77,19 @@ fn mpps(v: f64) -> String {
 pub fn picture(title: &str, p: &CpuPicture, cpus: &[u32]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{title}");
-    let _ = writeln!(out, "{:>5} {:>7} {:>12} {:>10}  ", "CPU", "%soft", "stack pps", "rps IPIs");
+    let _ =
+        writeln!(out, "{:>5} {:>7} {:>7} {:>12} {:>10}  ", "CPU", "%soft", "%busy", "stack pps", "rps IPIs");
     for &c in cpus {
         let i = c as usize;
         let soft = p.soft_pct.get(i).copied().unwrap_or(0.0);
-        let bar = "#".repeat((soft / 5.0).round() as usize);
+        let busy = p.busy_pct.get(i).copied().unwrap_or(0.0);
+        let bar = "#".repeat((busy / 5.0).round() as usize);
         let _ = writeln!(
             out,
-            "{:>5} {:>7.1} {:>12.0} {:>10}  {bar}",
+            "{:>5} {:>7.1} {:>7.1} {:>12.0} {:>10}  {bar}",
             c,
             soft,
+            busy,
             p.pps.get(i).copied().unwrap_or(0.0),
             p.received_rps.get(i).copied().unwrap_or(0)
         );

@@ -79,6 +79,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn new(settings: GenSettings) -> Result<Self> {
+        settings.validate()?;
         let online = cpus::online()?;
         if !online.contains(&settings.irq_cpu) {
             return Err(LabError::Msg(format!(
