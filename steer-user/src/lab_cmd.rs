@@ -55,6 +55,9 @@ struct BenchArgs {
     /// Skip the per-packet cost measurement.
     #[arg(long)]
     no_cost: bool,
+    /// Skip the TCP request/response and bulk workloads.
+    #[arg(long)]
+    no_rr: bool,
 }
 
 /// Ctrl-C and SIGTERM ask the lab to stop; the drops then remove everything.
@@ -188,8 +191,27 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
             continue;
         };
         let s = scenario::search(&b, &active, &plan);
+        let (rr_secs, bulk_secs) = if a.quick { (1.0, 1.0) } else { (10.0, 10.0) };
+        let conns = (b.online.len() as u32 * 2).max(2);
+        let port = 7100 + 2 * out.len() as u16;
+        let rr = match s {
+            Ok(_) if !a.no_rr => Some(lab::rr::run(&b.topo, port, conns, 1, rr_secs, bulk_secs)),
+            _ => None,
+        };
         active.teardown(&b.topo)?;
         let s = s?;
+        if let Some(rr) = rr {
+            let rr = rr?;
+            eprintln!(
+                "bench: {}: TCP_RR {:.0} tps, p50 {:.0} us, p99 {:.0} us; bulk {:.2} Gbit/s",
+                sc.name,
+                rr.tps,
+                rr.p50_us,
+                rr.p99_us,
+                rr.bulk_gbps.unwrap_or(0.0)
+            );
+            r.rr = Some(rr);
+        }
         match sc.kind {
             Kind::SteerRss | Kind::SteerRfs => {
                 r.steered =

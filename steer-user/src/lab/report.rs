@@ -198,14 +198,20 @@ impl BenchResult {
         let rr: Vec<&ScenarioResult> = self.scenarios.iter().filter(|s| s.rr.is_some()).collect();
         if !rr.is_empty() {
             let _ = writeln!(out, "\n## TCP request/response\n");
-            let _ = writeln!(out, "| scenario | connections | transactions/s | p50 µs | p99 µs |");
-            let _ = writeln!(out, "|---|---|---|---|---|");
+            let _ =
+                writeln!(out, "| scenario | connections | transactions/s | p50 µs | p99 µs | bulk Gbit/s |");
+            let _ = writeln!(out, "|---|---|---|---|---|---|");
             for s in rr {
                 if let Some(r) = &s.rr {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {:.0} | {:.1} | {:.1} |",
-                        s.scenario.name, r.connections, r.tps, r.p50_us, r.p99_us
+                        "| {} | {} | {:.0} | {:.1} | {:.1} | {} |",
+                        s.scenario.name,
+                        r.connections,
+                        r.tps,
+                        r.p50_us,
+                        r.p99_us,
+                        r.bulk_gbps.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into())
                     );
                 }
             }
