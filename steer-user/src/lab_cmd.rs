@@ -236,7 +236,7 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
     let cost = if a.no_cost {
         None
     } else {
-        let (repeat, rounds) = if a.quick { (200_000, 5) } else { (2_000_000, 9) };
+        let (repeat, rounds) = if a.quick { (1_000_000, 9) } else { (5_000_000, 15) };
         Some(scenario::cost(repeat, rounds)?)
     };
     let frame_bytes = 14 + 20 + 8 + b.gen.settings.payload;
