@@ -16,14 +16,12 @@ const SOCK_FLOW: &str = "/proc/sys/net/core/rps_sock_flow_entries";
 
 /// Namespaces the lab of process `pid` may have left.
 fn leftovers(pid: u32) -> Vec<String> {
-    let id = format!("{:x}", pid & 0xfffff);
+    let (tx, rx) = (format!("steer-lab-tx-{pid:x}x"), format!("steer-lab-rx-{pid:x}x"));
     std::fs::read_dir("/run/netns")
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| {
-                    n.starts_with("steer-lab-") && n.rsplit('-').next().is_some_and(|s| s.starts_with(&id))
-                })
+                .filter(|n| n.starts_with(&tx) || n.starts_with(&rx))
                 .collect()
         })
         .unwrap_or_default()
@@ -178,6 +176,63 @@ fn ctrl_c_removes_the_lab() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("the lab was removed"), "{err}");
     assert!(leftovers(pid).is_empty(), "namespaces left after Ctrl-C: {:?}", leftovers(pid));
+}
+
+#[test]
+fn a_killed_labs_namespaces_are_removed_by_the_next_lab() {
+    require_root();
+    let mut child = Command::new(steer_bin())
+        .args(["lab", "bench", "--quick", "--no-cost", "--out", "/nonexistent-steer-dir"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leftovers(pid).len() < 2 {
+        assert!(Instant::now() < deadline, "the lab did not appear");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(leftovers(pid).len(), 2, "SIGKILL runs no cleanup: the namespaces stay");
+    let topo = Topology::new().unwrap();
+    assert!(leftovers(pid).is_empty(), "stale namespaces not removed: {:?}", leftovers(pid));
+    drop(topo);
+}
+
+#[test]
+fn a_killed_rfs_scenarios_sysctl_is_restored_by_the_next_lab() {
+    require_root();
+    let before = std::fs::read_to_string(SOCK_FLOW).unwrap();
+    let only = "kernel RPS+RFS all CPUs";
+    let mut child = Command::new(steer_bin())
+        .args(["lab", "bench", "--quick", "--no-cost", "--only", only, "--out", "/nonexistent-steer-dir"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = format!("/run/steer/lab-sock-flow.{}", child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new(&state).exists() {
+        assert!(Instant::now() < deadline, "the RFS scenario did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(SOCK_FLOW).unwrap().trim(), "32768", "RFS was on when killed");
+    let dir = std::env::temp_dir().join(format!("steer-bench-test-k{}", std::process::id()));
+    let out = Command::new(steer_bin())
+        .args(["lab", "bench", "--quick", "--no-cost", "--no-rr", "--only", "no steering", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("restored net.core.rps_sock_flow_entries"));
+    assert_eq!(std::fs::read_to_string(SOCK_FLOW).unwrap(), before);
+    assert!(!std::path::Path::new(&state).exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

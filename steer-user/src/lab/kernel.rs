@@ -12,6 +12,36 @@ use std::{ffi::CString, os::fd::AsRawFd};
 use super::{topology::Topology, LabError, Result};
 
 const SOCK_FLOW: &str = "/proc/sys/net/core/rps_sock_flow_entries";
+/// Where a lab notes the global value it replaced, so that a lab started
+/// after a SIGKILL can put it back (`lab-sock-flow.PID`).
+const STATE_DIR: &str = "/run/steer";
+
+fn state_file(pid: u32) -> std::path::PathBuf {
+    std::path::Path::new(STATE_DIR).join(format!("lab-sock-flow.{pid}"))
+}
+
+/// Puts back rps_sock_flow_entries for labs whose process died without
+/// restoring it. Returns the values restored.
+pub fn restore_stale() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(STATE_DIR) else { return Vec::new() };
+    let mut done = Vec::new();
+    for e in dir.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("lab-sock-flow.").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(old) = std::fs::read_to_string(e.path()) {
+            if write(SOCK_FLOW, old.trim()).is_ok() {
+                done.push(old.trim().to_string());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    done
+}
 
 /// A CPU set as the kernel's bitmap text ("00000000,0000000f"), any size.
 pub fn cpu_mask(cpus: &[u32]) -> String {
@@ -117,7 +147,13 @@ impl KernelRps {
         let mut guard = Self { iface, old_cpus, old_flow_cnt, old_sock_flow: None };
         if let Some(r) = rfs {
             // Global (init namespace only): this process's own /proc/sys.
-            guard.old_sock_flow = Some(read(SOCK_FLOW)?);
+            let old = read(SOCK_FLOW)?;
+            std::fs::create_dir_all(STATE_DIR)
+                .map_err(|e| LabError::io(format!("creating {STATE_DIR}"), e))?;
+            let state = state_file(std::process::id());
+            std::fs::write(&state, &old)
+                .map_err(|e| LabError::io(format!("writing {}", state.display()), e))?;
+            guard.old_sock_flow = Some(old);
             write(SOCK_FLOW, &r.sock_flow_entries.to_string())?;
         }
         Ok(guard)
@@ -138,6 +174,7 @@ impl KernelRps {
         });
         if let Some(old) = self.old_sock_flow.take() {
             write(SOCK_FLOW, &old)?;
+            let _ = std::fs::remove_file(state_file(std::process::id()));
         }
         r
     }
@@ -147,8 +184,11 @@ impl Drop for KernelRps {
     fn drop(&mut self) {
         // The veth's settings die with the namespace; the global sysctl must be put back.
         if let Some(old) = self.old_sock_flow.take() {
-            if let Err(e) = write(SOCK_FLOW, &old) {
-                log::error!("restoring {SOCK_FLOW}: {e}");
+            match write(SOCK_FLOW, &old) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(state_file(std::process::id()));
+                }
+                Err(e) => log::error!("restoring {SOCK_FLOW}: {e}"),
             }
         }
     }

@@ -88,6 +88,9 @@ impl Bench {
                 cpus::format_list(&online)
             )));
         }
+        for v in super::kernel::restore_stale() {
+            log::warn!("restored net.core.rps_sock_flow_entries to {v} (left by a lab that was killed)");
+        }
         let topo = Topology::new()?;
         let sinks = Sinks::start(&topo.rx_ns, topo.rx_ip, settings.dst_port, &online)?;
         let gen = Generator::start(&topo, settings)?;

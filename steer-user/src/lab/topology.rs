@@ -168,15 +168,43 @@ pub struct Topology {
     pub rx_ip: Ipv4Addr,
 }
 
-/// A short id unique among the labs alive on this machine (pid + counter).
+/// A short id unique among the labs alive on this machine: the pid in hex,
+/// 'x', a counter. Interface names stay within 15 bytes ("slt" + 6 + 1 + 5).
 pub fn unique_id() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{:x}{}", std::process::id() & 0xfffff, N.fetch_add(1, Ordering::Relaxed))
+    format!("{:x}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The pid in a lab namespace name made by [`unique_id`], if it is one.
+fn owner_pid(name: &str) -> Option<u32> {
+    let id = name.strip_prefix("steer-lab-tx-").or_else(|| name.strip_prefix("steer-lab-rx-"))?;
+    u32::from_str_radix(id.split_once('x')?.0, 16).ok()
+}
+
+/// Removes the namespaces of labs whose process is gone (killed with
+/// SIGKILL, so no drop ran). Only names this module makes are touched.
+/// Returns what was removed.
+pub fn remove_stale() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for e in dir.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = owner_pid(&name) {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                unmount(&e.path());
+                removed.push(name);
+            }
+        }
+    }
+    removed
 }
 
 impl Topology {
     /// Builds the lab. On any error, what was made is removed again.
     pub fn new() -> Result<Self> {
+        for n in remove_stale() {
+            log::warn!("removed network namespace {n} left by a lab that was killed");
+        }
         let id = unique_id();
         let tx_ns = NetNs::create(&format!("steer-lab-tx-{id}"))?;
         let rx_ns = NetNs::create(&format!("steer-lab-rx-{id}"))?;
@@ -246,6 +274,20 @@ fn tx_checksum_off(ifname: &str) -> Result<()> {
         return Err(LabError::io(format!("turning tx checksum offload off on {ifname}"), err));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_owner_and_fit_interface_names() {
+        let id = unique_id();
+        assert!(format!("slt{id}").len() <= 15, "{id}");
+        assert_eq!(owner_pid(&format!("steer-lab-rx-{id}")), Some(std::process::id()));
+        assert_eq!(owner_pid("steer-rx-61345"), None);
+        assert_eq!(owner_pid("steer-lab-tx-zz"), None);
+    }
 }
 
 // ---- a minimal rtnetlink client: just the four requests the lab needs ----
