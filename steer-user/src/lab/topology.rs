@@ -276,20 +276,6 @@ fn tx_checksum_off(ifname: &str) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_name_their_owner_and_fit_interface_names() {
-        let id = unique_id();
-        assert!(format!("slt{id}").len() <= 15, "{id}");
-        assert_eq!(owner_pid(&format!("steer-lab-rx-{id}")), Some(std::process::id()));
-        assert_eq!(owner_pid("steer-rx-61345"), None);
-        assert_eq!(owner_pid("steer-lab-tx-zz"), None);
-    }
-}
-
 // ---- a minimal rtnetlink client: just the four requests the lab needs ----
 
 const NLMSG_ERROR: u16 = 2;
@@ -501,5 +487,19 @@ impl Netlink {
         let mut m = Msg::new(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL, &body);
         m.attr(NDA_DST, &addr.octets()).attr(NDA_LLADDR, &mac);
         self.request(&format!("adding neighbour {addr} on interface {ifindex}"), m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_owner_and_fit_interface_names() {
+        let id = unique_id();
+        assert!(format!("slt{id}").len() <= 15, "{id}");
+        assert_eq!(owner_pid(&format!("steer-lab-rx-{id}")), Some(std::process::id()));
+        assert_eq!(owner_pid("steer-rx-61345"), None);
+        assert_eq!(owner_pid("steer-lab-tx-zz"), None);
     }
 }
