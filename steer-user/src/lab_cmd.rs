@@ -32,6 +32,9 @@ struct Traffic {
     /// CPU the generator is pinned to (where the "interrupt" work lands).
     #[arg(long, default_value_t = 0, global = true)]
     irq_cpu: u32,
+    /// CPUMAP queue size (frames per CPU) for the steer scenarios, as `steer run --qsize`.
+    #[arg(long, default_value_t = steer::config::DEFAULT_QSIZE, global = true)]
+    qsize: u32,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +86,14 @@ fn settings(t: &Traffic) -> GenSettings {
     GenSettings { flows: t.flows, irq_cpu: t.irq_cpu, ..Default::default() }
 }
 
+/// Validates everything, then builds the lab.
+fn bench_lab(t: &Traffic) -> Result<Bench> {
+    steer::config::check_qsize(t.qsize)?;
+    let mut b = Bench::new(settings(t))?;
+    b.qsize = t.qsize;
+    Ok(b)
+}
+
 pub fn run(a: LabArgs) -> Result<()> {
     watch_signals();
     let res = match a.cmd {
@@ -103,7 +114,7 @@ pub fn run(a: LabArgs) -> Result<()> {
 /// per-CPU picture of each.
 fn demo(t: &Traffic) -> Result<()> {
     let started = Instant::now();
-    let b = Bench::new(settings(t))?;
+    let b = bench_lab(t)?;
     println!(
         "lab: namespaces {} -> {}, veth {} -> {}, {} UDP flows from a generator pinned to CPU {}",
         b.topo.tx_ns.name, b.topo.rx_ns.name, b.topo.tx_if, b.topo.rx_if, t.flows, t.irq_cpu
@@ -114,7 +125,7 @@ fn demo(t: &Traffic) -> Result<()> {
         Scenario { name: "no steering".into(), kind: Kind::NoSteering, cpus: vec![] },
         Scenario { name: "steer rss".into(), kind: Kind::SteerRss, cpus: b.online.clone() },
     ] {
-        let active = Active::setup(&b.topo, &sc)?.context("scenario not available")?;
+        let active = Active::setup(&b, &sc)?.context("scenario not available")?;
         let s = scenario::search(&b, &active, &plan);
         active.teardown(&b.topo)?;
         let s = s?;
@@ -170,7 +181,7 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
             anyhow::bail!("--only \"{f}\" matches no scenario (scenarios: {})", names.join(", "));
         }
     }
-    let b = Bench::new(settings(t))?;
+    let b = bench_lab(t)?;
     let mut out = Vec::new();
     for sc in scenarios {
         lab::check_stop()?;
@@ -183,7 +194,7 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
             steered: None,
             received_rps: None,
         };
-        let Some(active) = Active::setup(&b.topo, &sc)? else {
+        let Some(active) = Active::setup(&b, &sc)? else {
             let why = "--mode rfs not available".to_string();
             eprintln!("bench: {}: skipped: {why}", sc.name);
             r.skipped = Some(why);
@@ -248,6 +259,7 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
         flows: t.flows,
         frame_bytes,
         irq_cpu: t.irq_cpu,
+        qsize: t.qsize,
         plan,
         scenarios: out,
         cost,

@@ -241,6 +241,7 @@ fn bad_input_is_named_and_builds_nothing() {
     for (args, needle) in [
         (&["lab", "--flows", "0"][..], "invalid --flows 0"),
         (&["lab", "--irq-cpu", "4096"][..], "invalid --irq-cpu 4096"),
+        (&["lab", "bench", "--qsize", "0"][..], "invalid --qsize 0"),
         (&["lab", "bench", "--quick", "--only", "nothing-matches"][..], "--only \"nothing-matches\""),
     ] {
         let child = Command::new(steer_bin())

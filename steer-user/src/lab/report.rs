@@ -57,6 +57,8 @@ pub struct BenchResult {
     pub flows: u32,
     pub frame_bytes: usize,
     pub irq_cpu: u32,
+    /// CPUMAP queue size of the steer scenarios.
+    pub qsize: u32,
     pub plan: Plan,
     pub scenarios: Vec<ScenarioResult>,
     pub cost: Option<Cost>,
@@ -124,7 +126,8 @@ impl BenchResult {
         let _ = writeln!(
             out,
             "Machine: {} CPUs online ({}), kernel {}. Lab: veth pair in two namespaces, frames via native XDP \
-             (live-frames XDP_TX generator pinned to CPU {}), {} interleaved UDP flows, {}-byte frames. \
+             (live-frames XDP_TX generator pinned to CPU {}), {} interleaved UDP flows, {}-byte frames, steer's \
+             CPUMAP qsize {}. \
              Zero-loss = highest offered rate with < {} % loss ({} bisection steps of {} s). Command: `{}`. \
              Took {:.0} s.\n",
             m.cpus_online,
@@ -133,6 +136,7 @@ impl BenchResult {
             self.irq_cpu,
             self.flows,
             self.frame_bytes,
+            self.qsize,
             self.plan.loss_pct,
             self.plan.steps,
             self.plan.step_secs,

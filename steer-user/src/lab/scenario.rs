@@ -75,6 +75,8 @@ pub struct Bench {
     pub gen: Generator,
     pub sinks: Sinks,
     pub online: Vec<u32>,
+    /// CPUMAP queue size for the steer scenarios (frames per CPU).
+    pub qsize: u32,
 }
 
 impl Bench {
@@ -94,7 +96,7 @@ impl Bench {
         let topo = Topology::new()?;
         let sinks = Sinks::start(&topo.rx_ns, topo.rx_ip, settings.dst_port, &online)?;
         let gen = Generator::start(&topo, settings)?;
-        Ok(Self { topo, gen, sinks, online })
+        Ok(Self { topo, gen, sinks, online, qsize: DEFAULT_QSIZE })
     }
 }
 
@@ -107,11 +109,11 @@ pub struct Active {
 
 /// Loads `prog` (with steer's maps filled from `hash` when given) and
 /// attaches it natively to the lab's rx veth, from inside its namespace.
-fn attach(topo: &Topology, hash: Option<HashSettings>) -> Result<Ebpf> {
+fn attach(topo: &Topology, hash: Option<HashSettings>, qsize: u32) -> Result<Ebpf> {
     let ifindex = topo.rx_ifindex;
     topo.rx_ns.run(move || -> Result<Ebpf> {
         let (mut ebpf, name) = match hash {
-            Some(h) => (loader::load(&h, DEFAULT_QSIZE)?, loader::STEER_PROG),
+            Some(h) => (loader::load(&h, qsize)?, loader::STEER_PROG),
             None => {
                 let mut e = EbpfLoader::new()
                     .load(crate::EBPF_OBJECT)
@@ -129,17 +131,18 @@ fn attach(topo: &Topology, hash: Option<HashSettings>) -> Result<Ebpf> {
 
 impl Active {
     /// Sets the scenario up. `Ok(None)`: not available in this build (the reason is logged by the caller).
-    pub fn setup(topo: &Topology, sc: &Scenario) -> Result<Option<Self>> {
+    pub fn setup(b: &Bench, sc: &Scenario) -> Result<Option<Self>> {
+        let (topo, q) = (&b.topo, b.qsize);
         let (xdp, rps) = match sc.kind {
-            Kind::NoSteering => (attach(topo, None)?, None),
-            Kind::KernelRps => (attach(topo, None)?, Some(KernelRps::apply(topo, &sc.cpus, None)?)),
+            Kind::NoSteering => (attach(topo, None, q)?, None),
+            Kind::KernelRps => (attach(topo, None, q)?, Some(KernelRps::apply(topo, &sc.cpus, None)?)),
             Kind::KernelRfs => {
-                (attach(topo, None)?, Some(KernelRps::apply(topo, &sc.cpus, Some(Rfs::default()))?))
+                (attach(topo, None, q)?, Some(KernelRps::apply(topo, &sc.cpus, Some(Rfs::default()))?))
             }
             Kind::SteerRss => {
                 let h =
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?;
-                (attach(topo, Some(h))?, None)
+                (attach(topo, Some(h), q)?, None)
             }
             Kind::SteerRfs => return Ok(None),
         };
