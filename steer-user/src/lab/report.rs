@@ -229,8 +229,9 @@ impl BenchResult {
         if let Some(c) = &self.cost {
             let _ = writeln!(
                 out,
-                "\n## Per-packet cost (BPF_PROG_TEST_RUN, {} repeats, median of {} rounds)\n",
-                c.repeat, c.rounds
+                "\n## Per-packet cost (BPF_PROG_TEST_RUN, {} repeats, best of {} rounds; medians {:.0} / {:.0} / {:.0} \
+                 ns; the kernel reports whole ns)\n",
+                c.repeat, c.rounds, c.median_ns[0], c.median_ns[1], c.median_ns[2]
             );
             let _ = writeln!(out, "| program | ns/packet | vs bare XDP_PASS |");
             let _ = writeln!(out, "|---|---|---|");
