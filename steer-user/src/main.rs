@@ -40,7 +40,9 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
-    /// Build a veth lab in fresh namespaces and show steer against no steering (hook-in: issue 6).
+    // hook-in (issue 6, branch bench).
+    /// Build a veth lab in fresh namespaces and show steer against no steering; `lab bench`
+    /// adds the kernel's RPS/RFS and writes results.
     Lab(lab_cmd::LabArgs),
 }
 
