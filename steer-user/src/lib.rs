@@ -6,6 +6,8 @@ pub mod config;
 pub mod cpus;
 pub mod error;
 pub mod iface;
+// hook-in (issue 6, branch bench): `steer lab` and the bench's engine.
+pub mod lab;
 pub mod loader;
 pub mod metrics;
 pub mod mounts;

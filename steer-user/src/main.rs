@@ -20,6 +20,9 @@ use steer_common::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
+// hook-in (issue 6, branch bench): the `steer lab` subcommand lives in lab_cmd.rs.
+mod lab_cmd;
+
 #[derive(Parser)]
 #[command(name = "steer", version, about = "Spread a Linux receive path over CPUs with XDP and a CPUMAP")]
 struct Cli {
@@ -46,6 +49,10 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+    // hook-in (issue 6, branch bench).
+    /// Build a veth lab in fresh namespaces and show steer against no steering; `lab bench`
+    /// adds the kernel's RPS/RFS and writes results.
+    Lab(lab_cmd::LabArgs),
 }
 
 /// How flows map to CPUs: shared by `run` and `hash` so both agree.
@@ -219,6 +226,7 @@ fn main() -> Result<()> {
         Cmd::Stats(a) => tokio_rt()?.block_on(stats(a)),
         Cmd::Nic(c) => nic_cmd(c),
         Cmd::Flows(a) => flows(a),
+        Cmd::Lab(a) => lab_cmd::run(a),
     }
 }
 

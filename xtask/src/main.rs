@@ -16,6 +16,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(Parser)]
@@ -45,6 +47,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, then measure steer against no steering and the kernel's RPS/RFS in a veth lab
+    /// (as root); results under bench/results/.
+    Bench {
+        /// Short run (under two minutes) for CI smoke.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for `steer lab bench` (--flows N, --only TEXT, --irq-cpu N).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Formatting, clippy, unit tests and the kernel tests (as root).
     Test {
         /// Extra arguments for the test binaries (a test name filter, --nocapture).
@@ -61,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run_steer(std::iter::once("run".to_string()).chain(args).collect()),
         Cmd::Steer { args } => run_steer(args),
         Cmd::Test { args } => test(&args),
+        Cmd::Bench { quick, args } => bench::bench(quick, &args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

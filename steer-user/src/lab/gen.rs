@@ -1,0 +1,251 @@
+//! The multi-flow generator: `lab_gen` (XDP_TX, source port cycling over the
+//! flows per frame, so flows interleave packet by packet) driven by
+//! BPF_PROG_TEST_RUN with live frames from a thread in the tx namespace pinned
+//! to one CPU, the "IRQ CPU". Its frames reach the receiving veth through the
+//! native XDP path, like frames from a NIC's receive ring.
+//!
+//! Pacing: each BPF_PROG_TEST_RUN call costs a fixed setup (a page pool,
+//! measured ~20-30 ms on 6.18, calibrated at start), so frames go in chunks
+//! sized for the target rate: offered rate = chunk / (chunk time + setup +
+//! pause). After each chunk the thread sleeps until the schedule of the target
+//! rate says the next one is due. The lower the rate, the smaller the bursts.
+//! Without pacing (one call) the generator measures loss, not capacity.
+
+use std::{
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use steer_common::GenConfig;
+
+use super::{topology::Topology, LabError, Result};
+use crate::{loader, packet::Frame, testrun};
+
+/// What the generator sends.
+#[derive(Clone, Debug)]
+pub struct GenSettings {
+    /// Distinct flows (source ports base_port..base_port+flows).
+    pub flows: u32,
+    /// UDP payload bytes (18 makes a 60-byte frame, the minimum Ethernet size).
+    pub payload: usize,
+    /// Destination UDP port (the sinks listen there).
+    pub dst_port: u16,
+    pub base_port: u16,
+    /// The CPU the generator thread is pinned to: where the "interrupt" work lands.
+    pub irq_cpu: u32,
+    /// Frames per BPF_PROG_TEST_RUN call when unpaced (paced calls size their own chunks).
+    pub chunk: u32,
+}
+
+impl Default for GenSettings {
+    fn default() -> Self {
+        Self { flows: 1024, payload: 18, dst_port: 9000, base_port: 10000, irq_cpu: 0, chunk: 1 << 22 }
+    }
+}
+
+impl GenSettings {
+    /// Checks the values before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        let max = 65535 - self.base_port as u32;
+        if self.flows == 0 || self.flows > max {
+            return Err(LabError::Msg(format!(
+                "invalid --flows {}: must be between 1 and {max}",
+                self.flows
+            )));
+        }
+        if self.chunk == 0 {
+            return Err(LabError::Msg(
+                "invalid chunk 0: the generator sends at least one frame per call".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One burst as it happened.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Burst {
+    pub sent: u64,
+    pub secs: f64,
+}
+
+impl Burst {
+    /// The rate actually offered.
+    pub fn pps(&self) -> f64 {
+        self.sent as f64 / self.secs.max(1e-9)
+    }
+}
+
+enum Cmd {
+    Send {
+        frames: u64,
+        rate: Option<f64>,
+        chunk: u32,
+    },
+    /// Times a few small calls: the fixed cost of one call, in seconds.
+    /// (A 1-frame call is nearly free; one that really transmits a batch
+    /// pays the page pool's setup and teardown: ~27 ms measured here.)
+    Calibrate,
+}
+
+/// A running generator thread; dropped, it ends.
+pub struct Generator {
+    cmds: Option<mpsc::Sender<Cmd>>,
+    results: mpsc::Receiver<Result<Burst>>,
+    handle: Option<std::thread::JoinHandle<Result<Result<()>>>>,
+    pub settings: GenSettings,
+    /// Fixed cost of one BPF_PROG_TEST_RUN live call, in seconds.
+    pub call_secs: f64,
+    /// The highest rate an unpaced burst reached so far.
+    max_pps: std::cell::Cell<f64>,
+}
+
+impl Generator {
+    /// Starts the generator thread in the lab's tx namespace and loads `lab_gen` there.
+    pub fn start(topo: &Topology, settings: GenSettings) -> Result<Self> {
+        if settings.flows == 0 || settings.flows > 65535 - settings.base_port as u32 {
+            return Err(LabError::Msg(format!(
+                "invalid --flows {}: must be between 1 and {}",
+                settings.flows,
+                65535 - settings.base_port as u32
+            )));
+        }
+        if settings.chunk == 0 {
+            return Err(LabError::Msg(
+                "invalid chunk 0: the generator sends at least one frame per call".into(),
+            ));
+        }
+        let frame = Frame::eth(topo.rx_mac, topo.tx_mac)
+            .ipv4(topo.tx_ip, topo.rx_ip)
+            .udp(settings.base_port, settings.dst_port)
+            .payload(settings.payload);
+        let sport_offset =
+            frame.l4_offset().ok_or_else(|| LabError::Msg("the generator frame has no UDP header".into()))?
+                as u32;
+        let frame = frame.build();
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>();
+        let (res_tx, res_rx) = mpsc::channel::<Result<Burst>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let s = settings.clone();
+        let ifindex = topo.tx_ifindex;
+        let handle = topo.tx_ns.spawn(move || -> Result<()> {
+            pin_to_cpu(s.irq_cpu);
+            let cfg = GenConfig { flows: s.flows, base_port: s.base_port as u32, sport_offset, _pad: 0 };
+            let mut ebpf = match loader::generator(cfg) {
+                Ok(e) => e,
+                Err(e) => {
+                    let msg = e.to_string();
+                    let _ = ready_tx.send(Err(e.into()));
+                    return Err(LabError::Msg(msg));
+                }
+            };
+            let prog = loader::program(&mut ebpf, loader::GEN_PROG)?;
+            let fd = prog.fd().map_err(crate::Error::ebpf)?;
+            let _ = ready_tx.send(Ok(()));
+            while let Ok(cmd) = cmd_rx.recv() {
+                let r = match cmd {
+                    Cmd::Send { frames, rate, chunk } => send(fd, &frame, ifindex, chunk, frames, rate),
+                    Cmd::Calibrate => (0..5)
+                        .map(|_| send(fd, &frame, ifindex, 64, 64, None))
+                        .min_by(|a, b| match (a, b) {
+                            (Ok(a), Ok(b)) => a.secs.total_cmp(&b.secs),
+                            _ => std::cmp::Ordering::Equal,
+                        })
+                        .unwrap_or_else(|| Err(LabError::Msg("calibration".into()))),
+                };
+                if res_tx.send(r).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        // Dropped on error, it joins the thread that already ended.
+        let mut g = Self {
+            cmds: Some(cmd_tx),
+            results: res_rx,
+            handle: Some(handle),
+            settings,
+            call_secs: 0.0,
+            max_pps: std::cell::Cell::new(0.0),
+        };
+        ready_rx.recv().map_err(|_| LabError::Msg("the generator thread died while loading".into()))??;
+        g.call_secs = g.request(Cmd::Calibrate)?.secs;
+        Ok(g)
+    }
+
+    /// Sends `frames` frames at `rate` pps (None: as fast as the generator
+    /// goes, chunk after chunk) and returns when the last one left.
+    pub fn send(&self, frames: u64, rate: Option<f64>) -> Result<Burst> {
+        let chunk = match rate {
+            None => self.settings.chunk,
+            Some(r) => self.chunk_for(r, frames),
+        };
+        let b = self.request(Cmd::Send { frames, rate, chunk })?;
+        if rate.is_none() && b.pps() > self.max_pps.get() {
+            self.max_pps.set(b.pps());
+        }
+        Ok(b)
+    }
+
+    /// The smallest chunk that can still reach `rate` given the fixed cost
+    /// of a call and the generator's own top speed: C >= R*O / (1 - R/G).
+    pub fn chunk_for(&self, rate: f64, frames: u64) -> u32 {
+        let g = self.max_pps.get();
+        let headroom = if g > 0.0 { (1.0 - rate / g).max(0.05) } else { 0.5 };
+        let c = rate * self.call_secs * 1.2 / headroom;
+        (c as u64).clamp(256, frames.max(256)).min(u32::MAX as u64) as u32
+    }
+
+    fn request(&self, cmd: Cmd) -> Result<Burst> {
+        let gone = || LabError::Msg("the generator thread is gone".into());
+        let cmds = self.cmds.as_ref().ok_or_else(gone)?;
+        cmds.send(cmd).map_err(|_| gone())?;
+        self.results.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.cmds.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn send(
+    fd: &aya::programs::ProgramFd,
+    frame: &[u8],
+    ifindex: u32,
+    chunk: u32,
+    frames: u64,
+    rate: Option<f64>,
+) -> Result<Burst> {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < frames {
+        super::check_stop()?;
+        let n = (frames - sent).min(chunk as u64) as u32;
+        testrun::run_live(fd, frame, ifindex, n, 64.min(n))?;
+        sent += n as u64;
+        if let Some(r) = rate {
+            // The schedule, not the last chunk, decides: being late once does not slow the rest.
+            let due = start + Duration::from_secs_f64(sent as f64 / r.max(1.0));
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+    }
+    Ok(Burst { sent, secs: start.elapsed().as_secs_f64() })
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: u32) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}

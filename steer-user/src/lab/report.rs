@@ -1,0 +1,270 @@
+//! What the bench and `steer lab` print and write: the per-CPU picture (the
+//! seeds' mpstat tables), the scenario table with ratios as the headline, the
+//! machine it ran on, JSON for tools and a PNG chart.
+
+use std::{fmt::Write as _, path::Path};
+
+use super::{
+    rr::RrResult,
+    scenario::{Cost, Plan, Scenario, Search},
+    CpuPicture, LabError, Result,
+};
+
+/// The machine the numbers come from.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Machine {
+    pub cpus_online: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn describe() -> Self {
+        let kernel =
+            std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, m)| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cpus_online = crate::cpus::online().map(|c| c.len()).unwrap_or(0);
+        Self { cpus_online, cpu_model, kernel }
+    }
+}
+
+/// One scenario's outcome (or why it was skipped).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ScenarioResult {
+    pub scenario: Scenario,
+    pub skipped: Option<String>,
+    pub flood: Option<Search>,
+    pub rr: Option<RrResult>,
+    /// steer scenarios: did every CPU of the set receive redirected frames?
+    pub steered: Option<bool>,
+    /// kernel RPS scenarios: frames other CPUs received by RPS (softnet received_rps).
+    pub received_rps: Option<u64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub machine: Machine,
+    pub command: String,
+    pub quick: bool,
+    pub flows: u32,
+    pub frame_bytes: usize,
+    pub irq_cpu: u32,
+    /// CPUMAP queue size of the steer scenarios.
+    pub qsize: u32,
+    pub plan: Plan,
+    pub scenarios: Vec<ScenarioResult>,
+    pub cost: Option<Cost>,
+    /// Real clients (iperf3, sockperf, ...): what ran, or why not.
+    pub real_clients: Vec<String>,
+    pub seconds: f64,
+}
+
+fn mpps(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2} Mpps", v / 1e6)
+    } else {
+        format!("{:.0} kpps", v / 1e3)
+    }
+}
+
+/// The mpstat-like table: per CPU, %soft and packets per second, with a bar.
+pub fn picture(title: &str, p: &CpuPicture, cpus: &[u32]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{title}");
+    let _ =
+        writeln!(out, "{:>5} {:>7} {:>7} {:>12} {:>10}  ", "CPU", "%soft", "%busy", "stack pps", "rps IPIs");
+    for &c in cpus {
+        let i = c as usize;
+        let soft = p.soft_pct.get(i).copied().unwrap_or(0.0);
+        let busy = p.busy_pct.get(i).copied().unwrap_or(0.0);
+        let bar = "#".repeat((busy / 5.0).round() as usize);
+        let _ = writeln!(
+            out,
+            "{:>5} {:>7.1} {:>7.1} {:>12.0} {:>10}  {bar}",
+            c,
+            soft,
+            busy,
+            p.pps.get(i).copied().unwrap_or(0.0),
+            p.received_rps.get(i).copied().unwrap_or(0)
+        );
+    }
+    out
+}
+
+impl BenchResult {
+    fn baseline(&self) -> f64 {
+        self.scenarios
+            .iter()
+            .find(|s| s.scenario.kind == super::scenario::Kind::NoSteering)
+            .and_then(|s| s.flood.as_ref())
+            .map(|f| f.zero_loss_pps())
+            .unwrap_or(0.0)
+    }
+
+    /// The best kernel RPS/RFS scenario by `metric`.
+    fn best_kernel(&self, metric: fn(&Search) -> f64) -> Option<(String, f64)> {
+        use super::scenario::Kind;
+        self.scenarios
+            .iter()
+            .filter(|s| matches!(s.scenario.kind, Kind::KernelRps | Kind::KernelRfs))
+            .filter_map(|s| s.flood.as_ref().map(|f| (s.scenario.name.clone(), metric(f))))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(out, "# steer bench{}\n", if self.quick { " (--quick)" } else { "" });
+        let _ = writeln!(
+            out,
+            "Machine: {} CPUs online ({}), kernel {}. Lab: veth pair in two namespaces, frames via native XDP \
+             (live-frames XDP_TX generator pinned to CPU {}), {} interleaved UDP flows, {}-byte frames, steer's \
+             CPUMAP qsize {}. \
+             Zero-loss = highest offered rate with < {} % loss ({} bisection steps of {} s). Command: `{}`. \
+             Took {:.0} s.\n",
+            m.cpus_online,
+            m.cpu_model,
+            m.kernel,
+            self.irq_cpu,
+            self.flows,
+            self.frame_bytes,
+            self.qsize,
+            self.plan.loss_pct,
+            self.plan.steps,
+            self.plan.step_secs,
+            self.command,
+            self.seconds
+        );
+        let base = self.baseline();
+        let zl: fn(&Search) -> f64 = |f| f.zero_loss_pps();
+        let dm: fn(&Search) -> f64 = |f| f.at_max.delivered_pps;
+        if let (Some((kz_name, kz)), Some((kd_name, kd))) = (self.best_kernel(zl), self.best_kernel(dm)) {
+            for s in &self.scenarios {
+                if s.scenario.kind == super::scenario::Kind::SteerRss {
+                    if let Some(f) = &s.flood {
+                        let _ = writeln!(
+                            out,
+                            "- **{}**: zero-loss {:.2}x the best kernel configuration ({kz_name}, {}), {:.2}x no \
+                             steering; delivered at max offered {:.2}x the best kernel ({kd_name}, {})",
+                            s.scenario.name,
+                            zl(f) / kz.max(1.0),
+                            mpps(kz),
+                            zl(f) / base.max(1.0),
+                            dm(f) / kd.max(1.0),
+                            mpps(kd),
+                        );
+                    }
+                }
+            }
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(
+            out,
+            "| scenario | CPUs | zero-loss | vs none | max offered | delivered at max | loss at max | imbalance (max/mean) | steered |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+        for s in &self.scenarios {
+            let cpus = crate::cpus::format_list(&s.scenario.cpus);
+            if let Some(why) = &s.skipped {
+                let _ = writeln!(out, "| {} | {} | skipped: {why} | | | | | | |", s.scenario.name, cpus);
+                continue;
+            }
+            let Some(f) = &s.flood else { continue };
+            let set: Vec<u32> = if s.scenario.cpus.is_empty() {
+                (0..self.machine.cpus_online as u32).collect()
+            } else {
+                s.scenario.cpus.clone()
+            };
+            let imb = f.at_max.cpu.imbalance(&set).map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+            let steered = match (s.steered, s.received_rps) {
+                (Some(b), _) => {
+                    format!("{} ({} redirected)", if b { "yes" } else { "NO" }, f.at_max.redirected)
+                }
+                (None, Some(r)) => format!("rps {r}"),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.2}x | {} | {} | {:.2} % | {} | {} |",
+                s.scenario.name,
+                if cpus.is_empty() { "-".into() } else { cpus },
+                if f.zero_loss.is_some() { mpps(f.zero_loss_pps()) } else { "none found".into() },
+                f.zero_loss_pps() / base.max(1.0),
+                mpps(f.at_max.offered_pps),
+                mpps(f.at_max.delivered_pps),
+                f.at_max.loss_pct,
+                imb,
+                steered
+            );
+        }
+        let rr: Vec<&ScenarioResult> = self.scenarios.iter().filter(|s| s.rr.is_some()).collect();
+        if !rr.is_empty() {
+            let _ = writeln!(out, "\n## TCP request/response\n");
+            let _ =
+                writeln!(out, "| scenario | connections | transactions/s | p50 µs | p99 µs | bulk Gbit/s |");
+            let _ = writeln!(out, "|---|---|---|---|---|---|");
+            for s in rr {
+                if let Some(r) = &s.rr {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {:.0} | {:.1} | {:.1} | {} |",
+                        s.scenario.name,
+                        r.connections,
+                        r.tps,
+                        r.p50_us,
+                        r.p99_us,
+                        r.bulk_gbps.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
+        if let Some(c) = &self.cost {
+            let _ = writeln!(
+                out,
+                "\n## Per-packet cost (BPF_PROG_TEST_RUN, {} repeats, best of {} rounds; medians {:.0} / {:.0} / {:.0} \
+                 ns; the kernel reports whole ns)\n",
+                c.repeat, c.rounds, c.median_ns[0], c.median_ns[1], c.median_ns[2]
+            );
+            let _ = writeln!(out, "| program | ns/packet | vs bare XDP_PASS |");
+            let _ = writeln!(out, "|---|---|---|");
+            let _ = writeln!(out, "| xdp_pass | {:.1} | 1.00x |", c.pass_ns);
+            let _ = writeln!(out, "| steer fast | {:.1} | {:.2}x |", c.fast_ns, c.fast_ratio);
+            let _ = writeln!(out, "| steer toeplitz | {:.1} | {:.2}x |", c.toeplitz_ns, c.toeplitz_ratio);
+            let _ = writeln!(out, "| steer rfs | skipped: --mode rfs not available | |");
+        }
+        let _ = writeln!(out, "\n## Per-CPU picture at max offered rate\n");
+        for s in &self.scenarios {
+            if let Some(f) = &s.flood {
+                let cpus: Vec<u32> = (0..self.machine.cpus_online as u32).collect();
+                let _ = writeln!(out, "```\n{}```", picture(&s.scenario.name, &f.at_max.cpu, &cpus));
+            }
+        }
+        if !self.real_clients.is_empty() {
+            let _ = writeln!(out, "\n## Real clients\n");
+            for r in &self.real_clients {
+                let _ = writeln!(out, "- {r}");
+            }
+        }
+        out
+    }
+
+    /// Writes `NAME.md` and `NAME.json` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<Vec<std::path::PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        let md = dir.join(format!("{name}.md"));
+        let js = dir.join(format!("{name}.json"));
+        std::fs::write(&md, self.markdown())
+            .map_err(|e| LabError::io(format!("writing {}", md.display()), e))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| LabError::Msg(format!("JSON: {e}")))?;
+        std::fs::write(&js, text).map_err(|e| LabError::io(format!("writing {}", js.display()), e))?;
+        Ok(vec![md, js])
+    }
+}

@@ -1,0 +1,380 @@
+//! The scenarios (what is set up on the lab's receiving veth) and how each is
+//! measured: the same generator, the same sinks, the same lab, one after the
+//! other. The headline number is the zero-loss throughput: the highest offered
+//! rate with < 0.1 % loss (RFC 2544 style bisection, bounded in steps), plus
+//! what was delivered at the highest rate the generator can offer.
+
+use std::time::Duration;
+
+use aya::{programs::XdpMode as AyaXdpMode, Ebpf, EbpfLoader};
+
+use super::{
+    check_stop,
+    gen::{GenSettings, Generator},
+    kernel::{KernelRps, Rfs},
+    sink::Sinks,
+    topology::Topology,
+    CpuCounters, CpuPicture, LabError, Result,
+};
+use crate::{
+    config::{HashArg, HashSettings, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
+    cpus, loader,
+    stats::Snapshot,
+};
+
+/// What receives the traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Everything on the CPU the frames arrive on (a bare XDP_PASS program
+    /// is attached only so that veth accepts xdp_frames).
+    NoSteering,
+    /// The kernel's RPS on the rx queue.
+    KernelRps,
+    /// The kernel's RPS + RFS.
+    KernelRfs,
+    /// steer's XDP + CPUMAP, RSS-style hash.
+    SteerRss,
+    /// steer with socket-tracking RFS (`--mode rfs`).
+    SteerRfs,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub kind: Kind,
+    /// CPUs the scenario spreads over (empty for no steering).
+    pub cpus: Vec<u32>,
+}
+
+/// Whether steer has `--mode rfs` in this build (branch rfs not merged yet).
+pub const STEER_RFS_AVAILABLE: bool = false;
+
+/// The bench's scenarios for this machine: every mode over all CPUs and,
+/// where there is more than one CPU, without the IRQ CPU.
+pub fn standard(online: &[u32], irq_cpu: u32) -> Vec<Scenario> {
+    let all = online.to_vec();
+    let rest: Vec<u32> = online.iter().copied().filter(|c| *c != irq_cpu).collect();
+    let mut v = vec![Scenario { name: "no steering".into(), kind: Kind::NoSteering, cpus: vec![] }];
+    let mut both = |kind: Kind, label: &str| {
+        v.push(Scenario { name: format!("{label} all CPUs"), kind, cpus: all.clone() });
+        if !rest.is_empty() {
+            v.push(Scenario { name: format!("{label} without CPU {irq_cpu}"), kind, cpus: rest.clone() });
+        }
+    };
+    both(Kind::KernelRps, "kernel RPS");
+    both(Kind::KernelRfs, "kernel RPS+RFS");
+    both(Kind::SteerRss, "steer rss");
+    both(Kind::SteerRfs, "steer rfs");
+    v
+}
+
+/// The lab with its generator and sinks: everything a scenario runs on.
+pub struct Bench {
+    pub topo: Topology,
+    pub gen: Generator,
+    pub sinks: Sinks,
+    pub online: Vec<u32>,
+    /// CPUMAP queue size for the steer scenarios (frames per CPU).
+    pub qsize: u32,
+}
+
+impl Bench {
+    pub fn new(settings: GenSettings) -> Result<Self> {
+        settings.validate()?;
+        let online = cpus::online()?;
+        if !online.contains(&settings.irq_cpu) {
+            return Err(LabError::Msg(format!(
+                "invalid --irq-cpu {}: not online (online: {})",
+                settings.irq_cpu,
+                cpus::format_list(&online)
+            )));
+        }
+        for v in super::kernel::restore_stale() {
+            log::warn!("restored net.core.rps_sock_flow_entries to {v} (left by a lab that was killed)");
+        }
+        let topo = Topology::new()?;
+        let sinks = Sinks::start(&topo.rx_ns, topo.rx_ip, settings.dst_port, &online)?;
+        let gen = Generator::start(&topo, settings)?;
+        Ok(Self { topo, gen, sinks, online, qsize: DEFAULT_QSIZE })
+    }
+}
+
+/// What a scenario keeps in place while it is measured.
+pub struct Active {
+    pub scenario: Scenario,
+    xdp: Option<Ebpf>,
+    rps: Option<KernelRps>,
+}
+
+/// Loads `prog` (with steer's maps filled from `hash` when given) and
+/// attaches it natively to the lab's rx veth, from inside its namespace.
+fn attach(topo: &Topology, hash: Option<HashSettings>, qsize: u32) -> Result<Ebpf> {
+    let ifindex = topo.rx_ifindex;
+    topo.rx_ns.run(move || -> Result<Ebpf> {
+        let (mut ebpf, name) = match hash {
+            Some(h) => (loader::load(&h, qsize)?, loader::STEER_PROG),
+            None => {
+                let mut e = EbpfLoader::new()
+                    .load(crate::EBPF_OBJECT)
+                    .map_err(|e| LabError::Msg(format!("loading the eBPF object: {e}")))?;
+                loader::program(&mut e, loader::PASS_PROG)?.load().map_err(crate::Error::ebpf)?;
+                (e, loader::PASS_PROG)
+            }
+        };
+        loader::program(&mut ebpf, name)?
+            .attach_to_if_index(ifindex, AyaXdpMode::Driver)
+            .map_err(|e| LabError::Msg(format!("attaching {name} natively to the lab's rx veth: {e}")))?;
+        Ok(ebpf)
+    })?
+}
+
+impl Active {
+    /// Sets the scenario up. `Ok(None)`: not available in this build (the reason is logged by the caller).
+    pub fn setup(b: &Bench, sc: &Scenario) -> Result<Option<Self>> {
+        let (topo, q) = (&b.topo, b.qsize);
+        let (xdp, rps) = match sc.kind {
+            Kind::NoSteering => (attach(topo, None, q)?, None),
+            Kind::KernelRps => (attach(topo, None, q)?, Some(KernelRps::apply(topo, &sc.cpus, None)?)),
+            Kind::KernelRfs => {
+                (attach(topo, None, q)?, Some(KernelRps::apply(topo, &sc.cpus, Some(Rfs::default()))?))
+            }
+            Kind::SteerRss => {
+                let h =
+                    HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?;
+                (attach(topo, Some(h), q)?, None)
+            }
+            Kind::SteerRfs => return Ok(None),
+        };
+        Ok(Some(Self { scenario: sc.clone(), xdp: Some(xdp), rps }))
+    }
+
+    /// steer's counters, for the steering scenarios.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        match (self.scenario.kind, &self.xdp) {
+            (Kind::SteerRss | Kind::SteerRfs, Some(e)) => loader::snapshot(e).ok(),
+            _ => None,
+        }
+    }
+
+    /// Detaches and restores what the scenario changed.
+    pub fn teardown(mut self, topo: &Topology) -> Result<()> {
+        self.xdp.take();
+        match self.rps.take() {
+            Some(r) => r.restore(topo),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One measured burst.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    /// The rate asked for (None: as fast as the generator goes).
+    pub target_pps: Option<f64>,
+    /// The rate actually offered.
+    pub offered_pps: f64,
+    /// Frames per generator call: the traffic arrives in bursts of this
+    /// size at the generator's top speed, so queues must hold a burst.
+    pub burst: u32,
+    pub sent: u64,
+    /// Datagrams the sinks read.
+    pub delivered: u64,
+    pub delivered_pps: f64,
+    pub loss_pct: f64,
+    pub cpu: CpuPicture,
+    /// Per CPU: frames steer redirected there (steer scenarios only).
+    pub steered_in: Vec<u64>,
+    pub redirected: u64,
+    pub redirect_err: u64,
+}
+
+/// Sends `frames` at `rate` and measures what arrived.
+pub fn measure(b: &Bench, active: &Active, frames: u64, rate: Option<f64>) -> Result<Sample> {
+    check_stop()?;
+    let s0 = active.snapshot();
+    let d0 = b.sinks.total();
+    let c0 = CpuCounters::read()?;
+    let burst = b.gen.send(frames, rate)?;
+    let c1 = CpuCounters::read()?;
+    let d1 = b.sinks.settle(Duration::from_secs(2));
+    let delivered = d1.saturating_sub(d0);
+    let mut s = Sample {
+        target_pps: rate,
+        offered_pps: burst.pps(),
+        burst: match rate {
+            Some(r) => b.gen.chunk_for(r, frames),
+            None => frames.min(b.gen.settings.chunk as u64) as u32,
+        },
+        sent: burst.sent,
+        delivered,
+        delivered_pps: delivered as f64 / burst.secs.max(1e-9),
+        loss_pct: 100.0 * burst.sent.saturating_sub(delivered) as f64 / burst.sent.max(1) as f64,
+        cpu: c1.since(&c0, burst.secs),
+        ..Default::default()
+    };
+    if let (Some(a), Some(z)) = (active.snapshot(), s0) {
+        let d = a.since(&z);
+        let t = d.total();
+        s.steered_in = d.steered_in;
+        s.redirected = t.redirected;
+        s.redirect_err = t.redirect_err;
+    }
+    Ok(s)
+}
+
+/// How long and how hard to search.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Plan {
+    /// Frames of the unpaced burst (the "max offered" measurement).
+    pub max_frames: u64,
+    /// Seconds per bisection step.
+    pub step_secs: f64,
+    pub steps: u32,
+    /// Loss below which a rate counts as zero-loss, in %.
+    pub loss_pct: f64,
+}
+
+impl Plan {
+    pub fn quick() -> Self {
+        Self { max_frames: 300_000, step_secs: 0.4, steps: 4, loss_pct: 0.1 }
+    }
+    pub fn full() -> Self {
+        Self { max_frames: 4_000_000, step_secs: 2.0, steps: 7, loss_pct: 0.1 }
+    }
+}
+
+/// Result of one scenario's search.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Search {
+    pub at_max: Sample,
+    /// The highest rate with loss below the plan's threshold (None: none found).
+    pub zero_loss: Option<Sample>,
+    pub steps: Vec<Sample>,
+}
+
+impl Search {
+    pub fn zero_loss_pps(&self) -> f64 {
+        self.zero_loss.as_ref().map(|s| s.offered_pps).unwrap_or(0.0)
+    }
+}
+
+/// The RFC 2544-style search: one unpaced burst gives the highest offered
+/// rate and what gets through at it; then a bounded bisection below it,
+/// starting from the delivered rate.
+pub fn search(b: &Bench, active: &Active, plan: &Plan) -> Result<Search> {
+    let t = std::time::Instant::now();
+    let at_max = measure(b, active, plan.max_frames, None)?;
+    log::debug!(
+        "max: offered {:.0} pps, delivered {:.0}, loss {:.3} %, {:.1} s (call setup {:.1} ms)",
+        at_max.offered_pps,
+        at_max.delivered_pps,
+        at_max.loss_pct,
+        t.elapsed().as_secs_f64(),
+        b.gen.call_secs * 1e3
+    );
+    if at_max.loss_pct < plan.loss_pct {
+        return Ok(Search { zero_loss: Some(at_max.clone()), at_max, steps: vec![] });
+    }
+    let (mut lo, mut hi) = (0.0f64, at_max.offered_pps);
+    let mut best: Option<Sample> = None;
+    let mut steps = Vec::new();
+    let mut rate = (at_max.delivered_pps * 0.95).min(hi * 0.95);
+    for _ in 0..plan.steps {
+        std::thread::sleep(Duration::from_millis(100));
+        let frames = ((rate * plan.step_secs) as u64).max(5_000);
+        let t = std::time::Instant::now();
+        let s = measure(b, active, frames, Some(rate))?;
+        log::debug!(
+            "step: target {rate:.0} pps, chunk {}, offered {:.0}, loss {:.3} %, {:.1} s",
+            b.gen.chunk_for(rate, frames),
+            s.offered_pps,
+            s.loss_pct,
+            t.elapsed().as_secs_f64()
+        );
+        if s.loss_pct < plan.loss_pct {
+            lo = lo.max(s.offered_pps.min(rate));
+            if best.as_ref().is_none_or(|x| s.offered_pps > x.offered_pps) {
+                best = Some(s.clone());
+            }
+        } else {
+            hi = rate;
+        }
+        steps.push(s);
+        // Geometric bisection: rates span orders of magnitude here.
+        rate = if lo == 0.0 { hi / 2.0 } else { (lo * hi).sqrt() };
+    }
+    Ok(Search { at_max, zero_loss: best, steps })
+}
+
+/// Per-packet cost of the XDP programs, measured with BPF_PROG_TEST_RUN
+/// repeat on the same 60-byte UDP frame, interleaved in rounds so drift hits
+/// all alike. The minimum over the rounds is the headline (other work on a
+/// shared machine only ever adds time); the medians are kept too.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Cost {
+    pub repeat: u32,
+    pub rounds: u32,
+    pub pass_ns: f64,
+    pub fast_ns: f64,
+    pub toeplitz_ns: f64,
+    /// Medians over the rounds: pass, fast, toeplitz.
+    pub median_ns: [f64; 3],
+    /// steer fast / bare XDP_PASS.
+    pub fast_ratio: f64,
+    pub toeplitz_ratio: f64,
+    /// steer rfs is not in this build.
+    pub rfs_ns: Option<f64>,
+}
+
+pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
+    let online = cpus::online()?;
+    let frame = crate::packet::Frame::eth([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4(
+            "198.18.0.1".parse().map_err(|_| LabError::Msg("addr".into()))?,
+            "198.18.0.2".parse().map_err(|_| LabError::Msg("addr".into()))?,
+        )
+        .udp(10000, 9000)
+        .payload(18)
+        .build();
+    let load = |h: HashArg| -> Result<Ebpf> {
+        let s = HashSettings::new(h, None, 0, false, DEFAULT_TABLE_SIZE, online.clone())?;
+        Ok(loader::load(&s, DEFAULT_QSIZE)?)
+    };
+    let mut fast = load(HashArg::Fast)?;
+    let mut toep = load(HashArg::Toeplitz)?;
+    let mut pass = EbpfLoader::new()
+        .load(crate::EBPF_OBJECT)
+        .map_err(|e| LabError::Msg(format!("loading the eBPF object: {e}")))?;
+    loader::program(&mut pass, loader::PASS_PROG)?.load().map_err(crate::Error::ebpf)?;
+    let mut runs: [Vec<f64>; 3] = Default::default();
+    for _ in 0..rounds {
+        for (i, (e, name)) in
+            [(&mut pass, loader::PASS_PROG), (&mut fast, loader::STEER_PROG), (&mut toep, loader::STEER_PROG)]
+                .into_iter()
+                .enumerate()
+        {
+            let p = loader::program(e, name)?;
+            let fd = p.fd().map_err(crate::Error::ebpf)?;
+            let out = crate::testrun::run(fd, &frame, repeat)?;
+            runs[i].push(out.duration_ns as f64);
+        }
+    }
+    for v in runs.iter_mut() {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    let med = |v: &Vec<f64>| v.get(v.len() / 2).copied().unwrap_or(0.0);
+    let min = |v: &Vec<f64>| v.first().copied().unwrap_or(0.0);
+    let (p, f, t) = (min(&runs[0]), min(&runs[1]), min(&runs[2]));
+    Ok(Cost {
+        repeat,
+        rounds,
+        median_ns: [med(&runs[0]), med(&runs[1]), med(&runs[2])],
+        pass_ns: p,
+        fast_ns: f,
+        toeplitz_ns: t,
+        fast_ratio: f / p.max(1e-9),
+        toeplitz_ratio: t / p.max(1e-9),
+        rfs_ns: None,
+    })
+}

@@ -1,0 +1,276 @@
+//! `steer lab` (the newcomer's first command) and `steer lab bench` (what
+//! `cargo xtask bench` runs): see `steer::lab`.
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use steer::{
+    cpus,
+    lab::{
+        self,
+        gen::GenSettings,
+        report::{self, BenchResult, Machine, ScenarioResult},
+        scenario::{self, Active, Bench, Kind, Plan, Scenario},
+        LabError,
+    },
+};
+
+#[derive(Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    cmd: Option<LabCmd>,
+    #[command(flatten)]
+    traffic: Traffic,
+}
+
+#[derive(Args, Clone)]
+struct Traffic {
+    /// Interleaved UDP flows the generator sends.
+    #[arg(long, default_value_t = 1024, global = true)]
+    flows: u32,
+    /// CPU the generator is pinned to (where the "interrupt" work lands).
+    #[arg(long, default_value_t = 0, global = true)]
+    irq_cpu: u32,
+    /// CPUMAP queue size (frames per CPU) for the steer scenarios, as `steer run --qsize`.
+    #[arg(long, default_value_t = steer::config::DEFAULT_QSIZE, global = true)]
+    qsize: u32,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Every scenario (none, kernel RPS, RPS+RFS, steer rss/rfs; with and without the IRQ CPU),
+    /// same lab, same traffic; writes markdown and JSON under --out.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Short run (under two minutes) for CI smoke.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the results.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Only scenarios whose name contains this text ("steer", "kernel RPS all").
+    #[arg(long)]
+    only: Option<String>,
+    /// Skip the per-packet cost measurement.
+    #[arg(long)]
+    no_cost: bool,
+    /// Skip the TCP request/response and bulk workloads.
+    #[arg(long)]
+    no_rr: bool,
+}
+
+/// Ctrl-C and SIGTERM ask the lab to stop; the drops then remove everything.
+fn watch_signals() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("stopping: removing the lab...");
+            lab::request_stop();
+        });
+    });
+}
+
+fn settings(t: &Traffic) -> GenSettings {
+    GenSettings { flows: t.flows, irq_cpu: t.irq_cpu, ..Default::default() }
+}
+
+/// Validates everything, then builds the lab.
+fn bench_lab(t: &Traffic) -> Result<Bench> {
+    steer::config::check_qsize(t.qsize)?;
+    let mut b = Bench::new(settings(t))?;
+    b.qsize = t.qsize;
+    Ok(b)
+}
+
+pub fn run(a: LabArgs) -> Result<()> {
+    watch_signals();
+    let res = match a.cmd {
+        None => demo(&a.traffic),
+        Some(LabCmd::Bench(b)) => bench(&a.traffic, b),
+    };
+    match res {
+        Err(e) if matches!(e.downcast_ref::<LabError>(), Some(LabError::Interrupted)) => {
+            lab::topology::cleanup_all();
+            eprintln!("interrupted; the lab was removed");
+            std::process::exit(130);
+        }
+        other => other,
+    }
+}
+
+/// No arguments: the flood with no steering, then with steer, and the
+/// per-CPU picture of each.
+fn demo(t: &Traffic) -> Result<()> {
+    let started = Instant::now();
+    let b = bench_lab(t)?;
+    println!(
+        "lab: namespaces {} -> {}, veth {} -> {}, {} UDP flows from a generator pinned to CPU {}",
+        b.topo.tx_ns.name, b.topo.rx_ns.name, b.topo.tx_if, b.topo.rx_if, t.flows, t.irq_cpu
+    );
+    let plan = Plan::quick();
+    let mut results = Vec::new();
+    for sc in [
+        Scenario { name: "no steering".into(), kind: Kind::NoSteering, cpus: vec![] },
+        Scenario { name: "steer rss".into(), kind: Kind::SteerRss, cpus: b.online.clone() },
+    ] {
+        let active = Active::setup(&b, &sc)?.context("scenario not available")?;
+        let s = scenario::search(&b, &active, &plan);
+        active.teardown(&b.topo)?;
+        let s = s?;
+        println!(
+            "\n{}: {} delivered of {} offered at full speed ({:.2} % lost); zero-loss rate {:.0} pps",
+            sc.name,
+            s.at_max.delivered_pps as u64,
+            s.at_max.offered_pps as u64,
+            s.at_max.loss_pct,
+            s.zero_loss_pps()
+        );
+        print!("{}", report::picture(&format!("{} at full speed", sc.name), &s.at_max.cpu, &b.online));
+        results.push(s);
+    }
+    if let [none, steer] = &results[..] {
+        println!(
+            "\nsteer: {:.2}x the zero-loss rate, {:.2}x delivered at full speed, vs no steering ({:.0} s)",
+            steer.zero_loss_pps() / none.zero_loss_pps().max(1.0),
+            steer.at_max.delivered_pps / none.at_max.delivered_pps.max(1.0),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("lab removed: `cargo xtask bench` compares against the kernel's RPS/RFS too");
+    Ok(())
+}
+
+/// Real clients are run only where installed, never faked.
+fn real_clients() -> Vec<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = |bin: &str| std::env::split_paths(&path).any(|d| d.join(bin).is_file());
+    ["iperf3", "sockperf", "wrk", "nginx", "memcached", "memtier_benchmark", "netperf"]
+        .iter()
+        .map(|c| {
+            if found(c) {
+                format!("{c}: installed, not wired into the bench yet")
+            } else {
+                format!("{c}: skipped, not installed")
+            }
+        })
+        .collect()
+}
+
+fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let plan = if a.quick { Plan::quick() } else { Plan::full() };
+    // Everything is checked before the lab is built.
+    let mut scenarios = scenario::standard(&cpus::online()?, t.irq_cpu);
+    if let Some(f) = &a.only {
+        scenarios.retain(|s| s.name.contains(f.as_str()));
+        if scenarios.is_empty() {
+            let names: Vec<String> =
+                scenario::standard(&cpus::online()?, t.irq_cpu).into_iter().map(|s| s.name).collect();
+            anyhow::bail!("--only \"{f}\" matches no scenario (scenarios: {})", names.join(", "));
+        }
+    }
+    let b = bench_lab(t)?;
+    let mut out = Vec::new();
+    for sc in scenarios {
+        lab::check_stop()?;
+        eprintln!("bench: {} ({})", sc.name, cpus::format_list(&sc.cpus));
+        let mut r = ScenarioResult {
+            scenario: sc.clone(),
+            skipped: None,
+            flood: None,
+            rr: None,
+            steered: None,
+            received_rps: None,
+        };
+        let Some(active) = Active::setup(&b, &sc)? else {
+            let why = "--mode rfs not available".to_string();
+            eprintln!("bench: {}: skipped: {why}", sc.name);
+            r.skipped = Some(why);
+            out.push(r);
+            continue;
+        };
+        let s = scenario::search(&b, &active, &plan);
+        let (rr_secs, bulk_secs) = if a.quick { (1.0, 1.0) } else { (10.0, 10.0) };
+        let conns = (b.online.len() as u32 * 2).max(2);
+        let port = 7100 + 2 * out.len() as u16;
+        let rr = match s {
+            Ok(_) if !a.no_rr => Some(lab::rr::run(&b.topo, port, conns, 1, rr_secs, bulk_secs)),
+            _ => None,
+        };
+        active.teardown(&b.topo)?;
+        let s = s?;
+        if let Some(rr) = rr {
+            let rr = rr?;
+            eprintln!(
+                "bench: {}: TCP_RR {:.0} tps, p50 {:.0} us, p99 {:.0} us; bulk {:.2} Gbit/s",
+                sc.name,
+                rr.tps,
+                rr.p50_us,
+                rr.p99_us,
+                rr.bulk_gbps.unwrap_or(0.0)
+            );
+            r.rr = Some(rr);
+        }
+        match sc.kind {
+            Kind::SteerRss | Kind::SteerRfs => {
+                r.steered =
+                    Some(sc.cpus.iter().all(|c| s.at_max.steered_in.get(*c as usize).is_some_and(|n| *n > 0)))
+            }
+            Kind::KernelRps | Kind::KernelRfs => {
+                r.received_rps = Some(s.at_max.cpu.received_rps.iter().sum());
+            }
+            Kind::NoSteering => {}
+        }
+        eprintln!(
+            "bench: {}: zero-loss {:.0} pps, at max offered {:.0} delivered {:.0} ({:.2} % lost)",
+            sc.name,
+            s.zero_loss_pps(),
+            s.at_max.offered_pps,
+            s.at_max.delivered_pps,
+            s.at_max.loss_pct
+        );
+        r.flood = Some(s);
+        out.push(r);
+    }
+    let cost = if a.no_cost {
+        None
+    } else {
+        let (repeat, rounds) = if a.quick { (1_000_000, 9) } else { (5_000_000, 15) };
+        Some(scenario::cost(repeat, rounds)?)
+    };
+    let frame_bytes = 14 + 20 + 8 + b.gen.settings.payload;
+    drop(b);
+    let result = BenchResult {
+        machine: Machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        quick: a.quick,
+        flows: t.flows,
+        frame_bytes,
+        irq_cpu: t.irq_cpu,
+        qsize: t.qsize,
+        plan,
+        scenarios: out,
+        cost,
+        real_clients: real_clients(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let name = format!("{}-{}cpu", if a.quick { "quick" } else { "full" }, result.machine.cpus_online);
+    let files = result.write(&a.out, &name)?;
+    print!("{}", result.markdown());
+    for f in files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
