@@ -102,7 +102,10 @@ pub struct GenConfig {
     pub base_port: u32,
     /// Offset of the L4 source port in the frame.
     pub sport_offset: u32,
-    pub _pad: u32,
+    /// Nanoseconds between two frames (0: as fast as possible). The program
+    /// paces itself: a frame that is not due yet is dropped unsent, so the
+    /// frames that leave are evenly spaced instead of bursts per call.
+    pub gap_ns: u32,
 }
 
 #[cfg(feature = "user")]

@@ -41,6 +41,10 @@ pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// When the paced generator may send its next frame (bpf_ktime_get_ns), per CPU.
+#[map]
+pub static GEN_NEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 // --- RFS (issue 3) -----------------------------------------------------------
 
 /// Flow (packet direction) -> where its reader is. Written by the socket hook,

@@ -119,6 +119,22 @@ pub fn generator(cfg: GenConfig) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// Sets the generator's pacing: nanoseconds between frames (0: unpaced).
+pub fn set_generator_gap(ebpf: &mut Ebpf, gap_ns: u32) -> Result<()> {
+    let mut m = Array::<_, GenConfig>::try_from(map_mut(ebpf, "GEN_CONFIG")?).map_err(Error::ebpf)?;
+    let mut cfg = m.get(&0, 0).map_err(Error::ebpf)?;
+    cfg.gap_ns = gap_ns;
+    m.set(0, cfg, 0).map_err(Error::ebpf)
+}
+
+/// Frames the generator has sent so far (every CPU).
+pub fn generator_sent(ebpf: &Ebpf) -> Result<u64> {
+    let seq: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(ebpf.map("GEN_SEQ").ok_or_else(|| Error::Ebpf("map GEN_SEQ missing".into()))?)
+            .map_err(Error::ebpf)?;
+    Ok(seq.get(&0, 0).map_err(Error::ebpf)?.iter().sum())
+}
+
 /// Attach mode actually in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,16 +5,14 @@
 //! native XDP path, like frames from a NIC's receive ring.
 //!
 //! Pacing: each BPF_PROG_TEST_RUN call costs a fixed setup (a page pool,
-//! measured ~20-30 ms on 6.18, calibrated at start), so frames go in chunks
-//! sized for the target rate: offered rate = chunk / (chunk time + setup +
-//! pause). After each chunk the thread sleeps until the schedule of the target
-//! rate says the next one is due. The lower the rate, the smaller the bursts.
-//! Without pacing (one call) the generator measures loss, not capacity.
+//! measured ~20-30 ms on 6.18), so pacing from userspace between calls sends
+//! bursts at the generator's top speed, and a zero-loss search then measures
+//! whether a queue holds one burst, not capacity. So a paced send sets
+//! `gap_ns` and `lab_gen` paces itself inside the call: a frame that is not
+//! due yet is dropped unsent, and the frames that leave are evenly spaced.
+//! Unpaced sends go in large calls, as fast as the generator goes.
 
-use std::{
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{sync::mpsc, time::Instant};
 
 use steer_common::GenConfig;
 
@@ -130,7 +128,7 @@ impl Generator {
         let ifindex = topo.tx_ifindex;
         let handle = topo.tx_ns.spawn(move || -> Result<()> {
             pin_to_cpu(s.irq_cpu);
-            let cfg = GenConfig { flows: s.flows, base_port: s.base_port as u32, sport_offset, _pad: 0 };
+            let cfg = GenConfig { flows: s.flows, base_port: s.base_port as u32, sport_offset, gap_ns: 0 };
             let mut ebpf = match loader::generator(cfg) {
                 Ok(e) => e,
                 Err(e) => {
@@ -140,13 +138,16 @@ impl Generator {
                 }
             };
             let prog = loader::program(&mut ebpf, loader::GEN_PROG)?;
-            let fd = prog.fd().map_err(crate::Error::ebpf)?;
+            let fd = prog.fd().map_err(crate::Error::ebpf)?.try_clone().map_err(crate::Error::ebpf)?;
             let _ = ready_tx.send(Ok(()));
             while let Ok(cmd) = cmd_rx.recv() {
                 let r = match cmd {
-                    Cmd::Send { frames, rate, chunk } => send(fd, &frame, ifindex, chunk, frames, rate),
+                    Cmd::Send { frames, rate: Some(r), .. } => {
+                        send_paced(&mut ebpf, &fd, &frame, ifindex, frames, r)
+                    }
+                    Cmd::Send { frames, rate: None, chunk } => send(&fd, &frame, ifindex, chunk, frames),
                     Cmd::Calibrate => (0..5)
-                        .map(|_| send(fd, &frame, ifindex, 64, 64, None))
+                        .map(|_| send(&fd, &frame, ifindex, 64, 64))
                         .min_by(|a, b| match (a, b) {
                             (Ok(a), Ok(b)) => a.secs.total_cmp(&b.secs),
                             _ => std::cmp::Ordering::Equal,
@@ -178,22 +179,14 @@ impl Generator {
     pub fn send(&self, frames: u64, rate: Option<f64>) -> Result<Burst> {
         let chunk = match rate {
             None => self.settings.chunk,
-            Some(r) => self.chunk_for(r, frames),
+            // Paced in the kernel: frames leave one at a time.
+            Some(_) => 1,
         };
         let b = self.request(Cmd::Send { frames, rate, chunk })?;
         if rate.is_none() && b.pps() > self.max_pps.get() {
             self.max_pps.set(b.pps());
         }
         Ok(b)
-    }
-
-    /// The smallest chunk that can still reach `rate` given the fixed cost
-    /// of a call and the generator's own top speed: C >= R*O / (1 - R/G).
-    pub fn chunk_for(&self, rate: f64, frames: u64) -> u32 {
-        let g = self.max_pps.get();
-        let headroom = if g > 0.0 { (1.0 - rate / g).max(0.05) } else { 0.5 };
-        let c = rate * self.call_secs * 1.2 / headroom;
-        (c as u64).clamp(256, frames.max(256)).min(u32::MAX as u64) as u32
     }
 
     fn request(&self, cmd: Cmd) -> Result<Burst> {
@@ -213,14 +206,8 @@ impl Drop for Generator {
     }
 }
 
-fn send(
-    fd: &aya::programs::ProgramFd,
-    frame: &[u8],
-    ifindex: u32,
-    chunk: u32,
-    frames: u64,
-    rate: Option<f64>,
-) -> Result<Burst> {
+/// As fast as the generator goes, in calls of `chunk` frames.
+fn send(fd: &aya::programs::ProgramFd, frame: &[u8], ifindex: u32, chunk: u32, frames: u64) -> Result<Burst> {
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < frames {
@@ -228,15 +215,39 @@ fn send(
         let n = (frames - sent).min(chunk as u64) as u32;
         testrun::run_live(fd, frame, ifindex, n, 64.min(n))?;
         sent += n as u64;
-        if let Some(r) = rate {
-            // The schedule, not the last chunk, decides: being late once does not slow the rest.
-            let due = start + Duration::from_secs_f64(sent as f64 / r.max(1.0));
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
     }
+    Ok(Burst { sent, secs: start.elapsed().as_secs_f64() })
+}
+
+/// Test-run iterations per paced call: long enough that the call's setup is a
+/// small share of it, short enough to notice Ctrl-C.
+const PACED_ITERATIONS: u32 = 1 << 21;
+
+/// `frames` evenly spaced at `rate` pps: `lab_gen` drops what is not due yet,
+/// so the count of frames really sent comes from its sequence counter.
+fn send_paced(
+    ebpf: &mut aya::Ebpf,
+    fd: &aya::programs::ProgramFd,
+    frame: &[u8],
+    ifindex: u32,
+    frames: u64,
+    rate: f64,
+) -> Result<Burst> {
+    let gap = (1e9 / rate.max(1.0)).clamp(1.0, u32::MAX as f64) as u32;
+    loader::set_generator_gap(ebpf, gap)?;
+    let first = loader::generator_sent(ebpf)?;
+    let start = Instant::now();
+    let mut sent = 0;
+    let res = (|| -> Result<()> {
+        while sent < frames {
+            super::check_stop()?;
+            testrun::run_live(fd, frame, ifindex, PACED_ITERATIONS, 64)?;
+            sent = loader::generator_sent(ebpf)? - first;
+        }
+        Ok(())
+    })();
+    loader::set_generator_gap(ebpf, 0)?;
+    res?;
     Ok(Burst { sent, secs: start.elapsed().as_secs_f64() })
 }
 

@@ -148,7 +148,10 @@ impl BenchResult {
         let dm: fn(&Search) -> f64 = |f| f.at_max.delivered_pps;
         if let (Some((kz_name, kz)), Some((kd_name, kd))) = (self.best_kernel(zl), self.best_kernel(dm)) {
             for s in &self.scenarios {
-                if s.scenario.kind == super::scenario::Kind::SteerRss {
+                if matches!(
+                    s.scenario.kind,
+                    super::scenario::Kind::SteerRss | super::scenario::Kind::SteerRfs
+                ) {
                     if let Some(f) = &s.flood {
                         let _ = writeln!(
                             out,
@@ -162,6 +165,23 @@ impl BenchResult {
                             mpps(kd),
                         );
                     }
+                }
+            }
+            // TCP request/response: steer rfs against the kernel's RPS+RFS, same CPU set.
+            for s in self.scenarios.iter().filter(|s| s.scenario.kind == super::scenario::Kind::SteerRfs) {
+                let kernel = self.scenarios.iter().find(|k| {
+                    k.scenario.kind == super::scenario::Kind::KernelRfs && k.scenario.cpus == s.scenario.cpus
+                });
+                if let (Some(r), Some(k)) = (&s.rr, kernel.and_then(|k| k.rr.as_ref())) {
+                    let _ = writeln!(
+                        out,
+                        "- **{} TCP request/response**: {:.0} transactions/s, {:.2}x kernel RPS+RFS on the same CPUs \
+                         ({:.0}/s)",
+                        s.scenario.name,
+                        r.tps,
+                        r.tps / k.tps.max(1.0),
+                        k.tps
+                    );
                 }
             }
             let _ = writeln!(out);
@@ -238,7 +258,18 @@ impl BenchResult {
             let _ = writeln!(out, "| xdp_pass | {:.1} | 1.00x |", c.pass_ns);
             let _ = writeln!(out, "| steer fast | {:.1} | {:.2}x |", c.fast_ns, c.fast_ratio);
             let _ = writeln!(out, "| steer toeplitz | {:.1} | {:.2}x |", c.toeplitz_ns, c.toeplitz_ratio);
-            let _ = writeln!(out, "| steer rfs | skipped: --mode rfs not available | |");
+            let _ = writeln!(
+                out,
+                "| steer rfs, TCP flow not in the table | {:.1} | {:.2}x |",
+                c.rfs_miss_ns,
+                c.rfs_miss_ns / c.pass_ns.max(1e-9)
+            );
+            let _ = writeln!(
+                out,
+                "| steer rfs, TCP flow in the table | {:.1} | {:.2}x |",
+                c.rfs_hit_ns,
+                c.rfs_hit_ns / c.pass_ns.max(1e-9)
+            );
         }
         let _ = writeln!(out, "\n## Per-CPU picture at max offered rate\n");
         for s in &self.scenarios {

@@ -48,7 +48,7 @@ pub struct Scenario {
 }
 
 /// Whether steer has `--mode rfs` in this build (branch rfs not merged yet).
-pub const STEER_RFS_AVAILABLE: bool = false;
+pub const STEER_RFS_AVAILABLE: bool = true;
 
 /// The bench's scenarios for this machine: every mode over all CPUs and,
 /// where there is more than one CPU, without the IRQ CPU.
@@ -108,10 +108,13 @@ pub struct Active {
 }
 
 /// Loads `prog` (with steer's maps filled from `hash` when given) and
-/// attaches it natively to the lab's rx veth, from inside its namespace.
+/// attaches it natively to the lab's rx veth, from inside its namespace; with
+/// RFS in `hash`, also the socket-tracking tracepoints.
 fn attach(topo: &Topology, hash: Option<HashSettings>, qsize: u32) -> Result<Ebpf> {
     let ifindex = topo.rx_ifindex;
+    let rx_if = topo.rx_if.clone();
     topo.rx_ns.run(move || -> Result<Ebpf> {
+        let rfs = hash.as_ref().is_some_and(|h| h.rfs.is_some());
         let (mut ebpf, name) = match hash {
             Some(h) => (loader::load(&h, qsize)?, loader::STEER_PROG),
             None => {
@@ -125,6 +128,9 @@ fn attach(topo: &Topology, hash: Option<HashSettings>, qsize: u32) -> Result<Ebp
         loader::program(&mut ebpf, name)?
             .attach_to_if_index(ifindex, AyaXdpMode::Driver)
             .map_err(|e| LabError::Msg(format!("attaching {name} natively to the lab's rx veth: {e}")))?;
+        if rfs {
+            crate::rfs::start(&mut ebpf, &rx_if)?;
+        }
         Ok(ebpf)
     })?
 }
@@ -144,7 +150,16 @@ impl Active {
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?;
                 (attach(topo, Some(h), q)?, None)
             }
-            Kind::SteerRfs => return Ok(None),
+            Kind::SteerRfs => {
+                let rfs = crate::rfs::RfsSettings::new(
+                    steer_common::flow::DEFAULT_FLOW_ENTRIES,
+                    crate::rfs::DEFAULT_MIGRATE_IDLE_US,
+                )?;
+                let h =
+                    HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
+                        .with_rfs(Some(rfs));
+                (attach(topo, Some(h), q)?, None)
+            }
         };
         Ok(Some(Self { scenario: sc.clone(), xdp: Some(xdp), rps }))
     }
@@ -203,7 +218,7 @@ pub fn measure(b: &Bench, active: &Active, frames: u64, rate: Option<f64>) -> Re
         target_pps: rate,
         offered_pps: burst.pps(),
         burst: match rate {
-            Some(r) => b.gen.chunk_for(r, frames),
+            Some(_) => 1,
             None => frames.min(b.gen.settings.chunk as u64) as u32,
         },
         sent: burst.sent,
@@ -286,8 +301,7 @@ pub fn search(b: &Bench, active: &Active, plan: &Plan) -> Result<Search> {
         let t = std::time::Instant::now();
         let s = measure(b, active, frames, Some(rate))?;
         log::debug!(
-            "step: target {rate:.0} pps, chunk {}, offered {:.0}, loss {:.3} %, {:.1} s",
-            b.gen.chunk_for(rate, frames),
+            "step: target {rate:.0} pps, offered {:.0}, loss {:.3} %, {:.1} s",
             s.offered_pps,
             s.loss_pct,
             t.elapsed().as_secs_f64()
@@ -324,7 +338,38 @@ pub struct Cost {
     pub fast_ratio: f64,
     pub toeplitz_ratio: f64,
     /// steer rfs is not in this build.
-    pub rfs_ns: Option<f64>,
+    /// steer with `--mode rfs` on a TCP frame whose flow is not in the table.
+    pub rfs_miss_ns: f64,
+    /// steer with `--mode rfs` on a TCP frame whose flow is in the table.
+    pub rfs_hit_ns: f64,
+}
+
+/// A TCP frame between the lab's addresses and an RFS-enabled steer, with the
+/// frame's flow in its table when `hit` (the CPU is the first online one).
+fn rfs_case(online: &[u32], hit: bool) -> Result<(Ebpf, Vec<u8>)> {
+    let (src, dst) = (std::net::Ipv4Addr::new(198, 18, 0, 1), std::net::Ipv4Addr::new(198, 18, 0, 2));
+    let frame = crate::packet::Frame::eth([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4(src, dst)
+        .tcp(40000, 80)
+        .build();
+    let rfs = crate::rfs::RfsSettings::new(1024, crate::rfs::DEFAULT_MIGRATE_IDLE_US)?;
+    let s = HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, online.to_vec())?
+        .with_rfs(Some(rfs));
+    let mut e = loader::load(&s, DEFAULT_QSIZE)?;
+    if hit {
+        let t = steer_common::Tuple::new(src.into(), 40000, dst.into(), 80, steer_common::tuple::IPPROTO_TCP)
+            .ok_or_else(|| LabError::Msg("tuple".into()))?;
+        let key = steer_common::FlowKey::from_tuple(&t).ok_or_else(|| LabError::Msg("flow key".into()))?;
+        let cpu = online.first().copied().unwrap_or(0);
+        let entry = steer_common::FlowEntry { cpu, want_cpu: cpu, ..Default::default() };
+        let mut flows: aya::maps::HashMap<_, steer_common::FlowKey, steer_common::FlowEntry> =
+            aya::maps::HashMap::try_from(
+                e.map_mut("FLOWS").ok_or_else(|| LabError::Msg("map FLOWS".into()))?,
+            )
+            .map_err(crate::Error::ebpf)?;
+        flows.insert(key, entry, 0).map_err(crate::Error::ebpf)?;
+    }
+    Ok((e, frame))
 }
 
 pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
@@ -347,16 +392,23 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         .load(crate::EBPF_OBJECT)
         .map_err(|e| LabError::Msg(format!("loading the eBPF object: {e}")))?;
     loader::program(&mut pass, loader::PASS_PROG)?.load().map_err(crate::Error::ebpf)?;
-    let mut runs: [Vec<f64>; 3] = Default::default();
+    let (mut miss, tcp) = rfs_case(&online, false)?;
+    let (mut hit, _) = rfs_case(&online, true)?;
+    let mut runs: [Vec<f64>; 5] = Default::default();
     for _ in 0..rounds {
-        for (i, (e, name)) in
-            [(&mut pass, loader::PASS_PROG), (&mut fast, loader::STEER_PROG), (&mut toep, loader::STEER_PROG)]
-                .into_iter()
-                .enumerate()
+        for (i, (e, name, f)) in [
+            (&mut pass, loader::PASS_PROG, &frame),
+            (&mut fast, loader::STEER_PROG, &frame),
+            (&mut toep, loader::STEER_PROG, &frame),
+            (&mut miss, loader::STEER_PROG, &tcp),
+            (&mut hit, loader::STEER_PROG, &tcp),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let p = loader::program(e, name)?;
             let fd = p.fd().map_err(crate::Error::ebpf)?;
-            let out = crate::testrun::run(fd, &frame, repeat)?;
+            let out = crate::testrun::run(fd, f, repeat)?;
             runs[i].push(out.duration_ns as f64);
         }
     }
@@ -375,6 +427,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         toeplitz_ns: t,
         fast_ratio: f / p.max(1e-9),
         toeplitz_ratio: t / p.max(1e-9),
-        rfs_ns: None,
+        rfs_miss_ns: min(&runs[3]),
+        rfs_hit_ns: min(&runs[4]),
     })
 }
