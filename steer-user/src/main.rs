@@ -36,7 +36,7 @@ enum Cmd {
     Run(RunArgs),
     /// Print the hash, bucket and CPU that steer chooses for a flow.
     Hash(HashArgs),
-    /// Print the per-CPU counters of a running `steer run` on an interface.
+    /// Per-CPU rates: steer's counters, softirq and softnet (without a steer run: softirq and softnet only).
     Stats(StatsArgs),
     /// Show, plan, apply or restore NIC and kernel knobs: channels, coalescing, offloads, RSS table,
     /// IRQ affinity, RPS/RFS/XPS.
