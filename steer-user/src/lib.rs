@@ -18,6 +18,7 @@ pub mod rfs;
 pub mod settings;
 pub mod stats;
 pub mod testrun;
+pub mod xdp_owner;
 
 pub use error::Error;
 

@@ -151,6 +151,8 @@ pub struct Steering {
     pub mode: Attached,
     pub driver: String,
     link: Option<PinnedLink>,
+    /// A foreign program `--replace` took off, to put back on stop.
+    replaced: Option<crate::xdp_owner::Replaced>,
 }
 
 impl Steering {
@@ -178,6 +180,29 @@ impl Steering {
             rfs::start(&mut ebpf, &opts.iface)?;
         }
         let driver = iface::driver(&opts.iface).unwrap_or_else(|_| "unknown".into());
+        let replaced = match (opts.replace, crate::xdp_owner::query(opts.ifindex)?) {
+            (true, Some(was)) => {
+                let dir = pins::dir(&opts.iface);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                match crate::xdp_owner::take_over(&opts.iface, opts.ifindex, was, &dir.join(pins::REPLACED)) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        let _ = pins::remove(&opts.iface);
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let give_back = |r: Option<crate::xdp_owner::Replaced>| {
+            if let Some(r) = r {
+                if let Err(e) = r.give_back() {
+                    log::error!("putting back the replaced XDP program: {e}");
+                }
+                let _ = pins::remove(&opts.iface);
+            }
+        };
         let prog = program(&mut ebpf, STEER_PROG)?;
         let busy = |e: &ProgramError| errno(e) == Some(libc::EBUSY) || errno(e) == Some(libc::EEXIST);
         let (link_id, mode) = match opts.xdp_mode {
@@ -196,15 +221,19 @@ impl Steering {
                 }
             },
         };
-        let link_id = link_id.map_err(|e| {
-            if busy(&e) {
-                Error::XdpBusy { iface: opts.iface.clone() }
-            } else {
-                Error::Ebpf(format!("attaching XDP to \"{}\" ({mode:?}): {e}", opts.iface))
+        let link_id = match link_id {
+            Ok(id) => id,
+            Err(e) => {
+                give_back(replaced);
+                return Err(if busy(&e) {
+                    Error::XdpBusy { iface: opts.iface.clone() }
+                } else {
+                    Error::Ebpf(format!("attaching XDP to \"{}\" ({mode:?}): {e}", opts.iface))
+                });
             }
-        })?;
+        };
         let link = prog.take_link(link_id).map_err(Error::ebpf)?;
-        let mut steering = Self { ebpf, iface: opts.iface.clone(), mode, driver, link: None };
+        let mut steering = Self { ebpf, iface: opts.iface.clone(), mode, driver, link: None, replaced };
         // From here on, a failure must leave nothing behind: `pin` cleans up itself.
         let fd_link = FdLink::try_from(link)
             .map_err(|e| Error::Ebpf(format!("XDP was attached without a bpf link (old kernel?): {e}")))?;
@@ -251,6 +280,7 @@ impl Steering {
                 "steering": if opts.hash.rfs.is_some() { "rfs" } else { "rss" },
                 "flow_entries": opts.hash.rfs.map(|r| r.flow_entries),
                 "migrate_idle_us": opts.hash.rfs.map(|r| r.migrate_idle_us),
+                "replaced": self.replaced.as_ref().map(|r| r.was),
             });
             std::fs::write(pins::run_file(&self.iface), meta.to_string())
                 .map_err(|e| Error::io("writing the run file", e))?;
@@ -262,6 +292,12 @@ impl Steering {
                 Ok(())
             }
             Err(e) => {
+                // Steer's link was never pinned: it is gone with `fd_link`.
+                if let Some(r) = self.replaced.take() {
+                    if let Err(e) = r.give_back() {
+                        log::error!("putting back the replaced XDP program: {e}");
+                    }
+                }
                 let _ = pins::remove(&self.iface);
                 Err(e)
             }
@@ -391,6 +427,11 @@ impl Steering {
                 Err(e) => first_err = Some(Error::io("unpinning the XDP link", e)),
             }
         }
+        if let Some(r) = self.replaced.take() {
+            if let Err(e) = r.give_back() {
+                first_err.get_or_insert(e);
+            }
+        }
         if let Err(e) = pins::remove(&self.iface) {
             first_err.get_or_insert(e);
         }
@@ -400,7 +441,7 @@ impl Steering {
 
 impl Drop for Steering {
     fn drop(&mut self) {
-        if self.link.is_some() {
+        if self.link.is_some() || self.replaced.is_some() {
             if let Err(e) = self.teardown() {
                 log::error!("cleaning up {}: {e}", self.iface);
             }

@@ -106,7 +106,8 @@ struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     xdp_mode: XdpMode,
-    /// Remove the leftovers of an earlier steer run on this interface first.
+    /// Take the interface's XDP program off for the run (put back on exit), and take over
+    /// from a crashed earlier steer run.
     #[arg(long)]
     replace: bool,
     /// Seconds between two rate tables.

@@ -57,6 +57,23 @@ pub fn has_link(iface: &str) -> bool {
 pub fn remove(iface: &str) -> Result<Vec<String>> {
     let d = dir(iface);
     let mut removed = Vec::new();
+    // A foreign program `--replace` took off goes back once steer's link is gone.
+    if d.join(REPLACED).exists() {
+        let link = d.join(LINK);
+        match std::fs::remove_file(&link) {
+            Ok(()) => removed.push(link.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("unpinning {}", link.display()), e)),
+        }
+        let mode = replaced_mode(iface).ok_or_else(|| Error::Ebpf(format!(
+            "{} holds the XDP program --replace took off, but {} does not say in which mode: re-attach it by hand",
+            d.join(REPLACED).display(),
+            run_file(iface).display()
+        )))?;
+        let ifindex = crate::iface::index(iface)?;
+        crate::xdp_owner::give_back_pinned(ifindex, &d.join(REPLACED), mode)?;
+        removed.push(format!("{} (re-attached to {iface})", d.join(REPLACED).display()));
+    }
     for name in ALL {
         let p = d.join(name);
         match std::fs::remove_file(&p) {
@@ -73,6 +90,16 @@ pub fn remove(iface: &str) -> Result<Vec<String>> {
         }
     }
     Ok(removed)
+}
+
+/// Where a foreign XDP program taken off by `--replace` waits to go back.
+pub const REPLACED: &str = "replaced_prog";
+
+/// The attach mode (XDP flags) of the program `--replace` took off, from the run file.
+fn replaced_mode(iface: &str) -> Option<u32> {
+    let s = std::fs::read_to_string(run_file(iface)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+    Some(v.get("replaced")?.get("mode_flags")?.as_u64()? as u32)
 }
 
 /// The counters maps of a running steer, opened from their pins.

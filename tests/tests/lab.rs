@@ -242,6 +242,14 @@ fn a_second_run_and_a_foreign_program_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already has an XDP program"), "{err}");
     assert!(!pins::dir(&lab.rx_if).join("link").exists());
+    // A program attached through a bpf link belongs to its process: --replace cannot take it.
+    let before = xdp_on_rx(&lab);
+    let out = lab.steer(&["run", "--iface", &lab.rx_if, "--xdp-mode", "skb", "--replace"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bpf link held by another process"), "{err}");
+    assert_eq!(xdp_on_rx(&lab), before, "the foreign program is untouched");
+    assert!(!pins::dir(&lab.rx_if).exists(), "nothing left pinned");
     drop(foreign);
     assert!(!lab.rx_has_xdp().unwrap());
 }
@@ -312,4 +320,58 @@ fn native_mode_on_veth_warns_when_tcp_checksums_break() {
     let (_, err) = run.stop().unwrap();
     assert!(csum > 0, "no checksum errors: the trap this test guards against did not happen");
     assert!(err.contains("InCsumErrors") && err.contains("--xdp-mode skb"), "no checksum warning in: {err}");
+}
+
+/// The XDP program on the lab's receiving veth, as netlink reports it.
+fn xdp_on_rx(lab: &Lab) -> Option<steer::xdp_owner::Attached> {
+    let rx_if = lab.rx_if.clone();
+    in_ns(&lab.rx_ns, move || steer::xdp_owner::query(iface::index(&rx_if).unwrap()).unwrap()).unwrap()
+}
+
+#[test]
+fn replace_takes_a_netlink_program_off_and_always_puts_it_back() {
+    let lab = Lab::new().unwrap();
+    // Someone else's program attached the old way (netlink, as `ip link set ... xdpgeneric` does).
+    let rx_if = lab.rx_if.clone();
+    in_ns(&lab.rx_ns, move || {
+        let mut ebpf = aya::EbpfLoader::new().load(steer::EBPF_OBJECT).unwrap();
+        let prog = loader::program(&mut ebpf, loader::PASS_PROG).unwrap();
+        prog.load().unwrap();
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+        steer::xdp_owner::set(iface::index(&rx_if).unwrap(), fd, 2).unwrap(); // XDP_FLAGS_SKB_MODE
+    })
+    .unwrap();
+    let foreign = xdp_on_rx(&lab).expect("foreign program attached");
+    assert_eq!(foreign.mode_name(), "generic");
+
+    // Without --replace: refused, untouched.
+    let out = lab.steer(&["run", "--iface", &lab.rx_if, "--xdp-mode", "skb"]).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(xdp_on_rx(&lab), Some(foreign));
+
+    // With --replace: steer runs, and SIGTERM puts the foreign program back.
+    let run = SteerRun::start(&lab, &["--xdp-mode", "skb", "--replace"]).unwrap();
+    let during = xdp_on_rx(&lab).expect("steer attached");
+    assert_ne!(during.prog_id, foreign.prog_id, "steer's program replaced the foreign one");
+    let (ok, err) = run.stop().unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains("took XDP program") && err.contains("re-attached"), "{err}");
+    assert_eq!(xdp_on_rx(&lab), Some(foreign), "the foreign program is back after SIGTERM");
+
+    // After a SIGKILL, `steer restore` puts it back.
+    let mut run = SteerRun::start(&lab, &["--xdp-mode", "skb", "--replace"]).unwrap();
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+    drop(run);
+    assert_ne!(
+        xdp_on_rx(&lab).map(|a| a.prog_id),
+        Some(foreign.prog_id),
+        "steer still attached after the crash"
+    );
+    let out = lab.steer(&["restore", "--iface", &lab.rx_if]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-attached"), "{out:?}");
+    assert_eq!(xdp_on_rx(&lab), Some(foreign), "the foreign program is back after restore");
+    assert!(!pins::dir(&lab.rx_if).exists(), "nothing left pinned");
 }
