@@ -81,6 +81,9 @@ pub fn remove(iface: &str) -> Result<Vec<String>> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("unpinning {}", p.display()), e)),
         }
+        if name == LINK && removed.last().is_some_and(|r| r.ends_with(LINK)) {
+            wait_detached(iface);
+        }
     }
     for p in [d.as_path(), &run_dir(iface)] {
         if p.exists() {
@@ -90,6 +93,19 @@ pub fn remove(iface: &str) -> Result<Vec<String>> {
         }
     }
     Ok(removed)
+}
+
+/// The kernel frees an unpinned bpf link from a workqueue: wait (bounded)
+/// until the interface shows no XDP program, so that "restored" means detached.
+fn wait_detached(iface: &str) {
+    let Ok(ifindex) = crate::iface::index(iface) else { return };
+    for _ in 0..100 {
+        if !matches!(crate::xdp_owner::query(ifindex), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    log::warn!("{iface} still shows an XDP program 2 s after steer's link was unpinned");
 }
 
 /// Where a foreign XDP program taken off by `--replace` waits to go back.

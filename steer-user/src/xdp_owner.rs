@@ -181,6 +181,22 @@ pub fn set(ifindex: u32, fd: i32, mode_flags: u32) -> io::Result<()> {
     ack(&transact(&link_msg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, ifindex, &a))?)
 }
 
+/// `set` for re-attaching, retried while the kernel still shows steer's link:
+/// unpinning the last reference to a bpf link frees it from a workqueue, so
+/// the hook can be busy for a moment after `steer restore` unpinned it.
+fn reattach(ifindex: u32, fd: i32, mode_flags: u32) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match set(ifindex, fd, mode_flags) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// An fd for program `id` (BPF_PROG_GET_FD_BY_ID): keeps it alive while detached.
 fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     let attr: [u32; 4] = [id, 0, 0, 0];
@@ -252,7 +268,7 @@ pub fn take_over(iface: &str, ifindex: u32, was: Attached, pin: &Path) -> Result
 impl Replaced {
     /// Re-attaches the program (steer's own must be detached by now) and unpins it.
     pub fn give_back(self) -> Result<()> {
-        set(self.ifindex, self.fd.as_raw_fd(), self.was.mode_flags)
+        reattach(self.ifindex, self.fd.as_raw_fd(), self.was.mode_flags)
             .map_err(|e| Error::io(format!("re-attaching XDP program {}", self.was.prog_id), e))?;
         let _ = std::fs::remove_file(&self.pin);
         log::info!("re-attached XDP program {} ({})", self.was.prog_id, self.was.mode_name());
@@ -265,7 +281,7 @@ pub fn give_back_pinned(ifindex: u32, pin: &Path, mode_flags: u32) -> Result<()>
     let fd = bpf_obj(7, pin, 0).map_err(|e| Error::io(format!("opening {}", pin.display()), e))?;
     // SAFETY: BPF_OBJ_GET returned a new fd we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    set(ifindex, fd.as_raw_fd(), mode_flags)
+    reattach(ifindex, fd.as_raw_fd(), mode_flags)
         .map_err(|e| Error::io("re-attaching the replaced XDP program", e))?;
     std::fs::remove_file(pin).map_err(|e| Error::io(format!("unpinning {}", pin.display()), e))
 }
