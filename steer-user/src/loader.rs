@@ -135,6 +135,43 @@ pub fn generator_sent(ebpf: &Ebpf) -> Result<u64> {
     Ok(seq.get(&0, 0).map_err(Error::ebpf)?.iter().sum())
 }
 
+/// Removes `cpu`'s queue (aya 0.14 has no CpuMap::remove): BPF_MAP_DELETE_ELEM.
+pub fn cpumap_delete(ebpf: &mut Ebpf, cpu: u32) -> Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let aya::maps::Map::CpuMap(data) = map_mut(ebpf, "CPUS")? else {
+        return Err(Error::Ebpf("map CPUS is not a CPUMAP".into()));
+    };
+    // bpf_attr for BPF_MAP_*_ELEM: map_fd, pad, key pointer, value pointer, flags.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let key = cpu;
+    let attr = Attr {
+        map_fd: data.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: 0,
+        flags: 0,
+    };
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    // SAFETY: a valid bpf_attr prefix with its true size; key outlives the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_ELEM, &attr as *const Attr, std::mem::size_of::<Attr>())
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            format!("removing CPU {cpu} from the CPUMAP"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Attach mode actually in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -346,7 +383,7 @@ impl Steering {
         }
         write_config(&mut self.ebpf, hash)?;
         for &cpu in old.iter().filter(|c| !hash.cpus.contains(c)) {
-            self.cpumap_delete(cpu)?;
+            cpumap_delete(&mut self.ebpf, cpu)?;
         }
         self.update_run_file(hash)
     }
@@ -355,48 +392,6 @@ impl Steering {
     pub fn cpumap_cpus(&mut self) -> Result<Vec<u32>> {
         let cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, "CPUS")?).map_err(Error::ebpf)?;
         Ok((0..cpumap.len()).filter(|c| cpumap.get(*c, 0).is_ok_and(|v| v.queue_size > 0)).collect())
-    }
-
-    /// Removes `cpu`'s queue (aya 0.14 has no CpuMap::remove): BPF_MAP_DELETE_ELEM.
-    fn cpumap_delete(&mut self, cpu: u32) -> Result<()> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let aya::maps::Map::CpuMap(data) = map_mut(&mut self.ebpf, "CPUS")? else {
-            return Err(Error::Ebpf("map CPUS is not a CPUMAP".into()));
-        };
-        // bpf_attr for BPF_MAP_*_ELEM: map_fd, pad, key pointer, value pointer, flags.
-        #[repr(C)]
-        struct Attr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let key = cpu;
-        let attr = Attr {
-            map_fd: data.fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: &key as *const u32 as u64,
-            value: 0,
-            flags: 0,
-        };
-        const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-        // SAFETY: a valid bpf_attr prefix with its true size; key outlives the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_ELEM,
-                &attr as *const Attr,
-                std::mem::size_of::<Attr>(),
-            )
-        };
-        if rc != 0 {
-            return Err(Error::io(
-                format!("removing CPU {cpu} from the CPUMAP"),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
     }
 
     /// Keeps `run.json` (read by `steer stats`) in step with the live CPU set.

@@ -305,13 +305,7 @@ fn unsteerable_cpu_queue_falls_back_to_pass_and_is_counted() {
     // flows hashed to CPU 1 must be passed, never dropped.
     let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, vec![0, 1]).unwrap();
     let mut ebpf = load(&settings);
-    let fd = {
-        let m = ebpf.map("CPUS").unwrap();
-        let aya::maps::Map::CpuMap(data) = m else { panic!("CPUS is not a cpumap") };
-        use std::os::fd::{AsFd, AsRawFd};
-        data.fd().as_fd().as_raw_fd()
-    };
-    delete_elem(fd, 1);
+    loader::cpumap_delete(&mut ebpf, 1).expect("delete CPU 1's queue");
     let mut passed_err = 0;
     for port in 0..32u16 {
         let frame = eth().ipv4(v4("198.18.0.1"), v4("198.18.0.2")).udp(2000 + port, 9).build();
@@ -329,20 +323,4 @@ fn unsteerable_cpu_queue_falls_back_to_pass_and_is_counted() {
         }
     }
     assert!(passed_err > 0, "no flow hashed to the missing CPU: test proves nothing");
-}
-
-/// BPF_MAP_DELETE_ELEM on a CPUMAP entry (aya 0.14 has no delete for CpuMap).
-fn delete_elem(map_fd: i32, key: u32) {
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let attr = Attr { map_fd: map_fd as u32, _pad: 0, key: &key as *const u32 as u64, value: 0, flags: 0 };
-    // SAFETY: BPF_MAP_DELETE_ELEM (3) with a valid attr.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, 3, &attr as *const Attr, std::mem::size_of::<Attr>()) };
-    assert_eq!(rc, 0, "delete cpumap entry: {}", std::io::Error::last_os_error());
 }
