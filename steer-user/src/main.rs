@@ -365,8 +365,11 @@ async fn monitor(
     period: Duration,
     sig: &mut Signals<'_>,
 ) -> Result<()> {
-    let mut prev = steering.snapshot()?;
-    let mut watch = VethWatch::new(steering, opts, &prev);
+    let first = steering.snapshot()?;
+    let mut watch = VethWatch::new(steering, opts, &first);
+    // The same table as `steer stats`, read through the pins this run made.
+    let mut source = stats::Source::open(&opts.iface)?;
+    let mut prev = source.sample()?;
     let mut ticker = tokio::time::interval(period);
     ticker.tick().await;
     loop {
@@ -391,15 +394,11 @@ async fn monitor(
         if let Some(w) = watch.as_mut() {
             w.check(&opts.iface, &steering.driver, &now);
         }
+        let sample = source.sample()?;
         if !current.quiet {
-            let delta = now.since(&prev);
-            let secs = now.at.duration_since(prev.at).as_secs_f64();
-            println!("{}", stats::render(&delta, secs, &opts.hash.cpus));
-            if opts.hash.rfs.is_some() {
-                println!("{}", rfs::summary(&steering.ebpf)?);
-            }
+            println!("{}", stats::render_table(&stats::Report::new(&opts.iface, &prev, &sample)));
         }
-        prev = now;
+        prev = sample;
     }
 }
 

@@ -264,21 +264,6 @@ pub fn counters<M: Borrow<MapData>>(map: &PerCpuArray<M, RfsCounters>) -> Result
     Ok(t)
 }
 
-/// One line of RFS totals for `steer run`'s periodic output.
-pub fn summary(ebpf: &Ebpf) -> Result<String> {
-    let stats: PerCpuArray<&MapData, RfsCounters> = PerCpuArray::try_from(
-        ebpf.map("RFS_STATS").ok_or_else(|| Error::Ebpf("map RFS_STATS missing".into()))?,
-    )
-    .map_err(Error::ebpf)?;
-    let flows: HashMap<&MapData, FlowKey, FlowEntry> =
-        HashMap::try_from(ebpf.map("FLOWS").ok_or_else(|| Error::Ebpf("map FLOWS missing".into()))?)
-            .map_err(Error::ebpf)?;
-    let live = flows.keys().count() as u64;
-    let c = counters(&stats)?;
-    let fields: Vec<String> = counter_fields(&c, live).iter().map(|(n, v)| format!("{n} {v}")).collect();
-    Ok(format!("rfs: {live} flows; {}", fields.join(", ")))
-}
-
 /// Every entry of a flow table.
 pub fn entries<M: Borrow<MapData>>(map: &HashMap<M, FlowKey, FlowEntry>) -> Vec<(FlowKey, FlowEntry)> {
     map.iter().filter_map(|r| r.ok()).collect()

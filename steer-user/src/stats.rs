@@ -75,57 +75,6 @@ impl Snapshot {
     }
 }
 
-/// Renders `delta` (counters over `secs` seconds) as a per-CPU rate table.
-/// CPUs with nothing to show are left out; `cpus` are always shown.
-pub fn render(delta: &Snapshot, secs: f64, cpus: &[u32]) -> String {
-    let rate = |v: u64| v as f64 / secs.max(1e-9);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:>4} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "CPU", "rx pps", "steered pps", "in pps", "pass pps", "err pps"
-    );
-    let max_in = delta.steered_in.iter().copied().max().unwrap_or(0);
-    for (cpu, c) in delta.per_cpu.iter().enumerate() {
-        let inn = delta.steered_in.get(cpu).copied().unwrap_or(0);
-        if c.seen == 0 && inn == 0 && !cpus.contains(&(cpu as u32)) {
-            continue;
-        }
-        let bar_len = if max_in > 0 { (inn * 12).div_ceil(max_in) as usize } else { 0 };
-        let _ = writeln!(
-            out,
-            "{:>4} {:>12.0} {:>12.0} {:>12.0} {:>10.0} {:>10.0} {}",
-            cpu,
-            rate(c.seen),
-            rate(c.redirected),
-            rate(inn),
-            rate(c.passed_total()),
-            rate(c.redirect_err),
-            "#".repeat(bar_len)
-        );
-    }
-    let t = delta.total();
-    let _ = writeln!(
-        out,
-        "{:>4} {:>12.0} {:>12.0} {:>12.0} {:>10.0} {:>10.0}",
-        "all",
-        rate(t.seen),
-        rate(t.redirected),
-        rate(delta.steered_in.iter().sum()),
-        rate(t.passed_total()),
-        rate(t.redirect_err)
-    );
-    let reasons: Vec<String> = PassReason::ALL
-        .iter()
-        .filter(|r| t.passed[**r as usize] > 0)
-        .map(|r| format!("{} {}", r.name(), t.passed[*r as usize]))
-        .collect();
-    if !reasons.is_empty() {
-        let _ = writeln!(out, "passed: {}", reasons.join(", "));
-    }
-    out
-}
-
 /// Drops of the CPUMAP queues, per CPU, from the `xdp:xdp_cpumap_*` tracepoints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpumapDrops {
