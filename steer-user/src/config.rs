@@ -189,9 +189,17 @@ impl RunOptions {
         check_qsize(qsize)?;
         let online = cpus::online()?;
         cpus::check_online(&hash.cpus, &online)?;
-        if iface::driver(iface).ok().as_deref() == Some("tun") {
-            return Err(Error::TapUnsupported { iface: iface.into() });
-        }
+        let xdp_mode = match (iface::driver(iface).ok().as_deref(), xdp_mode) {
+            (Some("tun"), XdpMode::Native) => return Err(Error::TapNative { iface: iface.into() }),
+            (Some("tun"), XdpMode::Auto) => {
+                log::info!(
+                    "{iface} is a TAP device: using generic XDP (native XDP + CPUMAP drops frames written \
+                     through a blocking TAP fd on this kernel: skb->mac_len 0, IP_INHDR)"
+                );
+                XdpMode::Skb
+            }
+            (_, mode) => mode,
+        };
         Ok(Self { iface: iface.to_string(), ifindex, hash, qsize, xdp_mode, replace })
     }
 }

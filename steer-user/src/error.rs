@@ -18,10 +18,13 @@ pub enum Error {
     #[error("invalid {what} {value}: {why}")]
     BadValue { what: &'static str, value: String, why: String },
     #[error(
-        "interface \"{iface}\" is a TAP device: frames redirected into a CPUMAP are dropped by the IP \
-         layer there (ip_rcv_core, IP_INHDR) on this kernel, so steer refuses it"
+        "interface \"{iface}\" is a TAP device: native XDP there redirects frames written through a \
+         blocking fd into the CPUMAP with skb->mac_len 0, so the target CPU reads the Ethernet header as \
+         the IP header and drops the frame (kfree_skb reason IP_INHDR; a kernel bug in tun + cpumap on \
+         6.18). Use --xdp-mode skb (or auto, which picks it on TAP): generic XDP steers TAP traffic \
+         correctly"
     )]
-    TapUnsupported { iface: String },
+    TapNative { iface: String },
     #[error(
         "interface \"{iface}\" already has an XDP program attached; stop it first, or pass --replace \
          (after a crash, `steer restore --iface {iface}` removes steer's own leftovers)"

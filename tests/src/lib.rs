@@ -229,7 +229,12 @@ impl SteerRun {
     /// Starts `steer run --iface IF ARGS` in the lab's receiving namespace and
     /// waits until its maps are pinned.
     pub fn start(lab: &Lab, args: &[&str]) -> Result<Self> {
-        let mut all = vec!["run", "--iface", &lab.rx_if, "--quiet"];
+        Self::start_on(lab, &lab.rx_if, args)
+    }
+
+    /// Like [`SteerRun::start`], on another interface of the receiving namespace.
+    pub fn start_on(lab: &Lab, iface: &str, args: &[&str]) -> Result<Self> {
+        let mut all = vec!["run", "--iface", iface, "--quiet"];
         all.extend_from_slice(args);
         let child = lab
             .steer(&all)
@@ -237,8 +242,8 @@ impl SteerRun {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting steer run")?;
-        let mut run = Self { child, iface: lab.rx_if.clone() };
-        let link = PathBuf::from(format!("/sys/fs/bpf/steer/{}/link", lab.rx_if));
+        let mut run = Self { child, iface: iface.to_string() };
+        let link = PathBuf::from(format!("/sys/fs/bpf/steer/{iface}/link"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !link.exists() {
             if let Some(st) = run.child.try_wait()? {

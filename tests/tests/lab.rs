@@ -254,15 +254,77 @@ fn a_second_run_and_a_foreign_program_are_refused() {
     assert!(!lab.rx_has_xdp().unwrap());
 }
 
+/// Opens the persistent TAP `name` (in the calling thread's namespace) as a
+/// blocking fd, the way most programs that feed a TAP do.
+fn open_tap(name: &str) -> std::fs::File {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
+    // struct ifreq: the name, then ifr_flags.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    let flags: u16 = 0x0002 | 0x1000; // IFF_TAP | IFF_NO_PI
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETIFF with a valid ifreq buffer.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x400454ca, ifr.as_mut_ptr()) };
+    assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    f
+}
+
 #[test]
-fn tap_devices_are_refused_with_the_reason() {
+fn tap_native_is_refused_and_generic_steers_tap_traffic() {
+    // Measured on 6.18: on a TAP fed through a blocking fd, native XDP runs on
+    // an skb whose mac_len is 0, and cpumap then hands the target CPU the
+    // Ethernet header as the IP header (IP_INHDR). Generic XDP is correct.
     let lab = Lab::new().unwrap();
     let tap = format!("{}t", lab.rx_if);
-    steer_tests::ip(&["-n", &lab.rx_ns, "tuntap", "add", "mode", "tap", "name", &tap]).unwrap();
-    let out = lab.steer(&["run", "--iface", &tap]).output().unwrap();
+    let ns = lab.rx_ns.clone();
+    for args in [
+        vec!["-n", &ns, "tuntap", "add", "mode", "tap", "name", &tap],
+        vec!["-n", &ns, "link", "set", "dev", &tap, "address", "02:5e:00:00:09:02", "up"],
+        vec!["-n", &ns, "addr", "add", "198.18.9.2/24", "dev", &tap],
+    ] {
+        steer_tests::ip(&args).unwrap();
+    }
+    let out = lab.steer(&["run", "--iface", &tap, "--xdp-mode", "native"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("TAP device") && err.contains("IP_INHDR"), "{err}");
+    assert!(err.contains("TAP device") && err.contains("mac_len") && err.contains("--xdp-mode skb"), "{err}");
+    assert!(!pins::dir(&tap).exists(), "nothing pinned after the refusal");
+
+    let run = SteerRun::start_on(&lab, &tap, &[]).unwrap(); // auto picks generic on TAP
+    let before = pinned_snapshot(&tap);
+    let snmp0 = snmp(&lab.rx_ns).unwrap();
+    let t = tap.clone();
+    in_ns(&lab.rx_ns, move || {
+        let mut f = open_tap(&t);
+        for i in 0..256u16 {
+            let frame = Frame::eth([0x02, 0x5e, 0, 0, 9, 2], [0x02, 0x5e, 0, 0, 9, 1])
+                .ipv4("198.18.9.1".parse().unwrap(), "198.18.9.2".parse().unwrap())
+                .udp(30000 + i % 64, 9)
+                .payload(18)
+                .build();
+            f.write_all(&frame).unwrap();
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let d = pinned_snapshot(&tap).since(&before);
+    let snmp1 = snmp(&lab.rx_ns).unwrap();
+    let (ok, err) = run.stop().unwrap();
+    assert!(ok && err.contains("generic"), "{err}");
+    let t = d.total();
+    let hdr_errors = snmp1["Ip.InHdrErrors"] - snmp0["Ip.InHdrErrors"];
+    let no_ports = snmp1["Udp.NoPorts"] - snmp0["Udp.NoPorts"];
+    println!(
+        "tap: redirected {} per CPU {:?}, InHdrErrors {hdr_errors}, NoPorts {no_ports}",
+        t.redirected, d.steered_in
+    );
+    assert!(t.redirected >= 256, "{t:?}");
+    for cpu in online() {
+        assert!(d.steered_in[cpu as usize] > 0, "CPU {cpu} got nothing: {:?}", d.steered_in);
+    }
+    assert_eq!(hdr_errors, 0, "frames died in ip_rcv_core");
+    assert!(no_ports >= 256, "only {no_ports} of 256 reached UDP");
 }
 
 #[test]
