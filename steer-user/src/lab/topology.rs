@@ -240,39 +240,13 @@ impl Topology {
     }
 }
 
-const ETHTOOL_STXCSUM: u32 = 0x17;
-
 /// Turns tx checksum offload off on the lab's sending veth (ethtool ioctl, in
 /// the calling thread's namespace). TCP from the peer otherwise loses its
 /// CHECKSUM_PARTIAL through native XDP + CPUMAP and is dropped as a checksum
 /// error (a trap measured on 6.18); the sender then computes checksums in
 /// software, equally for every scenario.
 fn tx_checksum_off(ifname: &str) -> Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut v = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
-    // SAFETY: plain socket syscall; closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(LabError::io("socket for SIOCETHTOOL", std::io::Error::last_os_error()));
-    }
-    // SAFETY: ifreq is plain data; ifru_data points at `v`, which outlives the call.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.bytes().take(libc::IFNAMSIZ - 1)) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut v as *mut EthtoolValue).cast();
-    // SAFETY: fd is our socket.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing our own fd.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(LabError::io(format!("turning tx checksum offload off on {ifname}"), err));
-    }
+    crate::nic::ethtool::Ethtool::open(ifname)?.set_tx_checksum(false)?;
     Ok(())
 }
 

@@ -165,6 +165,12 @@ impl Ethtool {
         Ok(buf)
     }
 
+    /// Turns tx checksum offload on or off (ETHTOOL_STXCSUM, `ethtool -K IF tx on|off`).
+    pub fn set_tx_checksum(&self, on: bool) -> Result<()> {
+        const ETHTOOL_STXCSUM: u32 = 0x17;
+        self.words("ETHTOOL_STXCSUM", ETHTOOL_STXCSUM, [0, on as u32]).map(|_| ())
+    }
+
     pub fn channels(&self) -> Result<Channels> {
         let w = self.words("ETHTOOL_GCHANNELS", ETHTOOL_GCHANNELS, [0u32; 9])?;
         Ok(Channels {
