@@ -17,6 +17,13 @@ pub enum Error {
     BadKey(String),
     #[error("invalid {what} {value}: {why}")]
     BadValue { what: &'static str, value: String, why: String },
+    /// A command-line or config-file option the parser refused, in one line.
+    #[error("{0}")]
+    BadOption(String),
+    #[error("--{option} {why}")]
+    NotApplicable { option: String, why: String },
+    #[error("config file {path}: {why}")]
+    Config { path: String, why: String },
     #[error(
         "interface \"{iface}\" is a TAP device: native XDP there redirects frames written through a \
          blocking fd into the CPUMAP with skb->mac_len 0, so the target CPU reads the Ethernet header as \
@@ -38,7 +45,6 @@ pub enum Error {
     },
     #[error("eBPF: {0}")]
     Ebpf(String),
-    // --- stats hook-in: capabilities ---
     #[error(
         "missing capability {missing}: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
          (e.g. `setpriv --inh-caps=+bpf,+net_admin,+perfmon --ambient-caps=+bpf,+net_admin,+perfmon`)"
@@ -46,7 +52,6 @@ pub enum Error {
     MissingCapabilities { missing: String },
     #[error("no steer run is attached to \"{iface}\" (nothing pinned at {path})")]
     NotRunning { iface: String, path: PathBuf },
-    // --- nic (issue 4) ---
     #[error("{op} on \"{iface}\" (driver {driver}) failed: {source}{}", unsupported_hint(source))]
     NicOp {
         iface: String,

@@ -6,16 +6,15 @@ pub mod config;
 pub mod cpus;
 pub mod error;
 pub mod iface;
-// hook-in (issue 6, branch bench): `steer lab` and the bench's engine.
 pub mod lab;
 pub mod loader;
 pub mod metrics;
 pub mod mounts;
 pub mod nic;
+pub mod options;
 pub mod packet;
 pub mod pins;
 pub mod rfs;
-pub mod settings;
 pub mod stats;
 pub mod testrun;
 pub mod xdp_owner;

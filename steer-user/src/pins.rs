@@ -19,7 +19,7 @@ pub const TARGETS: &str = "targets";
 pub const CONFIG: &str = "config";
 pub const INDIR: &str = "indir";
 pub const CPUS: &str = "cpus";
-// --- stats hook-in: cpumap drop counters ---
+/// Drops of the CPUMAP queues, counted by the `xdp:xdp_cpumap_*` tracepoints.
 pub const CPUMAP_DROPS: &str = "cpumap_drops";
 /// RFS (`--mode rfs` only): the flow table and its counters.
 pub const FLOWS: &str = "flows";

@@ -47,9 +47,6 @@ pub struct Scenario {
     pub cpus: Vec<u32>,
 }
 
-/// Whether steer has `--mode rfs` in this build (branch rfs not merged yet).
-pub const STEER_RFS_AVAILABLE: bool = true;
-
 /// The bench's scenarios for this machine: every mode over all CPUs and,
 /// where there is more than one CPU, without the IRQ CPU.
 pub fn standard(online: &[u32], irq_cpu: u32) -> Vec<Scenario> {

@@ -8,10 +8,13 @@
 //!   before changing anything, applies, rolls back on failure, and restores
 //!   from the snapshot (`steer nic apply|restore`, `steer restore`).
 //!
+//! - [`guard`] holds a plan applied for the life of `steer run`.
+//!
 //! Device settings go through the ethtool ioctl ([`ethtool`]), the rest
 //! through sysfs/procfs ([`sysfs`], [`irq`]). steer never runs ethtool or ip.
 
 pub mod ethtool;
+pub mod guard;
 pub mod irq;
 pub mod plan;
 pub mod show;

@@ -1,0 +1,32 @@
+//! `steer flows`: the RFS flow table of a `steer run --mode rfs`.
+
+use anyhow::Result;
+use clap::Args;
+use steer::rfs;
+
+#[derive(Args)]
+pub struct FlowsArgs {
+    /// Interface a `steer run --mode rfs` is attached to.
+    #[arg(long)]
+    iface: String,
+    /// Show the N busiest flows only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: FlowsArgs) -> Result<()> {
+    steer::mounts::ensure_bpffs()?;
+    let pinned = rfs::PinnedFlows::open(&a.iface)?;
+    let entries = rfs::entries(&pinned.flows);
+    let counters = rfs::counters(&pinned.stats)?;
+    let rows = rfs::rows(&entries, rfs::now_ns(), a.top);
+    if a.json {
+        println!("{}", rfs::to_json(&rows, entries.len(), &counters));
+    } else {
+        print!("{}", rfs::render(&rows, entries.len(), &counters));
+    }
+    Ok(())
+}

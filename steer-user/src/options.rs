@@ -1,0 +1,333 @@
+//! The options of `steer run`: one type, [`RunArgs`], for the command line and
+//! the config file alike.
+//!
+//! A config file is TOML whose keys are the long option names. It is not
+//! deserialized on its own: each `key = value` becomes `--key=value` and the
+//! whole file goes through the same clap parser as the command line, so both
+//! accept exactly the same options, with the same checks and the same errors.
+//! Command line over file: the file's arguments come first, the command line's
+//! after them, and clap keeps the last value of an option.
+//!
+//! [`RunArgs::validate`] then turns the merged options into what the loader
+//! (or, with `--engine kernel`, the NIC layer) takes, refusing options that do
+//! not apply to the chosen engine or mode instead of ignoring them.
+
+pub mod file;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, FromArgMatches as _};
+
+use crate::{
+    config::{HashArg, HashSettings, RunOptions, XdpMode, DEFAULT_TABLE_SIZE},
+    cpus,
+    error::{Error, Result},
+    metrics,
+    nic::{self, Profile},
+    rfs::{Mode, RfsSettings},
+};
+
+/// Bounds of `--interval`, in seconds.
+const INTERVAL_RANGE: std::ops::RangeInclusive<f64> = 0.05..=3600.0;
+
+/// Who spreads the receive path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// steer's XDP program and CPUMAP.
+    #[default]
+    Xdp,
+    /// The kernel's own RPS (rps_cpus on every rx queue), RFS (rps_sock_flow_entries, rps_flow_cnt)
+    /// and XPS, restored on exit.
+    Kernel,
+}
+
+/// How flows map to CPUs: shared by `steer run` and `steer hash`, so both
+/// compute the same thing.
+#[derive(Args, Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HashOpts {
+    /// CPUs to steer to, as a list ("0-3,6"). [default: every online CPU]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    /// Flow hash. [default: fast]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<HashArg>,
+    /// Toeplitz key, 40 bytes in hex ("6d:5a:..." as `ethtool -x` prints, colons optional).
+    /// [default: the Microsoft RSS key most NICs use]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Seed of the fast hash. [default: 0]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u32>,
+    /// Hash both directions of a connection alike (load balancers, conntrack).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symmetric: Option<bool>,
+    /// Buckets in the indirection table (power of two). [default: 256]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
+}
+
+impl HashOpts {
+    /// The validated hash settings (CPU list checked against the online CPUs).
+    pub fn settings(&self) -> Result<HashSettings> {
+        let cpus = cpus::resolve(self.cpus.as_deref())?;
+        HashSettings::new(
+            self.hash.unwrap_or(HashArg::Fast),
+            self.key.as_deref(),
+            self.seed.unwrap_or(0),
+            self.symmetric.unwrap_or(false),
+            self.table_size.unwrap_or(DEFAULT_TABLE_SIZE),
+            cpus,
+        )
+    }
+}
+
+/// Every `steer run` option. Each is optional so that "not given" can be told
+/// from "given the default": the file and the command line merge option by
+/// option, and an option that does not apply is refused only when given.
+#[derive(Args, Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunArgs {
+    /// Interface to steer the receive path of.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub hash: HashOpts,
+    /// Per-CPU CPUMAP queue size in frames. [default: 2048]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qsize: Option<u32>,
+    /// XDP attach mode. [default: auto]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<XdpMode>,
+    /// Take the interface's XDP program off for the run (put back on exit), and take over
+    /// from a crashed earlier steer run.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace: Option<bool>,
+    /// rss: flow hash picks the CPU. rfs: the CPU where the application reads the flow
+    /// (recorded by socket tracepoints), the hash for flows not seen yet. [default: rss]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// RFS flow table size (LRU; the kernel's rps_sock_flow_entries). [default: 65536]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_entries: Option<u32>,
+    /// RFS: move a flow to its reader's new CPU only after this many microseconds
+    /// without a packet, so no packet overtakes another. [default: 500]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate_idle_us: Option<u32>,
+    /// Who steers: steer's XDP program, or the kernel's RPS/RFS/XPS configured over --cpus.
+    /// [default: xdp]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    /// NIC profile applied on start and restored on exit (latency: coalescing off; throughput:
+    /// adaptive coalescing, GRO on; with --engine kernel also RPS/RFS/XPS sizes). [default: none]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+    /// RFS table size for --engine kernel (rps_sock_flow_entries; rps_flow_cnt = N / rx queues).
+    /// [default: 32768]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rfs_entries: Option<u32>,
+    /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics. ADDR is PORT, IP or
+    /// IP:PORT; without an IP it listens on 127.0.0.1 only. [default: off]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// Seconds between two rate tables. [default: 1]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<f64>,
+    /// Print nothing periodically (only start/stop messages).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet: Option<bool>,
+    /// TOML file with any of these options (keys are the long option names:
+    /// `cpus = "2-7"`, `table-size = 512`, `mode = "rfs"`); options given here override it.
+    /// SIGHUP re-reads it and applies CPU set, hash and table changes live.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+/// What a validated `steer run` does.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub iface: String,
+    pub engine: EngineRun,
+    pub profile: Profile,
+    pub period: Duration,
+    pub quiet: bool,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The engine and its validated settings.
+#[derive(Clone, Debug)]
+pub enum EngineRun {
+    /// steer's XDP program: what the loader takes.
+    Xdp(RunOptions),
+    /// The kernel's RPS/RFS/XPS over `cpus`.
+    Kernel { cpus: Vec<u32>, rfs_entries: u32 },
+}
+
+/// Options that only `--engine xdp` uses, by their long names.
+const XDP_ONLY: &[&str] = &[
+    "hash",
+    "key",
+    "seed",
+    "symmetric",
+    "table-size",
+    "qsize",
+    "xdp-mode",
+    "replace",
+    "mode",
+    "flow-entries",
+    "migrate-idle-us",
+];
+
+/// Options a running `steer run` applies on SIGHUP; the others need a restart.
+pub const LIVE: &[&str] = &["cpus", "hash", "key", "seed", "symmetric", "table-size", "interval", "quiet"];
+
+/// The clap command of `steer run` alone, for parsing a merged argument list.
+/// `args_override_self`: an option given twice (file, then command line) keeps the last value.
+pub fn command() -> clap::Command {
+    RunArgs::augment_args(clap::Command::new("steer run"))
+        .no_binary_name(true)
+        .args_override_self(true)
+        .allow_negative_numbers(true)
+}
+
+/// Long names of every option of `steer run`, `config` excepted: the keys a config file takes.
+pub fn keys() -> Vec<String> {
+    command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|l| l != "config")
+        .collect()
+}
+
+impl RunArgs {
+    /// Parses `--key=value` arguments with the command line's own parser.
+    pub fn parse_args(args: &[String]) -> std::result::Result<Self, clap::Error> {
+        let m = command().try_get_matches_from(args)?;
+        Self::from_arg_matches(&m)
+    }
+
+    /// The options as `--key=value` arguments (what the file's keys become).
+    pub fn to_args(&self) -> Vec<String> {
+        file::table_to_args(&self.to_table()).unwrap_or_default()
+    }
+
+    /// The options given, as a TOML table keyed by long option name.
+    pub fn to_table(&self) -> toml::Table {
+        toml::Table::try_from(self).unwrap_or_default()
+    }
+
+    /// Long names of the options given.
+    fn given(&self) -> Vec<String> {
+        self.to_table().keys().cloned().collect()
+    }
+
+    /// Checks every option and what it applies to; nothing on the system is touched.
+    pub fn validate(&self) -> Result<Run> {
+        let iface = self.iface.clone().ok_or_else(|| Error::BadValue {
+            what: "--iface",
+            value: "(none)".into(),
+            why: "pass --iface IF or set iface = \"IF\" in the config file".into(),
+        })?;
+        let secs = self.interval.unwrap_or(1.0);
+        if !INTERVAL_RANGE.contains(&secs) {
+            return Err(Error::BadValue {
+                what: "--interval",
+                value: secs.to_string(),
+                why: "must be between 0.05 and 3600 seconds".into(),
+            });
+        }
+        let metrics = self.metrics.as_deref().map(metrics::parse_addr).transpose()?;
+        let engine = match self.engine.unwrap_or_default() {
+            Engine::Kernel => {
+                if let Some(k) = self.given().into_iter().find(|k| XDP_ONLY.contains(&k.as_str())) {
+                    return Err(Error::NotApplicable {
+                        option: k,
+                        why: "applies to --engine xdp only".into(),
+                    });
+                }
+                EngineRun::Kernel {
+                    cpus: cpus::resolve(self.hash.cpus.as_deref())?,
+                    rfs_entries: self.rfs_entries.unwrap_or(nic::plan::DEFAULT_RFS_ENTRIES),
+                }
+            }
+            Engine::Xdp => {
+                if self.rfs_entries.is_some() {
+                    return Err(Error::NotApplicable {
+                        option: "rfs-entries".into(),
+                        why: "applies to --engine kernel only (steer's own RFS: --mode rfs --flow-entries N)"
+                            .into(),
+                    });
+                }
+                let rfs = RfsSettings::from_args(
+                    self.mode.unwrap_or(Mode::Rss),
+                    self.flow_entries,
+                    self.migrate_idle_us,
+                )?;
+                EngineRun::Xdp(RunOptions::new(
+                    &iface,
+                    self.hash.settings()?.with_rfs(rfs),
+                    self.qsize.unwrap_or(crate::config::DEFAULT_QSIZE),
+                    self.xdp_mode.unwrap_or(XdpMode::Auto),
+                    self.replace.unwrap_or(false),
+                )?)
+            }
+        };
+        Ok(Run {
+            iface,
+            engine,
+            profile: self.profile.unwrap_or_default(),
+            period: Duration::from_secs_f64(secs),
+            quiet: self.quiet.unwrap_or(false),
+            metrics,
+        })
+    }
+
+    /// The long names of restart-only options whose value differs in `new`.
+    pub fn restart_only_changes(&self, new: &Self) -> Vec<String> {
+        let (a, b) = (self.to_table(), new.to_table());
+        let mut keys: Vec<&String> =
+            a.keys().chain(b.keys()).filter(|k| !LIVE.contains(&k.as_str())).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| {
+                let show = |v: Option<&toml::Value>| v.map_or("(default)".to_string(), |v| v.to_string());
+                format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k)))
+            })
+            .collect()
+    }
+
+    /// `self` with the live options of `new`: what a reload applies.
+    pub fn with_live_part_of(&self, new: &Self) -> Result<Self> {
+        let mut t = self.to_table();
+        t.retain(|k, _| !LIVE.contains(&k));
+        t.extend(new.to_table().into_iter().filter(|(k, _)| LIVE.contains(&k.as_str())));
+        file::from_table(&t)
+    }
+}
+
+#[cfg(test)]
+mod tests;
