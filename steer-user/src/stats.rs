@@ -365,8 +365,14 @@ fn imbalance(cpus: &[CpuRates], steering: &[u32]) -> Option<f64> {
         .filter(|c| if steering.is_empty() { c.steered_in_pps.unwrap_or(0.0) > 0.0 } else { c.steering })
         .filter_map(|c| c.steered_in_pps)
         .collect();
-    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let max = v.iter().copied().fold(0.0, f64::max);
+    imbalance_of(&v)
+}
+
+/// max/mean of per-CPU rates: 1.0 is a perfect spread. `None` when all are 0.
+/// The one definition of imbalance for stats, metrics, the lab and the bench.
+pub fn imbalance_of(rates: &[f64]) -> Option<f64> {
+    let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    let max = rates.iter().copied().fold(0.0, f64::max);
     (mean > 0.0).then(|| max / mean)
 }
 

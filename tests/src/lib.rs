@@ -209,14 +209,15 @@ pub fn snmp(ns: &str) -> Result<HashMap<String, u64>> {
     in_ns(ns, snmp_here)?
 }
 
-/// Per-CPU "processed" column of /proc/net/softnet_stat.
+/// Per-CPU "processed" column of /proc/net/softnet_stat, indexed by CPU id
+/// (the file lists online CPUs only; an offline one reads 0), through steer's own reader.
 pub fn softnet_processed() -> Result<Vec<u64>> {
-    let text = std::fs::read_to_string("/proc/net/softnet_stat").context("reading softnet_stat")?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(|h| u64::from_str_radix(h, 16).unwrap_or(0))
-        .collect())
+    let rows = steer::stats::softnet::read()?;
+    let mut v = vec![0; rows.iter().map(|r| r.cpu as usize + 1).max().unwrap_or(0)];
+    for r in rows {
+        v[r.cpu as usize] = r.processed.into();
+    }
+    Ok(v)
 }
 
 /// A running `steer run`, stopped with SIGTERM on drop.

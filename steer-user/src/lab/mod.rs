@@ -20,6 +20,11 @@ pub mod topology;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::stats::{
+    procstat::{self, CpuTimes},
+    softnet::{self, Softnet},
+};
+
 /// Errors of the lab. Each names what failed and with which value.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -65,18 +70,12 @@ pub fn check_stop() -> Result<()> {
     Ok(())
 }
 
-/// Per-CPU counters the kernel keeps, read at one instant: softirq time from
-/// /proc/stat (what mpstat's %soft shows) and /proc/net/softnet_stat.
+/// Per-CPU counters the kernel keeps, read at one instant through the same
+/// readers as `steer stats`: /proc/stat (mpstat's %soft) and softnet_stat.
 #[derive(Clone, Debug, Default)]
 pub struct CpuCounters {
-    /// Per CPU: (softirq ticks, busy ticks, total ticks).
-    pub ticks: Vec<(u64, u64, u64)>,
-    /// Per CPU: packets processed by the stack (softnet_stat column 1).
-    pub processed: Vec<u64>,
-    /// Per CPU: packets dropped because the backlog was full (column 2).
-    pub dropped: Vec<u64>,
-    /// Per CPU: packets this CPU received from another CPU's RPS (column 10).
-    pub received_rps: Vec<u64>,
+    pub times: Vec<CpuTimes>,
+    pub softnet: Vec<Softnet>,
 }
 
 /// Per-CPU picture over an interval: what the seeds' mpstat tables show.
@@ -95,75 +94,41 @@ pub struct CpuPicture {
 
 impl CpuCounters {
     pub fn read() -> Result<Self> {
-        let stat =
-            std::fs::read_to_string("/proc/stat").map_err(|e| LabError::io("reading /proc/stat", e))?;
-        let mut ticks = Vec::new();
-        for l in stat.lines() {
-            // "cpuN ..." lines only (not the "cpu " total line).
-            let Some(rest) = l.strip_prefix("cpu").filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-            else {
-                continue;
-            };
-            let mut it = rest.split_whitespace();
-            let Some(id) = it.next() else { continue };
-            let Ok(cpu) = id.parse::<usize>() else { continue };
-            let v: Vec<u64> = it.filter_map(|x| x.parse().ok()).collect();
-            // user nice system idle iowait irq softirq steal ...
-            let soft = v.get(6).copied().unwrap_or(0);
-            let total: u64 = v.iter().take(8).sum();
-            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            if ticks.len() <= cpu {
-                ticks.resize(cpu + 1, (0, 0, 0));
-            }
-            ticks[cpu] = (soft, total.saturating_sub(idle), total);
-        }
-        let sn = std::fs::read_to_string("/proc/net/softnet_stat")
-            .map_err(|e| LabError::io("reading /proc/net/softnet_stat", e))?;
-        let (mut processed, mut dropped, mut received_rps) = (Vec::new(), Vec::new(), Vec::new());
-        let mut rows: Vec<(usize, Vec<u64>)> = Vec::new();
-        for (i, l) in sn.lines().enumerate() {
-            let v: Vec<u64> = l.split_whitespace().map(|h| u64::from_str_radix(h, 16).unwrap_or(0)).collect();
-            // Column 13 (since 5.10) is the CPU; older kernels list online CPUs in order.
-            let cpu = v.get(12).map(|c| *c as usize).unwrap_or(i);
-            rows.push((cpu, v));
-        }
-        let n = rows.iter().map(|r| r.0 + 1).max().unwrap_or(0).max(ticks.len());
-        processed.resize(n, 0);
-        dropped.resize(n, 0);
-        received_rps.resize(n, 0);
-        for (cpu, v) in rows {
-            processed[cpu] = v.first().copied().unwrap_or(0);
-            dropped[cpu] = v.get(1).copied().unwrap_or(0);
-            received_rps[cpu] = v.get(9).copied().unwrap_or(0);
-        }
-        ticks.resize(n, (0, 0, 0));
-        Ok(Self { ticks, processed, dropped, received_rps })
+        Ok(Self { times: procstat::read()?, softnet: softnet::read()? })
     }
 
-    /// The picture between `before` and `self`, `secs` apart.
+    /// The picture between `before` and `self`, `secs` apart, indexed by CPU id.
     pub fn since(&self, before: &CpuCounters, secs: f64) -> CpuPicture {
-        let n = self.ticks.len().min(before.ticks.len());
-        let pct = |c: usize, f: fn(&(u64, u64, u64)) -> u64| {
-            let dv = f(&self.ticks[c]).saturating_sub(f(&before.ticks[c])) as f64;
-            let dt = self.ticks[c].2.saturating_sub(before.ticks[c].2) as f64;
+        let n = self.times.iter().map(|t| t.cpu as usize + 1).max().unwrap_or(0);
+        let mut p = CpuPicture {
+            soft_pct: vec![0.0; n],
+            busy_pct: vec![0.0; n],
+            pps: vec![0.0; n],
+            dropped: vec![0; n],
+            received_rps: vec![0; n],
+        };
+        for t in &self.times {
+            let Some(b) = before.times.iter().find(|b| b.cpu == t.cpu) else { continue };
+            let c = t.cpu as usize;
+            let dt = t.total_s - b.total_s;
             if dt > 0.0 {
-                100.0 * dv / dt
-            } else {
-                0.0
+                p.soft_pct[c] = 100.0 * (t.softirq_s - b.softirq_s) / dt;
+                p.busy_pct[c] = 100.0 * (t.busy_s() - b.busy_s()) / dt;
             }
-        };
-        let soft_pct = (0..n).map(|c| pct(c, |t| t.0)).collect();
-        let busy_pct = (0..n).map(|c| pct(c, |t| t.1)).collect();
-        let d = |a: &[u64], b: &[u64]| -> Vec<u64> {
-            a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y)).collect()
-        };
-        CpuPicture {
-            soft_pct,
-            busy_pct,
-            pps: d(&self.processed, &before.processed).iter().map(|v| *v as f64 / secs.max(1e-9)).collect(),
-            dropped: d(&self.dropped, &before.dropped),
-            received_rps: d(&self.received_rps, &before.received_rps),
         }
+        for s in &self.softnet {
+            let (c, Some(b)) = (s.cpu as usize, before.softnet.iter().find(|b| b.cpu == s.cpu)) else {
+                continue;
+            };
+            if c >= n {
+                continue;
+            }
+            // 32-bit counters in the kernel: wrapping differences.
+            p.pps[c] = s.processed.wrapping_sub(b.processed) as f64 / secs.max(1e-9);
+            p.dropped[c] = s.dropped.wrapping_sub(b.dropped).into();
+            p.received_rps[c] = s.received_rps.wrapping_sub(b.received_rps).into();
+        }
+        p
     }
 }
 
@@ -172,9 +137,7 @@ impl CpuPicture {
     /// (1.0 = perfectly even). `None` when nothing was processed.
     pub fn imbalance(&self, cpus: &[u32]) -> Option<f64> {
         let v: Vec<f64> = cpus.iter().filter_map(|c| self.pps.get(*c as usize).copied()).collect();
-        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let max = v.iter().copied().fold(0.0, f64::max);
-        (mean > 0.0).then(|| max / mean)
+        crate::stats::imbalance_of(&v)
     }
 }
 
@@ -187,7 +150,8 @@ mod tests {
         let c = CpuCounters::read().unwrap();
         let online = crate::cpus::online().unwrap();
         for cpu in online {
-            assert!(c.ticks[cpu as usize].2 > 0, "CPU {cpu} has no ticks");
+            let t = c.times.iter().find(|t| t.cpu == cpu);
+            assert!(t.is_some_and(|t| t.total_s > 0.0), "CPU {cpu} has no ticks");
         }
     }
 

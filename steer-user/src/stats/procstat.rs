@@ -12,8 +12,17 @@ pub struct CpuTimes {
     pub total_s: f64,
     /// Idle, not counting iowait (as mpstat's %idle).
     pub idle_s: f64,
+    /// Idle with I/O outstanding (mpstat's %iowait): idle for the receive path too.
+    pub iowait_s: f64,
     /// Serving softirqs: NET_RX is where a receive path spends its time.
     pub softirq_s: f64,
+}
+
+impl CpuTimes {
+    /// Time the CPU did anything: neither idle nor waiting on I/O.
+    pub fn busy_s(&self) -> f64 {
+        self.total_s - self.idle_s - self.iowait_s
+    }
 }
 
 /// Clock ticks per second of the `/proc/stat` counters (USER_HZ).
@@ -46,6 +55,7 @@ pub fn parse(text: &str, hz: f64) -> Vec<CpuTimes> {
             cpu,
             total_s: total as f64 / hz,
             idle_s: v[3] as f64 / hz,
+            iowait_s: v[4] as f64 / hz,
             softirq_s: v[6] as f64 / hz,
         });
     }
