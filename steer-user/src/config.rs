@@ -198,6 +198,22 @@ impl RunOptions {
                 );
                 XdpMode::Skb
             }
+            (Some("veth"), XdpMode::Auto) => {
+                log::info!(
+                    "{iface} is a veth: using generic XDP (native XDP + CPUMAP breaks TCP from the peer's sockets \
+                     on this kernel: the checksum is lost on the way, Tcp InCsumErrors); --xdp-mode native to \
+                     override"
+                );
+                XdpMode::Skb
+            }
+            (Some("veth"), XdpMode::Native) => {
+                log::warn!(
+                    "{iface} is a veth and --xdp-mode native was asked for: frames redirected into it are steered \
+                     natively, but TCP sent from the peer's sockets loses its checksum through the CPUMAP \
+                     (Tcp InCsumErrors) unless tx checksumming is off on the peer"
+                );
+                XdpMode::Native
+            }
             (_, mode) => mode,
         };
         Ok(Self { iface: iface.to_string(), ifindex, hash, qsize, xdp_mode, replace })

@@ -46,11 +46,14 @@ pub enum Error {
     #[error("eBPF: {0}")]
     Ebpf(String),
     #[error(
-        "missing capability {missing}: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
-         (e.g. `setpriv --inh-caps=+bpf,+net_admin,+perfmon --ambient-caps=+bpf,+net_admin,+perfmon`)"
+        "missing capability {missing}: run as root. A non-root user needs CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON (e.g. `setpriv --inh-caps=+bpf,+net_admin,+perfmon --ambient-caps=+bpf,+net_admin,+perfmon`) \
+         and also write access to /sys/fs/bpf and read access to /sys/kernel/tracing, which are root's by default"
     )]
     MissingCapabilities { missing: String },
-    #[error("no steer run is attached to \"{iface}\" (nothing pinned at {path})")]
+    #[error("{what}: permission denied; run as root (reading steer's maps needs CAP_BPF, and CAP_SYS_ADMIN to open them by id)")]
+    PermissionDenied { what: String },
+    #[error("no steer run is attached to \"{iface}\" (no run recorded at {path})")]
     NotRunning { iface: String, path: PathBuf },
     #[error("{op} on \"{iface}\" (driver {driver}) failed: {source}{}", unsupported_hint(source))]
     NicOp {

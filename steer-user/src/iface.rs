@@ -6,6 +6,29 @@ use std::ffi::{CStr, CString};
 
 use crate::error::{Error, Result};
 
+/// Refuses what the kernel refuses as an interface name (`dev_valid_name`):
+/// empty, 16 bytes or more, "." or "..", '/', ':' or whitespace. Checked before
+/// any path or syscall sees the name.
+pub fn check_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "it is empty"
+    } else if name.len() >= libc::IFNAMSIZ {
+        "it is 16 bytes or longer"
+    } else if name == "." || name == ".." {
+        "\".\" and \"..\" are not interface names"
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0') {
+        "it contains '/', ':', a NUL or whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadValue { what: "interface name", value: format!("{name:?}"), why: why.into() })
+}
+
+/// `--iface` as clap parses it: a name the kernel would accept.
+pub fn parse_name(name: &str) -> std::result::Result<String, String> {
+    check_name(name).map(|()| name.to_string()).map_err(|e| e.to_string())
+}
+
 /// The interface's index, or a clear error if it does not exist.
 pub fn index(name: &str) -> Result<u32> {
     let c = CString::new(name).map_err(|_| Error::NoSuchInterface(name.to_string()))?;
@@ -77,6 +100,31 @@ pub fn driver(name: &str) -> Result<String> {
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
     Ok(drv)
+}
+
+/// The interface's MTU (SIOCGIFMTU, in the caller's network namespace).
+pub fn mtu(name: &str) -> Result<u32> {
+    check_name(name)?;
+    // SAFETY: plain socket syscall.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::io("socket for SIOCGIFMTU", std::io::Error::last_os_error()));
+    }
+    // SAFETY: ifreq is plain data; the name is shorter than IFNAMSIZ (checked).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: fd is a socket we own, ifr outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut ifr) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(Error::io(format!("SIOCGIFMTU on \"{name}\""), err));
+    }
+    // SAFETY: SIOCGIFMTU fills ifru_mtu.
+    Ok(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
 }
 
 /// Packets the interface has received, from the kernel's link statistics.

@@ -172,6 +172,43 @@ pub fn cpumap_delete(ebpf: &mut Ebpf, cpu: u32) -> Result<()> {
     Ok(())
 }
 
+/// Why a driver refuses native XDP, in words, for the errnos that have a known cause.
+fn attach_hint(e: &ProgramError, driver: &str, opts: &RunOptions) -> String {
+    let mtu = iface::mtu(&opts.iface).map_or_else(|_| "?".to_string(), |m| m.to_string());
+    match errno(e) {
+        Some(libc::ERANGE) => format!(
+            " (ERANGE: the MTU is too large for native XDP on driver {driver}: \"{}\" has MTU {mtu}, and a frame \
+             must fit one page (on veth the peer's MTU counts); lower the MTU to about 3500 or less, or use \
+             --xdp-mode skb)",
+            opts.iface
+        ),
+        Some(libc::EOPNOTSUPP) => {
+            format!(" (EOPNOTSUPP: driver {driver} has no native XDP; use --xdp-mode skb or auto)")
+        }
+        Some(n) => format!(" ({}; driver {driver}, MTU {mtu}; --xdp-mode skb works on every driver)", std::io::Error::from_raw_os_error(n)),
+        None => String::new(),
+    }
+}
+
+/// Object map name -> pin name, for the maps every run pins.
+const PINNED_MAPS: [(&str, &str); 7] = [
+    ("STATS", pins::STATS),
+    ("TARGETS", pins::TARGETS),
+    ("CONFIG", pins::CONFIG),
+    ("INDIR", pins::INDIR),
+    ("CPUS", pins::CPUS),
+    ("FLOWS", pins::FLOWS),
+    ("RFS_STATS", pins::RFS_STATS),
+];
+
+/// The kernel's id of the map pinned at `path`, recorded in run.json.
+pub fn pinned_map_id(path: &std::path::Path) -> Result<u32> {
+    MapData::from_pin(path)
+        .and_then(|m| m.info())
+        .map(|i| i.id())
+        .map_err(|e| Error::Ebpf(format!("reading the id of {}: {e}", path.display())))
+}
+
 /// Attach mode actually in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +222,8 @@ pub enum Attached {
 pub struct Steering {
     pub ebpf: Ebpf,
     pub iface: String,
+    /// Where the run's pins and state live.
+    pub id: pins::RunId,
     pub mode: Attached,
     pub driver: String,
     link: Option<PinnedLink>,
@@ -193,23 +232,22 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// Validated options in, attached program out. On any error nothing stays
-    /// attached or pinned.
+    /// Validated options in, everything `steer run` attaches out: the XDP
+    /// program, with `--mode rfs` the socket tracepoints, and the cpumap drop
+    /// tracepoints. On any error nothing stays attached or pinned.
     pub fn start(opts: &RunOptions) -> Result<Self> {
         mounts::ensure_bpffs()?;
         mounts::ensure_tracefs()?;
-        if pins::has_link(&opts.iface) {
-            if let Some(pid) = pins::live_owner(&opts.iface) {
-                return Err(Error::Ebpf(format!(
-                    "steer (pid {pid}) is already running on \"{}\"",
-                    opts.iface
-                )));
-            }
+        let id = pins::RunId { netns: pins::netns()?, ifindex: opts.ifindex, iface: opts.iface.clone() };
+        if let Some(pid) = id.live_owner() {
+            return Err(Error::Ebpf(format!("steer (pid {pid}) is already running on \"{}\"", opts.iface)));
+        }
+        if id.has_link() {
             if !opts.replace {
                 return Err(Error::XdpBusy { iface: opts.iface.clone() });
             }
             log::warn!("removing what an earlier steer run left pinned on {}", opts.iface);
-            pins::remove(&opts.iface)?;
+            id.remove()?;
         }
         let mut ebpf = load(&opts.hash, opts.qsize)?;
         if opts.hash.rfs.is_some() {
@@ -219,13 +257,13 @@ impl Steering {
         let driver = iface::driver(&opts.iface).unwrap_or_else(|_| "unknown".into());
         let replaced = match (opts.replace, crate::xdp_owner::query(opts.ifindex)?) {
             (true, Some(was)) => {
-                let dir = pins::dir(&opts.iface);
+                let dir = id.pin_dir();
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
                 match crate::xdp_owner::take_over(&opts.iface, opts.ifindex, was, &dir.join(pins::REPLACED)) {
                     Ok(r) => Some(r),
                     Err(e) => {
-                        let _ = pins::remove(&opts.iface);
+                        let _ = id.remove();
                         return Err(e);
                     }
                 }
@@ -237,7 +275,7 @@ impl Steering {
                 if let Err(e) = r.give_back() {
                     log::error!("putting back the replaced XDP program: {e}");
                 }
-                let _ = pins::remove(&opts.iface);
+                let _ = id.remove();
             }
         };
         let prog = program(&mut ebpf, STEER_PROG)?;
@@ -265,84 +303,94 @@ impl Steering {
                 return Err(if busy(&e) {
                     Error::XdpBusy { iface: opts.iface.clone() }
                 } else {
-                    Error::Ebpf(format!("attaching XDP to \"{}\" ({mode:?}): {e}", opts.iface))
+                    Error::Ebpf(format!(
+                        "attaching XDP to \"{}\" ({mode:?}): {e}{}",
+                        opts.iface,
+                        attach_hint(&e, &driver, opts)
+                    ))
                 });
             }
         };
         let link = prog.take_link(link_id).map_err(Error::ebpf)?;
-        let mut steering = Self { ebpf, iface: opts.iface.clone(), mode, driver, link: None, replaced };
+        let mut steering = Self { ebpf, iface: opts.iface.clone(), id, mode, driver, link: None, replaced };
         // From here on, a failure must leave nothing behind: `pin` cleans up itself.
         let fd_link = FdLink::try_from(link)
             .map_err(|e| Error::Ebpf(format!("XDP was attached without a bpf link (old kernel?): {e}")))?;
         steering.pin(fd_link, opts)?;
+        // Optional: stats work without them.
+        match crate::stats::cpumap::watch(&mut steering.ebpf, &steering.id) {
+            Ok(map_id) => steering.record_map(pins::CPUMAP_DROPS, map_id)?,
+            Err(e) => log::warn!("cpumap drops will not be counted: {e}"),
+        }
         Ok(steering)
     }
 
     fn pin(&mut self, fd_link: FdLink, opts: &RunOptions) -> Result<()> {
-        let dir = pins::dir(&self.iface);
+        let dir = self.id.pin_dir();
         let res = (|| {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            for (map, pin) in [
-                ("STATS", pins::STATS),
-                ("TARGETS", pins::TARGETS),
-                ("CONFIG", pins::CONFIG),
-                ("INDIR", pins::INDIR),
-                ("CPUS", pins::CPUS),
-                ("FLOWS", pins::FLOWS),
-                ("RFS_STATS", pins::RFS_STATS),
-            ] {
-                if map == "FLOWS" || map == "RFS_STATS" {
-                    // RFS maps are pinned only when RFS runs, so `steer flows` can tell.
-                    if opts.hash.rfs.is_none() {
-                        continue;
-                    }
+            let mut maps = std::collections::BTreeMap::new();
+            for (map, pin) in PINNED_MAPS {
+                // RFS maps are pinned only when RFS runs, so `steer flows` can tell.
+                if (pin == pins::FLOWS || pin == pins::RFS_STATS) && opts.hash.rfs.is_none() {
+                    continue;
                 }
                 let m = self.ebpf.map(map).ok_or_else(|| Error::Ebpf(format!("map {map} missing")))?;
                 m.pin(dir.join(pin))
                     .map_err(|e| Error::Ebpf(format!("pinning {map} at {}: {e}", dir.display())))?;
+                maps.insert(pin.to_string(), pinned_map_id(&dir.join(pin))?);
             }
-            let run_dir = pins::run_dir(&self.iface);
-            std::fs::create_dir_all(&run_dir)
-                .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
-            let meta = serde_json::json!({
-                "pid": std::process::id(),
-                "iface": self.iface,
-                "mode": self.mode,
-                "cpus": opts.hash.cpus,
-                "hash": format!("{:?}", opts.hash.kind).to_lowercase(),
-                "seed": opts.hash.seed,
-                "symmetric": opts.hash.symmetric,
-                "table_size": opts.hash.table_size,
-                "qsize": opts.qsize,
-                "steering": if opts.hash.rfs.is_some() { "rfs" } else { "rss" },
-                "flow_entries": opts.hash.rfs.map(|r| r.flow_entries),
-                "migrate_idle_us": opts.hash.rfs.map(|r| r.migrate_idle_us),
-                "replaced": self.replaced.as_ref().map(|r| r.was),
-            });
-            std::fs::write(pins::run_file(&self.iface), meta.to_string())
-                .map_err(|e| Error::io("writing the run file", e))?;
-            fd_link.pin(dir.join(pins::LINK)).map_err(|e| Error::Ebpf(format!("pinning the XDP link: {e}")))
+            let link_id = fd_link.info().ok().map(|i| i.id());
+            let link = fd_link
+                .pin(dir.join(pins::LINK))
+                .map_err(|e| Error::Ebpf(format!("pinning the XDP link: {e}")))?;
+            let run = pins::RunFile {
+                pid: std::process::id(),
+                iface: self.iface.clone(),
+                ifindex: self.id.ifindex,
+                netns: self.id.netns,
+                mode: match self.mode {
+                    Attached::Native => "native",
+                    Attached::Generic => "generic",
+                }
+                .into(),
+                steering: if opts.hash.rfs.is_some() { "rfs" } else { "rss" }.into(),
+                cpus: opts.hash.cpus.clone(),
+                hash: format!("{:?}", opts.hash.kind).to_lowercase(),
+                seed: opts.hash.seed,
+                symmetric: opts.hash.symmetric,
+                table_size: opts.hash.table_size,
+                qsize: opts.qsize,
+                flow_entries: opts.hash.rfs.map(|r| r.flow_entries),
+                migrate_idle_us: opts.hash.rfs.map(|r| r.migrate_idle_us),
+                replaced: self.replaced.as_ref().map(|r| r.was),
+                maps,
+                link_id,
+            };
+            // The link is pinned before the run file names it: a reader never finds a run without one.
+            let written = run.write(&self.id);
+            self.link = Some(link);
+            written
         })();
         match res {
-            Ok(link) => {
-                self.link = Some(link);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
-                // Steer's link was never pinned: it is gone with `fd_link`.
+                if let Some(link) = self.link.take() {
+                    let _ = link.unpin();
+                }
                 if let Some(r) = self.replaced.take() {
                     if let Err(e) = r.give_back() {
                         log::error!("putting back the replaced XDP program: {e}");
                     }
                 }
-                let _ = pins::remove(&self.iface);
+                let _ = self.id.remove();
                 Err(e)
             }
         }
     }
 
     pub fn pin_dir(&self) -> PathBuf {
-        pins::dir(&self.iface)
+        self.id.pin_dir()
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -396,16 +444,20 @@ impl Steering {
 
     /// Keeps `run.json` (read by `steer stats`) in step with the live CPU set.
     fn update_run_file(&self, hash: &HashSettings) -> Result<()> {
-        let path = pins::run_file(&self.iface);
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-        let mut v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Ebpf(format!("{}: {e}", path.display())))?;
-        v["cpus"] = serde_json::json!(hash.cpus);
-        v["hash"] = serde_json::json!(format!("{:?}", hash.kind).to_lowercase());
-        v["seed"] = serde_json::json!(hash.seed);
-        v["symmetric"] = serde_json::json!(hash.symmetric);
-        v["table_size"] = serde_json::json!(hash.table_size);
-        std::fs::write(&path, v.to_string()).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        let Some(mut run) = self.id.read_run() else { return Ok(()) };
+        run.cpus = hash.cpus.clone();
+        run.hash = format!("{:?}", hash.kind).to_lowercase();
+        run.seed = hash.seed;
+        run.symmetric = hash.symmetric;
+        run.table_size = hash.table_size;
+        run.write(&self.id)
+    }
+
+    /// Adds a map pinned after start (the cpumap drop counters) to the run file.
+    pub fn record_map(&self, pin: &str, id: u32) -> Result<()> {
+        let Some(mut run) = self.id.read_run() else { return Ok(()) };
+        run.maps.insert(pin.to_string(), id);
+        run.write(&self.id)
     }
 
     /// Detaches the program and removes every pin.
@@ -427,7 +479,7 @@ impl Steering {
                 first_err.get_or_insert(e);
             }
         }
-        if let Err(e) = pins::remove(&self.iface) {
+        if let Err(e) = self.id.remove() {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)

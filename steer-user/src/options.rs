@@ -96,7 +96,7 @@ impl HashOpts {
 #[serde(rename_all = "kebab-case")]
 pub struct RunArgs {
     /// Interface to steer the receive path of.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::iface::parse_name)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
     #[command(flatten)]

@@ -276,23 +276,24 @@ pub struct PinnedFlows {
 }
 
 impl PinnedFlows {
+    /// The flow table of the run on `iface` in the caller's namespace.
     pub fn open(iface: &str) -> Result<Self> {
-        let d = pins::dir(iface);
-        if !d.join(pins::FLOWS).exists() {
-            if !d.join(pins::LINK).exists() {
-                return Err(Error::NotRunning { iface: iface.into(), path: d });
+        Self::open_id(&pins::RunId::of(iface)?)
+    }
+
+    pub fn open_id(id: &pins::RunId) -> Result<Self> {
+        let iface = &id.iface;
+        if !id.has_map(pins::FLOWS) {
+            if !id.is_running() {
+                return Err(Error::NotRunning { iface: iface.clone(), path: id.state_dir() });
             }
             return Err(Error::Ebpf(format!(
-                "steer runs on \"{iface}\" without RFS (no flow table at {}): start it with --mode rfs",
-                d.display()
+                "steer runs on \"{iface}\" without RFS (no flow table): start it with --mode rfs"
             )));
         }
-        let open = |name: &str| {
-            MapData::from_pin(d.join(name))
-                .map_err(|e| Error::Ebpf(format!("opening pinned map {name}: {e}")))
-        };
-        let flows = HashMap::try_from(aya::maps::Map::LruHashMap(open(pins::FLOWS)?)).map_err(Error::ebpf)?;
-        let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(pins::RFS_STATS)?))
+        let flows =
+            HashMap::try_from(aya::maps::Map::LruHashMap(id.open_map(pins::FLOWS)?)).map_err(Error::ebpf)?;
+        let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(id.open_map(pins::RFS_STATS)?))
             .map_err(Error::ebpf)?;
         Ok(Self { flows, stats })
     }

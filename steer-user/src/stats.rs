@@ -94,19 +94,10 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    /// Reads `/run/steer/IFACE/run.json`; `None` when no run is recorded.
-    pub fn read(iface: &str) -> Option<Self> {
-        let s = std::fs::read_to_string(crate::pins::run_file(iface)).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-        Some(Self {
-            pid: v.get("pid")?.as_u64()? as u32,
-            mode: v.get("mode").and_then(|m| m.as_str()).unwrap_or("unknown").to_string(),
-            cpus: v
-                .get("cpus")
-                .and_then(|c| c.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
-                .unwrap_or_default(),
-        })
+    /// What the run of `id` recorded; `None` when no live run is recorded.
+    pub fn read(id: &crate::pins::RunId) -> Option<Self> {
+        let r = id.read_run().filter(|r| crate::pins::alive(r.pid) || r.pid == std::process::id())?;
+        Some(Self { pid: r.pid, mode: r.mode, cpus: r.cpus })
     }
 }
 
@@ -505,41 +496,39 @@ pub fn render_table(r: &Report) -> String {
 /// there is one (picked up or dropped as runs come and go), and the kernel's
 /// per-CPU files always.
 pub struct Source {
-    iface: String,
+    id: crate::pins::RunId,
     pinned: Option<crate::pins::Pinned>,
     cpumap: Option<PerCpuArray<aya::maps::MapData, u64>>,
     rfs: Option<crate::rfs::PinnedFlows>,
 }
 
 impl Source {
-    /// Fails only when there is no steer run AND no such interface here, so
-    /// that a typo is not silently shown as an idle machine.
+    /// Fails when there is no such interface here, so that a typo is not
+    /// silently shown as an idle machine, and when a run exists but its maps
+    /// cannot be opened (permissions), so that it is not shown as "no steer".
     pub fn open(iface: &str) -> Result<Self> {
-        let mut s = Self { iface: iface.to_string(), pinned: None, cpumap: None, rfs: None };
-        s.refresh();
-        if s.pinned.is_none() {
-            crate::iface::index(iface)?;
-        }
+        let mut s = Self { id: crate::pins::RunId::of(iface)?, pinned: None, cpumap: None, rfs: None };
+        s.refresh()?;
         Ok(s)
     }
 
-    fn refresh(&mut self) {
-        let pinned_now = crate::pins::dir(&self.iface).join(crate::pins::STATS).exists();
-        if !pinned_now {
+    fn refresh(&mut self) -> Result<()> {
+        if !self.id.is_running() {
             self.pinned = None;
             self.cpumap = None;
             self.rfs = None;
-        } else {
-            if self.rfs.is_none() && crate::pins::dir(&self.iface).join(crate::pins::FLOWS).exists() {
-                self.rfs = crate::rfs::PinnedFlows::open(&self.iface).ok();
-            }
-            if self.pinned.is_none() {
-                self.pinned = crate::pins::Pinned::open(&self.iface).ok();
-            }
-            if self.cpumap.is_none() {
-                self.cpumap = cpumap::open(&self.iface);
-            }
+            return Ok(());
         }
+        if self.pinned.is_none() {
+            self.pinned = Some(crate::pins::Pinned::open_id(&self.id)?);
+        }
+        if self.rfs.is_none() && self.id.has_map(crate::pins::FLOWS) {
+            self.rfs = crate::rfs::PinnedFlows::open(&self.id.iface).ok();
+        }
+        if self.cpumap.is_none() {
+            self.cpumap = cpumap::open(&self.id);
+        }
+        Ok(())
     }
 
     /// Whether a steer program's maps are being read.
@@ -548,7 +537,7 @@ impl Source {
     }
 
     pub fn sample(&mut self) -> Result<Sample> {
-        self.refresh();
+        self.refresh()?;
         let xdp = match &self.pinned {
             Some(p) => Some(Snapshot::read(&p.stats, &p.targets)?),
             None => None,
@@ -575,7 +564,7 @@ impl Source {
             cpumap,
             times: procstat::read()?,
             softnet: softnet::read()?,
-            run: RunInfo::read(&self.iface),
+            run: RunInfo::read(&self.id),
             rfs,
         })
     }

@@ -121,6 +121,22 @@ impl Lab {
         Ok(out.contains("prog/xdp") || out.contains("xdpgeneric") || out.contains("xdp "))
     }
 
+    /// Where a steer run on `iface` of the receiving namespace keeps its pins and state.
+    pub fn run_id(&self, iface: &str) -> Result<steer::pins::RunId> {
+        let iface = iface.to_string();
+        Ok(in_ns(&self.rx_ns, move || steer::pins::RunId::of(&iface))??)
+    }
+
+    /// The pin directory of a steer run on the receiving veth.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.run_id(&self.rx_if).expect("the receiving veth exists").pin_dir()
+    }
+
+    /// The state directory (run.json, nic.json) of a steer run on the receiving veth.
+    pub fn state_dir(&self) -> PathBuf {
+        self.run_id(&self.rx_if).expect("the receiving veth exists").state_dir()
+    }
+
     /// `steer ARGS` inside the receiving namespace.
     pub fn steer(&self, args: &[&str]) -> Command {
         in_ns_command(&self.rx_ns, steer_bin(), args)
@@ -129,11 +145,14 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        let id = self.run_id(&self.rx_if);
         // Deleting the namespaces deletes the veth pair with them.
         let _ = ip(&["netns", "del", &self.tx_ns]);
         let _ = ip(&["netns", "del", &self.rx_ns]);
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/steer/{}", self.rx_if));
-        let _ = std::fs::remove_dir_all(format!("/run/steer/{}", self.rx_if));
+        if let Ok(id) = id {
+            let _ = std::fs::remove_dir_all(id.pin_dir());
+            let _ = std::fs::remove_dir_all(id.state_dir());
+        }
     }
 }
 
@@ -173,6 +192,23 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     })
     .join()
     .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+}
+
+/// The run id of `iface` in whichever of the tests' namespaces (`steer-*`)
+/// holds it: test interface names are unique, and steer keys runs by
+/// namespace and index, so the id must be resolved inside the namespace.
+pub fn run_id(iface: &str) -> Result<steer::pins::RunId> {
+    for e in std::fs::read_dir("/run/netns").context("listing /run/netns")?.flatten() {
+        let ns = e.file_name().to_string_lossy().into_owned();
+        if !ns.starts_with("steer-") {
+            continue;
+        }
+        let i = iface.to_string();
+        if let Ok(Ok(id)) = in_ns(&ns, move || steer::pins::RunId::of(&i)) {
+            return Ok(id);
+        }
+    }
+    bail!("no test namespace holds an interface named {iface}")
 }
 
 /// Pins the calling thread to one CPU.
@@ -244,7 +280,7 @@ impl SteerRun {
             .spawn()
             .context("starting steer run")?;
         let mut run = Self { child, iface: iface.to_string() };
-        let link = PathBuf::from(format!("/sys/fs/bpf/steer/{iface}/link"));
+        let link = lab.run_id(iface)?.pin_dir().join("link");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !link.exists() {
             if let Some(st) = run.child.try_wait()? {

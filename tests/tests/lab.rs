@@ -22,7 +22,7 @@ use steer::{
     iface,
     loader::{self, GEN_PROG},
     packet::Frame,
-    pins::{self, Pinned},
+    pins::Pinned,
     stats::Snapshot,
     testrun,
 };
@@ -30,7 +30,8 @@ use steer_common::GenConfig;
 use steer_tests::{in_ns, pin_to_cpu, snmp, softnet_processed, Lab, SteerRun};
 
 fn pinned_snapshot(iface: &str) -> Snapshot {
-    let p = Pinned::open(iface).expect("open pinned maps");
+    let id = steer_tests::run_id(iface).expect("finding the interface's namespace");
+    let p = Pinned::open_id(&id).expect("open pinned maps");
     Snapshot::read(&p.stats, &p.targets).expect("read pinned maps")
 }
 
@@ -183,12 +184,12 @@ fn sigterm_detaches_and_unpins_everything() {
     let lab = Lab::new().unwrap();
     let run = SteerRun::start(&lab, &["--xdp-mode", "skb"]).unwrap();
     assert!(lab.rx_has_xdp().unwrap());
-    assert!(pins::dir(&lab.rx_if).join("stats").exists());
+    assert!(lab.pin_dir().join("stats").exists());
     let (ok, err) = run.stop().unwrap();
     assert!(ok, "exit status after SIGTERM: {err}");
     assert!(!lab.rx_has_xdp().unwrap(), "XDP still attached after SIGTERM");
-    assert!(!pins::dir(&lab.rx_if).exists(), "pins left behind");
-    assert!(!pins::run_dir(&lab.rx_if).exists(), "run file left behind");
+    assert!(!lab.pin_dir().exists(), "pins left behind");
+    assert!(!lab.state_dir().exists(), "run file left behind");
 }
 
 fn run_fails(lab: &Lab, args: &[&str], needle: &str) {
@@ -197,7 +198,7 @@ fn run_fails(lab: &Lab, args: &[&str], needle: &str) {
     assert!(!out.status.success(), "steer {args:?} succeeded");
     assert!(err.contains(needle), "steer {args:?}: expected \"{needle}\" in: {err}");
     assert!(!lab.rx_has_xdp().unwrap(), "steer {args:?} left XDP attached");
-    assert!(!pins::dir(&lab.rx_if).join("link").exists(), "steer {args:?} left a pin");
+    assert!(!lab.pin_dir().join("link").exists(), "steer {args:?} left a pin");
 }
 
 #[test]
@@ -241,7 +242,7 @@ fn a_second_run_and_a_foreign_program_are_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already has an XDP program"), "{err}");
-    assert!(!pins::dir(&lab.rx_if).join("link").exists());
+    assert!(!lab.pin_dir().join("link").exists());
     // A program attached through a bpf link belongs to its process: --replace cannot take it.
     let before = xdp_on_rx(&lab);
     let out = lab.steer(&["run", "--iface", &lab.rx_if, "--xdp-mode", "skb", "--replace"]).output().unwrap();
@@ -249,7 +250,7 @@ fn a_second_run_and_a_foreign_program_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bpf link held by another process"), "{err}");
     assert_eq!(xdp_on_rx(&lab), before, "the foreign program is untouched");
-    assert!(!pins::dir(&lab.rx_if).exists(), "nothing left pinned");
+    assert!(!lab.pin_dir().exists(), "nothing left pinned");
     drop(foreign);
     assert!(!lab.rx_has_xdp().unwrap());
 }
@@ -289,7 +290,7 @@ fn tap_native_is_refused_and_generic_steers_tap_traffic() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TAP device") && err.contains("mac_len") && err.contains("--xdp-mode skb"), "{err}");
-    assert!(!pins::dir(&tap).exists(), "nothing pinned after the refusal");
+    assert!(!lab.run_id(&tap).unwrap().pin_dir().exists(), "nothing pinned after the refusal");
 
     let run = SteerRun::start_on(&lab, &tap, &[]).unwrap(); // auto picks generic on TAP
     let before = pinned_snapshot(&tap);
@@ -353,7 +354,7 @@ fn after_sigkill_restore_detaches_and_run_needs_replace() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
     assert!(!lab.rx_has_xdp().unwrap(), "restore detached the program");
-    assert!(!pins::dir(&lab.rx_if).exists());
+    assert!(!lab.pin_dir().exists());
     let out = lab.steer(&["restore", "--iface", &lab.rx_if]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to restore"));
 }
@@ -435,5 +436,5 @@ fn replace_takes_a_netlink_program_off_and_always_puts_it_back() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("re-attached"), "{out:?}");
     assert_eq!(xdp_on_rx(&lab), Some(foreign), "the foreign program is back after restore");
-    assert!(!pins::dir(&lab.rx_if).exists(), "nothing left pinned");
+    assert!(!lab.pin_dir().exists(), "nothing left pinned");
 }

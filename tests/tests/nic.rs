@@ -13,7 +13,7 @@
 //! every queue's rps_cpus/rps_flow_cnt/xps_cpus, rps_sock_flow_entries, NAPI).
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -81,8 +81,8 @@ impl Dev {
         serde_json::from_slice(&out.stdout).expect("nic show --json is JSON")
     }
 
-    fn state_file(&self) -> String {
-        format!("/run/steer/{}/nic.json", self.name)
+    fn state_file(&self) -> PathBuf {
+        steer::pins::RunId::of(&self.name).expect("the device exists").state_dir().join("nic.json")
     }
 
     fn queue(&self, q: &str, file: &str) -> String {
@@ -96,8 +96,11 @@ impl Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = Command::new(steer_bin()).args(["nic", "restore", "--iface", &self.name]).output();
+        let state = steer::pins::RunId::of(&self.name).map(|id| id.state_dir());
         let _ = ip(&["link", "del", &self.name]);
-        let _ = std::fs::remove_dir_all(format!("/run/steer/{}", self.name));
+        if let Ok(dir) = state {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if std::fs::read_to_string(RFS).ok().as_deref() != Some(&self.rfs_before) {
             let _ = std::fs::write(RFS, &self.rfs_before);
         }
@@ -342,7 +345,7 @@ fn plan_on_the_real_interface_is_read_only() {
     assert_eq!(plan["iface"], iface.as_str());
     assert_eq!(show(), before, "plan must not change anything");
     assert_eq!(rfs(), rfs_before);
-    assert!(!Path::new(&format!("/run/steer/{iface}/nic.json")).exists());
+    assert!(!steer::pins::RunId::of(&iface).unwrap().state_dir().join("nic.json").exists());
 }
 
 #[test]

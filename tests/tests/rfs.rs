@@ -296,7 +296,8 @@ fn start_rfs(lab: &Lab, extra: &[&str]) -> (SteerRun, PinnedFlows) {
     let mut args = vec!["--mode", "rfs", "--xdp-mode", "skb", "--cpus", "0-1"];
     args.extend_from_slice(extra);
     let run = SteerRun::start(lab, &args).expect("starting steer run --mode rfs");
-    let flows = PinnedFlows::open(&lab.rx_if).expect("opening the pinned flow table");
+    let id = lab.run_id(&lab.rx_if).expect("the receiving veth exists");
+    let flows = PinnedFlows::open_id(&id).expect("opening the pinned flow table");
     (run, flows)
 }
 
@@ -556,10 +557,7 @@ fn rfs_bad_input_changes_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
         assert!(!lab.rx_has_xdp().expect("ip link"), "{args:?} left XDP attached");
-        assert!(
-            !std::path::Path::new(&format!("/sys/fs/bpf/steer/{}", lab.rx_if)).exists(),
-            "{args:?} left pins"
-        );
+        assert!(!lab.pin_dir().exists(), "{args:?} left pins");
     }
     let run = SteerRun::start(&lab, &["--xdp-mode", "skb"]).expect("starting steer in rss mode");
     let out = lab.steer(&["flows", "--iface", &lab.rx_if]).output().expect("running steer flows");

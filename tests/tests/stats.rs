@@ -89,7 +89,7 @@ fn online_cpus() -> usize {
 }
 
 fn pinned_snapshot(iface: &str) -> Result<Snapshot> {
-    let p = Pinned::open(iface)?;
+    let p = Pinned::open_id(&steer_tests::run_id(iface)?)?;
     Ok(Snapshot::read(&p.stats, &p.targets)?)
 }
 
@@ -326,7 +326,7 @@ fn metrics_address_is_checked_before_attaching() -> Result<()> {
 /// Inode of the pinned XDP link: the same inode means the same link, never re-attached.
 fn link_inode(iface: &str) -> Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata(format!("/sys/fs/bpf/steer/{iface}/link"))?.ino())
+    Ok(std::fs::metadata(steer_tests::run_id(iface)?.pin_dir().join("link"))?.ino())
 }
 
 /// Packets steered to each CPU while `traffic` runs for `ms`, from the pinned maps.
@@ -463,7 +463,7 @@ fn bpf_net_admin_perfmon_are_enough_and_each_missing_one_is_named() -> Result<()
     // Pinned objects are root's only.
     for pin in ["link", "stats", "targets", "cpus"] {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-        let m = std::fs::metadata(format!("/sys/fs/bpf/steer/{}/{pin}", lab.rx_if))?;
+        let m = std::fs::metadata(lab.pin_dir().join(pin))?;
         assert_eq!((m.uid(), m.permissions().mode() & 0o077), (0, 0), "{pin} is readable by others");
     }
     let (ok_exit, err) = run.stop()?;

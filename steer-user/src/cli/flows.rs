@@ -7,7 +7,7 @@ use steer::rfs;
 #[derive(Args)]
 pub struct FlowsArgs {
     /// Interface a `steer run --mode rfs` is attached to.
-    #[arg(long)]
+    #[arg(long, value_parser = steer::iface::parse_name)]
     iface: String,
     /// Show the N busiest flows only (0: all).
     #[arg(long, default_value_t = 0)]
@@ -18,7 +18,6 @@ pub struct FlowsArgs {
 }
 
 pub fn run(a: FlowsArgs) -> Result<()> {
-    steer::mounts::ensure_bpffs()?;
     let pinned = rfs::PinnedFlows::open(&a.iface)?;
     let entries = rfs::entries(&pinned.flows);
     let counters = rfs::counters(&pinned.stats)?;

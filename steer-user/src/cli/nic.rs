@@ -12,7 +12,7 @@ use steer::{
 pub enum NicCmd {
     /// Print channels, coalescing, rings, offloads, RSS, IRQs, RPS/RFS/XPS and NAPI settings.
     Show {
-        #[arg(long)]
+        #[arg(long, value_parser = steer::iface::parse_name)]
         iface: String,
         /// Print JSON.
         #[arg(long)]
@@ -24,14 +24,14 @@ pub enum NicCmd {
     Apply(NicPlanArgs),
     /// Put back exactly what the snapshot holds, and remove it.
     Restore {
-        #[arg(long)]
+        #[arg(long, value_parser = steer::iface::parse_name)]
         iface: String,
     },
 }
 
 #[derive(Args)]
 pub struct NicPlanArgs {
-    #[arg(long)]
+    #[arg(long, value_parser = steer::iface::parse_name)]
     iface: String,
     /// A named set of knobs; explicit options below override it.
     #[arg(long, value_enum, default_value_t = Profile::None)]
@@ -120,7 +120,7 @@ pub fn run(c: NicCmd) -> Result<()> {
             println!(
                 "applied {} step(s); snapshot at {} (undo: steer nic restore --iface {})",
                 applied.done,
-                nic::state::state_file(&a.iface).display(),
+                nic::state::state_file(&a.iface)?.display(),
                 a.iface
             );
         }

@@ -41,10 +41,6 @@ pub async fn run(cli: RunArgs) -> Result<()> {
         EngineRun::Xdp(opts) => {
             let guard = NicGuard::start(&run.iface, run.profile, None, run.quiet)?;
             let mut steering = Steering::start(&opts)?;
-            // Optional: stats work without them.
-            if let Err(e) = stats::cpumap::watch(&mut steering.ebpf, &opts.iface) {
-                log::warn!("cpumap drops will not be counted: {e}");
-            }
             let _metrics = serve_metrics(metrics, &run.iface)?;
             log::info!(
                 "steering {} ({}, {} XDP) to CPUs {} with {:?} hash over {} buckets; pinned at {}",
@@ -175,6 +171,13 @@ impl Live<'_> {
                 }
                 Event::Tick => {}
             }
+            if steer::iface::index(&self.opts.iface).ok() != Some(self.opts.ifindex) {
+                anyhow::bail!(
+                    "interface \"{}\" (index {}) disappeared: stopped steering it and removed its pins and state",
+                    self.opts.iface,
+                    self.opts.ifindex
+                );
+            }
             let now = self.steering.snapshot()?;
             if self.opts.hash.rfs.is_some() {
                 // RFS records sockets by local address: follow address changes on the interface.
@@ -236,7 +239,7 @@ async fn kernel(
     metrics: Option<tokio::net::TcpListener>,
     sig: &mut Signals,
 ) -> Result<()> {
-    if let Some(pid) = pins::live_owner(&run.iface) {
+    if let Some(pid) = pins::RunId::of(&run.iface)?.live_owner() {
         anyhow::bail!("steer (pid {pid}) is steering \"{}\" with XDP: stop it first", run.iface);
     }
     let req = Request {

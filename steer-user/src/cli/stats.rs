@@ -9,7 +9,7 @@ use steer::stats;
 #[derive(Args)]
 pub struct StatsArgs {
     /// Interface whose `steer run` to read (works without one: softirq/softnet only).
-    #[arg(long)]
+    #[arg(long, value_parser = steer::iface::parse_name)]
     iface: String,
     /// Seconds between two tables (rates are over this interval).
     #[arg(long, default_value_t = 1.0)]
@@ -24,7 +24,6 @@ pub struct StatsArgs {
 
 pub async fn run(a: StatsArgs) -> Result<()> {
     let period = super::interval(a.interval)?;
-    steer::mounts::ensure_bpffs()?;
     let mut source = stats::Source::open(&a.iface)?;
     let tty = std::io::stdout().is_terminal() && !a.json;
     let mut prev = source.sample()?;

@@ -28,7 +28,7 @@ impl NicGuard {
         log::info!(
             "applied {} NIC step(s) on {iface}; snapshot at {}",
             applied.done,
-            state::state_file(iface).display()
+            state::state_file(iface)?.display()
         );
         Ok(Self { iface: Some(iface.to_string()) })
     }

@@ -24,9 +24,30 @@ use crate::{
     iface, pins,
 };
 
-/// The snapshot file of `iface`.
-pub fn state_file(iface: &str) -> PathBuf {
-    pins::run_dir(iface).join("nic.json")
+/// The snapshot file of `iface` in the caller's network namespace, keyed by
+/// the namespace and the interface index (or, for an interface that is gone,
+/// the state recorded under its name there).
+pub fn state_file(iface: &str) -> Result<PathBuf> {
+    let id = pins::RunId::find(iface)?.ok_or_else(|| Error::NoSuchInterface(iface.to_string()))?;
+    Ok(id.state_dir().join("nic.json"))
+}
+
+/// Whether `path` is a knob steer manages for `iface`: only such files are
+/// written back from a snapshot, whatever the file says.
+fn managed(path: &Path, iface: &str) -> bool {
+    let dev = sysfs::net_dir(iface).join("queues");
+    let queue_knob = path.strip_prefix(&dev).ok().is_some_and(|rest| {
+        let parts: Vec<_> = rest.iter().filter_map(|p| p.to_str()).collect();
+        matches!(parts.as_slice(), [q, f] if
+            (q.starts_with("rx-") && (*f == "rps_cpus" || *f == "rps_flow_cnt"))
+            || (q.starts_with("tx-") && *f == "xps_cpus"))
+            && parts[0][3..].parse::<u32>().is_ok()
+    });
+    let irq_knob = path.strip_prefix("/proc/irq").ok().is_some_and(|rest| {
+        let parts: Vec<_> = rest.iter().filter_map(|p| p.to_str()).collect();
+        matches!(parts.as_slice(), [n, "smp_affinity"] if n.parse::<u32>().is_ok())
+    });
+    queue_knob || irq_knob || path == Path::new(sysfs::RPS_SOCK_FLOW_ENTRIES)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,18 +59,33 @@ pub struct State {
 
 /// Reads the snapshot of `iface`, if there is one.
 pub fn load(iface: &str) -> Result<Option<State>> {
-    let path = state_file(iface);
+    let path = state_file(iface)?;
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
+    let state: State = serde_json::from_str(&text).map_err(|e| {
         Error::Nic(format!(
             "{} is not a steer NIC snapshot ({e}): inspect it, then remove it",
             path.display()
         ))
-    })
+    })?;
+    let plan = &state.plan;
+    let foreign = plan.steps.iter().chain(plan.preserve.iter()).find_map(|s| match &s.knob {
+        Knob::File { path, .. } if !managed(path, iface) => Some(path.display().to_string()),
+        _ => None,
+    });
+    if plan.iface != iface || foreign.is_some() {
+        return Err(Error::Nic(format!(
+            "{} is not a snapshot steer made for \"{iface}\" (it names \"{}\"{}): nothing was written; \
+             inspect it, then remove it",
+            path.display(),
+            plan.iface,
+            foreign.map(|f| format!(" and the file {f}, which steer does not manage")).unwrap_or_default()
+        )));
+    }
+    Ok(Some(state))
 }
 
 /// The live process that owns the snapshot of `iface`, if any (not us).
@@ -59,8 +95,8 @@ pub fn live_owner(iface: &str) -> Option<u32> {
 }
 
 fn save(state: &State) -> Result<()> {
-    let path = state_file(&state.plan.iface);
-    let dir = pins::run_dir(&state.plan.iface);
+    let path = state_file(&state.plan.iface)?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let tmp = dir.join("nic.json.tmp");
     let text =
@@ -75,14 +111,16 @@ fn save(state: &State) -> Result<()> {
 }
 
 fn remove_state(iface: &str) -> Result<()> {
-    let path = state_file(iface);
+    let path = state_file(iface)?;
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
     }
-    // The run directory may hold a running XDP steer's run.json: only remove it empty.
-    let _ = std::fs::remove_dir(pins::run_dir(iface));
+    // The state directory may hold a running XDP steer's run.json: only remove it empty.
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(())
 }
 
@@ -137,7 +175,7 @@ pub struct Applied {
 
 /// Snapshots, then applies `plan`; on failure undoes what was done.
 pub fn apply(plan: &Plan, owner_pid: Option<u32>) -> Result<Applied> {
-    let path = state_file(&plan.iface);
+    let path = state_file(&plan.iface)?;
     if path.exists() {
         return Err(Error::Nic(format!(
             "{} already holds the snapshot of an earlier apply on \"{}\": run `steer nic restore --iface {}` first",
@@ -281,7 +319,7 @@ pub fn restore(iface_name: &str) -> Result<Option<Vec<String>>> {
         return Err(Error::Nic(format!(
             "could not restore on \"{iface_name}\": {}; the snapshot stays at {}",
             failed.join("; "),
-            state_file(iface_name).display()
+            state_file(iface_name)?.display()
         )));
     }
     remove_state(iface_name)?;

@@ -19,9 +19,10 @@ const PROGS: [(&str, &str); 2] =
     [("cpumap_enqueue", "xdp_cpumap_enqueue"), ("cpumap_kthread", "xdp_cpumap_kthread")];
 
 /// Points the tracepoint programs at `ebpf`'s CPUMAP, attaches them (they
-/// stay attached as long as `ebpf` lives) and pins the counters for `iface`.
+/// stay attached as long as `ebpf` lives) and pins the counters in the run's
+/// pin directory. Returns the counters map's id.
 /// Needs CAP_PERFMON (perf_event_open on a tracepoint) and tracefs.
-pub fn watch(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+pub fn watch(ebpf: &mut Ebpf, run: &pins::RunId) -> Result<u32> {
     let id = match ebpf.map("CPUS") {
         Some(aya::maps::Map::CpuMap(m)) => m.info().map_err(Error::ebpf)?.id(),
         _ => return Err(Error::Ebpf("map CPUS missing".into())),
@@ -41,13 +42,17 @@ pub fn watch(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
         p.attach("xdp", event).map_err(|e| Error::Ebpf(format!("attaching {prog} to xdp:{event}: {e}")))?;
     }
     let m = ebpf.map("CPUMAP_DROPS").ok_or_else(|| Error::Ebpf("map CPUMAP_DROPS missing".into()))?;
-    let path = pins::dir(iface).join(pins::CPUMAP_DROPS);
-    m.pin(&path).map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))
+    let path = run.pin_dir().join(pins::CPUMAP_DROPS);
+    m.pin(&path).map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
+    crate::loader::pinned_map_id(&path)
 }
 
-/// The pinned counters of a running steer, if it watches its CPUMAP.
-pub fn open(iface: &str) -> Option<PerCpuArray<MapData, u64>> {
-    let data = MapData::from_pin(pins::dir(iface).join(pins::CPUMAP_DROPS)).ok()?;
+/// The counters of a running steer, if it watches its CPUMAP.
+pub fn open(id: &pins::RunId) -> Option<PerCpuArray<MapData, u64>> {
+    if !id.has_map(pins::CPUMAP_DROPS) {
+        return None;
+    }
+    let data = id.open_map(pins::CPUMAP_DROPS).ok()?;
     PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).ok()
 }
 
