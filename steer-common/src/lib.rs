@@ -9,6 +9,7 @@
 pub mod flow;
 pub mod hash;
 pub mod maps;
+pub mod names;
 pub mod tuple;
 
 pub use flow::{FlowEntry, FlowKey, RfsCounters};

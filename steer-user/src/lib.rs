@@ -23,3 +23,21 @@ pub use error::Error;
 
 /// The eBPF object built from steer-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/steer"));
+
+#[cfg(test)]
+mod tests {
+    use steer_common::names::{map, prog};
+
+    /// The names userspace looks up are symbols of the built object (NUL-delimited in its string table).
+    #[test]
+    fn every_map_and_program_name_is_in_the_object() {
+        for n in map::ALL.iter().chain(prog::ALL.iter()) {
+            let want = [&[0u8][..], n.as_bytes(), &[0u8]].concat();
+            assert!(
+                super::EBPF_OBJECT.windows(want.len()).any(|w| w == want),
+                "{n} is not in the eBPF object"
+            );
+        }
+        assert!(!super::EBPF_OBJECT.windows(9).any(|w| w == b"\0NOTHERE\0"));
+    }
+}

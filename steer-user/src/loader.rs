@@ -8,7 +8,10 @@ use aya::{
     programs::{links::FdLink, links::PinnedLink, ProgramError, Xdp, XdpMode as AyaXdpMode},
     Ebpf, EbpfLoader,
 };
-use steer_common::{Counters, GenConfig, HashKind, SteerConfig, ToeplitzTable};
+use steer_common::{
+    names::{map, prog},
+    Counters, GenConfig, HashKind, SteerConfig, ToeplitzTable,
+};
 
 use crate::{
     config::{HashSettings, RunOptions, XdpMode},
@@ -19,26 +22,26 @@ use crate::{
 };
 
 /// Name of the steering program in the object.
-pub const STEER_PROG: &str = "steer_xdp";
+pub const STEER_PROG: &str = prog::STEER;
 /// Name of the lab generator program.
-pub const GEN_PROG: &str = "lab_gen";
+pub const GEN_PROG: &str = prog::LAB_GEN;
 /// Name of the bare XDP_PASS program (cost baseline).
-pub const PASS_PROG: &str = "xdp_pass";
+pub const PASS_PROG: &str = prog::PASS;
 
 /// Loads the object with maps sized for this machine and `hash`, fills the
 /// maps, and loads (verifies) the steering program. Attaches nothing.
 pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
     let ncpus = cpus::possible_count()?;
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries("CPUS", ncpus)
-        .map_max_entries("TARGETS", ncpus)
-        .map_max_entries("INDIR", hash.table_size)
-        .map_max_entries("FLOWS", hash.rfs.map_or(rfs::UNUSED_FLOW_ENTRIES, |r| r.flow_entries))
+        .map_max_entries(map::CPUS, ncpus)
+        .map_max_entries(map::TARGETS, ncpus)
+        .map_max_entries(map::INDIR, hash.table_size)
+        .map_max_entries(map::FLOWS, hash.rfs.map_or(rfs::UNUSED_FLOW_ENTRIES, |r| r.flow_entries))
         .load(crate::EBPF_OBJECT)
         .map_err(|e| Error::Ebpf(format!("loading the eBPF object: {e}")))?;
     write_config(&mut ebpf, hash)?;
     {
-        let mut cpumap = CpuMap::try_from(map_mut(&mut ebpf, "CPUS")?).map_err(Error::ebpf)?;
+        let mut cpumap = CpuMap::try_from(map_mut(&mut ebpf, map::CPUS)?).map_err(Error::ebpf)?;
         for &cpu in &hash.cpus {
             cpumap
                 .set(cpu, qsize, None, 0)
@@ -55,16 +58,17 @@ pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
 /// live program: each entry is replaced atomically.
 pub fn write_config(ebpf: &mut Ebpf, hash: &HashSettings) -> Result<()> {
     if hash.kind == HashKind::Toeplitz {
-        let mut t = Array::<_, ToeplitzTable>::try_from(map_mut(ebpf, "TOEPLITZ")?).map_err(Error::ebpf)?;
+        let mut t =
+            Array::<_, ToeplitzTable>::try_from(map_mut(ebpf, map::TOEPLITZ)?).map_err(Error::ebpf)?;
         t.set(0, ToeplitzTable::new(&hash.key), 0).map_err(Error::ebpf)?;
     }
     {
-        let mut indir = Array::<_, u32>::try_from(map_mut(ebpf, "INDIR")?).map_err(Error::ebpf)?;
+        let mut indir = Array::<_, u32>::try_from(map_mut(ebpf, map::INDIR)?).map_err(Error::ebpf)?;
         for (bucket, cpu) in hash.indirection_table().into_iter().enumerate() {
             indir.set(bucket as u32, cpu, 0).map_err(Error::ebpf)?;
         }
     }
-    let mut cfg = Array::<_, SteerConfig>::try_from(map_mut(ebpf, "CONFIG")?).map_err(Error::ebpf)?;
+    let mut cfg = Array::<_, SteerConfig>::try_from(map_mut(ebpf, map::CONFIG)?).map_err(Error::ebpf)?;
     cfg.set(0, hash.steer_config(), 0).map_err(Error::ebpf)
 }
 
@@ -97,11 +101,12 @@ fn errno(e: &ProgramError) -> Option<i32> {
 /// Reads the program's counters from the loaded maps.
 pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
     let stats: PerCpuArray<&MapData, Counters> =
-        PerCpuArray::try_from(ebpf.map("STATS").ok_or_else(|| Error::Ebpf("map STATS missing".into()))?)
+        PerCpuArray::try_from(ebpf.map(map::STATS).ok_or_else(|| Error::Ebpf("map STATS missing".into()))?)
             .map_err(Error::ebpf)?;
-    let targets: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(ebpf.map("TARGETS").ok_or_else(|| Error::Ebpf("map TARGETS missing".into()))?)
-            .map_err(Error::ebpf)?;
+    let targets: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+        ebpf.map(map::TARGETS).ok_or_else(|| Error::Ebpf("map TARGETS missing".into()))?,
+    )
+    .map_err(Error::ebpf)?;
     Snapshot::read(&stats, &targets)
 }
 
@@ -111,7 +116,7 @@ pub fn generator(cfg: GenConfig) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .load(crate::EBPF_OBJECT)
         .map_err(|e| Error::Ebpf(format!("loading the eBPF object: {e}")))?;
-    let mut m = Array::<_, GenConfig>::try_from(map_mut(&mut ebpf, "GEN_CONFIG")?).map_err(Error::ebpf)?;
+    let mut m = Array::<_, GenConfig>::try_from(map_mut(&mut ebpf, map::GEN_CONFIG)?).map_err(Error::ebpf)?;
     m.set(0, cfg, 0).map_err(Error::ebpf)?;
     program(&mut ebpf, GEN_PROG)?
         .load()
@@ -121,7 +126,7 @@ pub fn generator(cfg: GenConfig) -> Result<Ebpf> {
 
 /// Sets the generator's pacing: nanoseconds between frames (0: unpaced).
 pub fn set_generator_gap(ebpf: &mut Ebpf, gap_ns: u32) -> Result<()> {
-    let mut m = Array::<_, GenConfig>::try_from(map_mut(ebpf, "GEN_CONFIG")?).map_err(Error::ebpf)?;
+    let mut m = Array::<_, GenConfig>::try_from(map_mut(ebpf, map::GEN_CONFIG)?).map_err(Error::ebpf)?;
     let mut cfg = m.get(&0, 0).map_err(Error::ebpf)?;
     cfg.gap_ns = gap_ns;
     m.set(0, cfg, 0).map_err(Error::ebpf)
@@ -129,16 +134,17 @@ pub fn set_generator_gap(ebpf: &mut Ebpf, gap_ns: u32) -> Result<()> {
 
 /// Frames the generator has sent so far (every CPU).
 pub fn generator_sent(ebpf: &Ebpf) -> Result<u64> {
-    let seq: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(ebpf.map("GEN_SEQ").ok_or_else(|| Error::Ebpf("map GEN_SEQ missing".into()))?)
-            .map_err(Error::ebpf)?;
+    let seq: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+        ebpf.map(map::GEN_SEQ).ok_or_else(|| Error::Ebpf("map GEN_SEQ missing".into()))?,
+    )
+    .map_err(Error::ebpf)?;
     Ok(seq.get(&0, 0).map_err(Error::ebpf)?.iter().sum())
 }
 
 /// Removes `cpu`'s queue (aya 0.14 has no CpuMap::remove): BPF_MAP_DELETE_ELEM.
 pub fn cpumap_delete(ebpf: &mut Ebpf, cpu: u32) -> Result<()> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
-    let aya::maps::Map::CpuMap(data) = map_mut(ebpf, "CPUS")? else {
+    let aya::maps::Map::CpuMap(data) = map_mut(ebpf, map::CPUS)? else {
         return Err(Error::Ebpf("map CPUS is not a CPUMAP".into()));
     };
     // bpf_attr for BPF_MAP_*_ELEM: map_fd, pad, key pointer, value pointer, flags.
@@ -192,13 +198,13 @@ fn attach_hint(e: &ProgramError, driver: &str, opts: &RunOptions) -> String {
 
 /// Object map name -> pin name, for the maps every run pins.
 const PINNED_MAPS: [(&str, &str); 7] = [
-    ("STATS", pins::STATS),
-    ("TARGETS", pins::TARGETS),
-    ("CONFIG", pins::CONFIG),
-    ("INDIR", pins::INDIR),
-    ("CPUS", pins::CPUS),
-    ("FLOWS", pins::FLOWS),
-    ("RFS_STATS", pins::RFS_STATS),
+    (map::STATS, pins::STATS),
+    (map::TARGETS, pins::TARGETS),
+    (map::CONFIG, pins::CONFIG),
+    (map::INDIR, pins::INDIR),
+    (map::CPUS, pins::CPUS),
+    (map::FLOWS, pins::FLOWS),
+    (map::RFS_STATS, pins::RFS_STATS),
 ];
 
 /// The kernel's id of the map pinned at `path`, recorded in run.json.
@@ -404,7 +410,8 @@ impl Steering {
     /// CPU without a queue, so nothing is dropped or passed unsteered.
     pub fn reconfigure(&mut self, hash: &HashSettings) -> Result<()> {
         // The table map was sized at load: it can shrink live, not grow.
-        let loaded = Array::<_, u32>::try_from(map_mut(&mut self.ebpf, "INDIR")?).map_err(Error::ebpf)?.len();
+        let loaded =
+            Array::<_, u32>::try_from(map_mut(&mut self.ebpf, map::INDIR)?).map_err(Error::ebpf)?.len();
         if hash.table_size > loaded {
             return Err(Error::BadValue {
                 what: "table-size",
@@ -416,13 +423,13 @@ impl Steering {
         }
         let old = self.cpumap_cpus()?;
         let qsize = {
-            let cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, "CPUS")?).map_err(Error::ebpf)?;
+            let cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, map::CPUS)?).map_err(Error::ebpf)?;
             old.first()
                 .and_then(|c| cpumap.get(*c, 0).ok())
                 .map_or(crate::config::DEFAULT_QSIZE, |v| v.queue_size)
         };
         {
-            let mut cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, "CPUS")?).map_err(Error::ebpf)?;
+            let mut cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, map::CPUS)?).map_err(Error::ebpf)?;
             for &cpu in hash.cpus.iter().filter(|c| !old.contains(c)) {
                 cpumap.set(cpu, qsize, None, 0).map_err(|e| {
                     Error::Ebpf(format!("adding CPU {cpu} to the CPUMAP (qsize {qsize}): {e}"))
@@ -438,7 +445,7 @@ impl Steering {
 
     /// CPUs that have a CPUMAP queue now.
     pub fn cpumap_cpus(&mut self) -> Result<Vec<u32>> {
-        let cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, "CPUS")?).map_err(Error::ebpf)?;
+        let cpumap = CpuMap::try_from(map_mut(&mut self.ebpf, map::CPUS)?).map_err(Error::ebpf)?;
         Ok((0..cpumap.len()).filter(|c| cpumap.get(*c, 0).is_ok_and(|v| v.queue_size > 0)).collect())
     }
 

@@ -18,7 +18,11 @@ use aya::{
     programs::TracePoint,
     Ebpf,
 };
-use steer_common::{flow::DEFAULT_FLOW_ENTRIES, FlowEntry, FlowKey, RfsCounters};
+use steer_common::{
+    flow::DEFAULT_FLOW_ENTRIES,
+    names::{map, prog},
+    FlowEntry, FlowKey, RfsCounters,
+};
 
 use crate::{
     error::{Error, Result},
@@ -39,7 +43,7 @@ pub const UNUSED_FLOW_ENTRIES: u32 = 16;
 
 /// Tracepoint programs and where they attach.
 pub const TRACEPOINTS: [(&str, &str, &str); 2] =
-    [("rfs_read", "tcp", "tcp_rcv_space_adjust"), ("rfs_state", "sock", "inet_sock_set_state")];
+    [(prog::RFS_READ, "tcp", "tcp_rcv_space_adjust"), (prog::RFS_STATE, "sock", "inet_sock_set_state")];
 
 /// How the XDP program chooses a CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -243,7 +247,7 @@ pub fn local_addrs(iface: &str) -> Result<BTreeSet<[u8; 16]>> {
 /// may change while steer runs). Returns how many there are.
 pub fn refresh_local_addrs(ebpf: &mut Ebpf, iface: &str) -> Result<usize> {
     let want = local_addrs(iface)?;
-    let map = ebpf.map_mut("LOCAL_ADDRS").ok_or_else(|| Error::Ebpf("map LOCAL_ADDRS missing".into()))?;
+    let map = ebpf.map_mut(map::LOCAL_ADDRS).ok_or_else(|| Error::Ebpf("map LOCAL_ADDRS missing".into()))?;
     let mut m: HashMap<_, [u8; 16], u32> = HashMap::try_from(map).map_err(Error::ebpf)?;
     let have: Vec<[u8; 16]> = m.keys().filter_map(|k| k.ok()).collect();
     for k in have.iter().filter(|k| !want.contains(*k)) {

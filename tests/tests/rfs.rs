@@ -645,19 +645,22 @@ fn load_rfs(cpus: Vec<u32>, rfs: Option<RfsSettings>) -> (Ebpf, HashSettings) {
 
 fn set_flow(ebpf: &mut Ebpf, key: &FlowKey, e: FlowEntry) {
     let mut m: AyaHashMap<_, FlowKey, FlowEntry> =
-        AyaHashMap::try_from(ebpf.map_mut("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
+        AyaHashMap::try_from(ebpf.map_mut(steer_common::names::map::FLOWS).expect("FLOWS map"))
+            .expect("FLOWS is a hash map");
     m.insert(key, e, 0).expect("inserting a flow");
 }
 
 fn get_flow(ebpf: &Ebpf, key: &FlowKey) -> Option<FlowEntry> {
     let m: AyaHashMap<_, FlowKey, FlowEntry> =
-        AyaHashMap::try_from(ebpf.map("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
+        AyaHashMap::try_from(ebpf.map(steer_common::names::map::FLOWS).expect("FLOWS map"))
+            .expect("FLOWS is a hash map");
     m.get(key, 0).ok()
 }
 
 fn rfs_totals(ebpf: &Ebpf) -> RfsCounters {
     let m: PerCpuArray<_, RfsCounters> =
-        PerCpuArray::try_from(ebpf.map("RFS_STATS").expect("RFS_STATS map")).expect("per-CPU array");
+        PerCpuArray::try_from(ebpf.map(steer_common::names::map::RFS_STATS).expect("RFS_STATS map"))
+            .expect("per-CPU array");
     rfs::counters(&m).expect("reading RFS counters")
 }
 

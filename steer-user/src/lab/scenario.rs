@@ -361,7 +361,8 @@ fn rfs_case(online: &[u32], hit: bool) -> Result<(Ebpf, Vec<u8>)> {
         let entry = steer_common::FlowEntry { cpu, want_cpu: cpu, ..Default::default() };
         let mut flows: aya::maps::HashMap<_, steer_common::FlowKey, steer_common::FlowEntry> =
             aya::maps::HashMap::try_from(
-                e.map_mut("FLOWS").ok_or_else(|| LabError::Msg("map FLOWS".into()))?,
+                e.map_mut(steer_common::names::map::FLOWS)
+                    .ok_or_else(|| LabError::Msg("map FLOWS".into()))?,
             )
             .map_err(crate::Error::ebpf)?;
         flows.insert(key, entry, 0).map_err(crate::Error::ebpf)?;

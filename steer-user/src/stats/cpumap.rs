@@ -9,6 +9,8 @@ use aya::{
     Ebpf,
 };
 
+use steer_common::names::{map, prog};
+
 use super::CpumapDrops;
 use crate::{
     error::{Error, Result},
@@ -16,19 +18,19 @@ use crate::{
 };
 
 const PROGS: [(&str, &str); 2] =
-    [("cpumap_enqueue", "xdp_cpumap_enqueue"), ("cpumap_kthread", "xdp_cpumap_kthread")];
+    [(prog::CPUMAP_ENQUEUE, "xdp_cpumap_enqueue"), (prog::CPUMAP_KTHREAD, "xdp_cpumap_kthread")];
 
 /// Points the tracepoint programs at `ebpf`'s CPUMAP, attaches them (they
 /// stay attached as long as `ebpf` lives) and pins the counters in the run's
 /// pin directory. Returns the counters map's id.
 /// Needs CAP_PERFMON (perf_event_open on a tracepoint) and tracefs.
 pub fn watch(ebpf: &mut Ebpf, run: &pins::RunId) -> Result<u32> {
-    let id = match ebpf.map("CPUS") {
+    let id = match ebpf.map(map::CPUS) {
         Some(aya::maps::Map::CpuMap(m)) => m.info().map_err(Error::ebpf)?.id(),
         _ => return Err(Error::Ebpf("map CPUS missing".into())),
     };
     {
-        let m = ebpf.map_mut("CPUMAP_ID").ok_or_else(|| Error::Ebpf("map CPUMAP_ID missing".into()))?;
+        let m = ebpf.map_mut(map::CPUMAP_ID).ok_or_else(|| Error::Ebpf("map CPUMAP_ID missing".into()))?;
         let mut a = Array::<_, u32>::try_from(m).map_err(Error::ebpf)?;
         a.set(0, id, 0).map_err(Error::ebpf)?;
     }
@@ -41,7 +43,7 @@ pub fn watch(ebpf: &mut Ebpf, run: &pins::RunId) -> Result<u32> {
         p.load().map_err(|e| Error::Ebpf(format!("loading {prog}: {e}")))?;
         p.attach("xdp", event).map_err(|e| Error::Ebpf(format!("attaching {prog} to xdp:{event}: {e}")))?;
     }
-    let m = ebpf.map("CPUMAP_DROPS").ok_or_else(|| Error::Ebpf("map CPUMAP_DROPS missing".into()))?;
+    let m = ebpf.map(map::CPUMAP_DROPS).ok_or_else(|| Error::Ebpf("map CPUMAP_DROPS missing".into()))?;
     let path = run.pin_dir().join(pins::CPUMAP_DROPS);
     m.pin(&path).map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
     crate::loader::pinned_map_id(&path)

@@ -1,0 +1,55 @@
+//! Names of the maps and programs in steer's eBPF object, as userspace looks
+//! them up. The kernel side defines them as symbols of exactly these names
+//! (steer-ebpf/src/maps.rs and main.rs); steer-user's tests check that each
+//! one is in the built object.
+
+/// Map names.
+pub mod map {
+    pub const CPUS: &str = "CPUS";
+    pub const INDIR: &str = "INDIR";
+    pub const CONFIG: &str = "CONFIG";
+    pub const TOEPLITZ: &str = "TOEPLITZ";
+    pub const STATS: &str = "STATS";
+    pub const TARGETS: &str = "TARGETS";
+    pub const GEN_CONFIG: &str = "GEN_CONFIG";
+    pub const GEN_SEQ: &str = "GEN_SEQ";
+    pub const GEN_NEXT: &str = "GEN_NEXT";
+    pub const FLOWS: &str = "FLOWS";
+    pub const RFS_STATS: &str = "RFS_STATS";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const CPUMAP_ID: &str = "CPUMAP_ID";
+    pub const CPUMAP_DROPS: &str = "CPUMAP_DROPS";
+    pub const ALL: [&str; 14] = [
+        CPUS,
+        INDIR,
+        CONFIG,
+        TOEPLITZ,
+        STATS,
+        TARGETS,
+        GEN_CONFIG,
+        GEN_SEQ,
+        GEN_NEXT,
+        FLOWS,
+        RFS_STATS,
+        LOCAL_ADDRS,
+        CPUMAP_ID,
+        CPUMAP_DROPS,
+    ];
+}
+
+/// Program names.
+pub mod prog {
+    /// The steering XDP program.
+    pub const STEER: &str = "steer_xdp";
+    /// The lab's traffic generator (XDP_TX).
+    pub const LAB_GEN: &str = "lab_gen";
+    /// A bare XDP_PASS: the baseline for per-packet cost.
+    pub const PASS: &str = "xdp_pass";
+    /// RFS socket tracking.
+    pub const RFS_READ: &str = "rfs_read";
+    pub const RFS_STATE: &str = "rfs_state";
+    /// CPUMAP drop counters.
+    pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
+    pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
+    pub const ALL: [&str; 7] = [STEER, LAB_GEN, PASS, RFS_READ, RFS_STATE, CPUMAP_ENQUEUE, CPUMAP_KTHREAD];
+}
