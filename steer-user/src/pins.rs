@@ -145,17 +145,13 @@ impl RunId {
     /// namespace, e.g. started by `ip netns exec`).
     pub fn open_map(&self, name: &str) -> Result<MapData> {
         let pin = self.pin_dir().join(name);
-        let denied = |e: &dyn std::fmt::Display, how: &str| {
-            let text = e.to_string();
-            if text.contains("Permission denied")
-                || text.contains("os error 1)")
-                || text.contains("os error 13")
-            {
+        let denied = |e: &aya::maps::MapError, how: &str| {
+            if permission_denied(e) {
                 Error::PermissionDenied {
                     what: format!("opening steer's map {name} of \"{}\" {how}", self.iface),
                 }
             } else {
-                Error::Ebpf(format!("opening steer's map {name} of \"{}\" {how}: {e}", self.iface))
+                Error::Ebpf(format!("opening steer's map {name} of \"{}\" {how}: {}", self.iface, chain(e)))
             }
         };
         if pin.exists() {
@@ -228,6 +224,10 @@ impl RunId {
             if p.exists() && std::fs::remove_dir(p).is_ok() {
                 removed.push(p.display().to_string());
             }
+            // The namespace's directory too, once it holds no other interface.
+            if let Some(parent) = p.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
         Ok(removed)
     }
@@ -248,9 +248,49 @@ impl RunId {
     }
 }
 
-/// Whether `pid` is a live process other than us.
+/// Whether an error, or one of its causes, is EPERM or EACCES.
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                return true;
+            }
+        }
+        if let Some(aya::maps::MapError::SyscallError(s)) = c.downcast_ref::<aya::maps::MapError>() {
+            if matches!(s.io_error.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// An error with its causes, each once.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out = format!("{out}: {t}");
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// Whether `pid` is a live process other than us. A zombie (killed, not yet
+/// reaped: containers often run no reaper) is not alive.
 pub fn alive(pid: u32) -> bool {
-    pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+    if pid == std::process::id() {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "pid (comm) S ...": the state follows the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
 }
 
 /// `run.json`: what a running `steer run` says about itself. Written at start

@@ -91,7 +91,7 @@ pub fn load(iface: &str) -> Result<Option<State>> {
 /// The live process that owns the snapshot of `iface`, if any (not us).
 pub fn live_owner(iface: &str) -> Option<u32> {
     let pid = load(iface).ok()??.owner_pid?;
-    (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    pins::alive(pid).then_some(pid)
 }
 
 fn save(state: &State) -> Result<()> {
@@ -119,7 +119,12 @@ fn remove_state(iface: &str) -> Result<()> {
     }
     // The state directory may hold a running XDP steer's run.json: only remove it empty.
     if let Some(dir) = path.parent() {
-        let _ = std::fs::remove_dir(dir);
+        if std::fs::remove_dir(dir).is_ok() {
+            // The namespace's directory too, once it holds no other interface.
+            if let Some(ns_dir) = dir.parent() {
+                let _ = std::fs::remove_dir(ns_dir);
+            }
+        }
     }
     Ok(())
 }
