@@ -1,17 +1,15 @@
 //! RFS, user side: settings, attaching the socket-tracking tracepoints, the
 //! interface's local addresses the hook filters on, and reading the flow table
-//! for `steer flows`.
+//! for `steer flows` (table.rs: its rows, table and JSON).
 //!
 //! The data path is in steer-ebpf (track.rs records, rfs.rs steers); the key
 //! layout is in steer-common's flow.rs.
 
-use std::{
-    borrow::Borrow,
-    collections::BTreeSet,
-    ffi::CStr,
-    fmt::Write as _,
-    net::{IpAddr, Ipv6Addr},
-};
+mod table;
+
+pub use table::{counter_fields, now_ns, render, rows, show_addr, to_json, FlowRow};
+
+use std::{borrow::Borrow, collections::BTreeSet, ffi::CStr};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
@@ -303,136 +301,6 @@ impl PinnedFlows {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn now_ns() -> u64 {
-    // SAFETY: clock_gettime into a zeroed timespec.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// An address as users write it: IPv4 for v4-mapped ones.
-pub fn show_addr(b: &[u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(*b);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
-fn endpoint(b: &[u8; 16], port: u16) -> String {
-    match show_addr(b) {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-/// One row of `steer flows`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct FlowRow {
-    /// Remote endpoint (the packets' source).
-    pub src: String,
-    /// Local endpoint (the reading socket).
-    pub dst: String,
-    /// CPU the flow is steered to; `None` while RSS still steers it (new
-    /// flow, waiting to be idle before its first move).
-    pub cpu: Option<u32>,
-    /// CPU of the last read.
-    pub reader_cpu: u32,
-    /// Packets steered by this entry.
-    pub packets: u64,
-    pub moves: u32,
-    /// Milliseconds since the entry was created / since the last packet / since the last read.
-    pub age_ms: u64,
-    pub idle_ms: Option<u64>,
-    pub read_ago_ms: u64,
-    pub pid: u32,
-    pub comm: String,
-}
-
-impl FlowRow {
-    pub fn new(k: &FlowKey, e: &FlowEntry, now_ns: u64) -> Self {
-        let ms = |t: u64| now_ns.saturating_sub(t) / 1_000_000;
-        let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
-        Self {
-            src: endpoint(&k.src_bytes(), k.sport()),
-            dst: endpoint(&k.dst_bytes(), k.dport()),
-            cpu: (e.cpu != u32::MAX).then_some(e.cpu),
-            reader_cpu: e.want_cpu,
-            packets: e.pkts,
-            moves: e.moves,
-            age_ms: ms(e.created_ns),
-            idle_ms: (e.last_pkt_ns != 0).then(|| ms(e.last_pkt_ns)),
-            read_ago_ms: ms(e.last_read_ns),
-            pid: e.pid,
-            comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
-        }
-    }
-}
-
-/// Rows sorted busiest first, at most `top` of them (0: all).
-pub fn rows(entries: &[(FlowKey, FlowEntry)], now_ns: u64, top: usize) -> Vec<FlowRow> {
-    let mut rows: Vec<FlowRow> = entries.iter().map(|(k, e)| FlowRow::new(k, e, now_ns)).collect();
-    rows.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.src.cmp(&b.src)));
-    if top > 0 {
-        rows.truncate(top);
-    }
-    rows
-}
-
-/// The counters as `name value` pairs, in the order tables and JSON show them.
-pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 10] {
-    [
-        ("hits", c.hits),
-        ("misses", c.misses),
-        ("moves", c.moves),
-        ("deferred", c.deferred),
-        ("not_steerable", c.not_steerable),
-        ("inserts", c.inserts),
-        ("removed", c.removed),
-        ("evictions", c.evictions(live)),
-        ("hook_events", c.hook_events),
-        ("hook_filtered", c.hook_filtered),
-    ]
-}
-
-/// `steer flows` as a table.
-pub fn render(rows: &[FlowRow], total: usize, c: &RfsCounters) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  COMM",
-        "FLOW (remote)", "LOCAL", "CPU", "READER", "PACKETS", "MOVES", "AGE ms", "IDLE ms", "PID"
-    );
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "{:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  {}",
-            r.src,
-            r.dst,
-            r.cpu.map_or("rss".to_string(), |c| c.to_string()),
-            r.reader_cpu,
-            r.packets,
-            r.moves,
-            r.age_ms,
-            r.idle_ms.map_or("-".to_string(), |v| v.to_string()),
-            r.pid,
-            r.comm
-        );
-    }
-    let fields: Vec<String> =
-        counter_fields(c, total as u64).iter().map(|(n, v)| format!("{n} {v}")).collect();
-    let _ = writeln!(out, "{} flows ({} shown); {}", total, rows.len(), fields.join(", "));
-    out
-}
-
-/// `steer flows --json`.
-pub fn to_json(rows: &[FlowRow], total: usize, c: &RfsCounters) -> serde_json::Value {
-    let counters: serde_json::Map<String, serde_json::Value> =
-        counter_fields(c, total as u64).iter().map(|(n, v)| (n.to_string(), (*v).into())).collect();
-    serde_json::json!({ "flows": rows, "total": total, "counters": counters })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,20 +324,5 @@ mod tests {
         assert_eq!(field(f, "sport"), Some((16, 2)));
         assert_eq!(field(f, "saddr_v6"), Some((30, 16)));
         assert_eq!(field(f, "dport"), None);
-    }
-
-    #[test]
-    fn rows_show_v4_mapped_as_ipv4() {
-        let local = std::net::Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
-        let remote = std::net::Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets();
-        let k = FlowKey::from_socket(&local, 80, &remote, 40000);
-        let mut comm = [0u8; 16];
-        comm[..4].copy_from_slice(b"nginx"[..4].as_ref());
-        let e = FlowEntry { cpu: 1, want_cpu: 1, pkts: 7, created_ns: 1_000_000, comm, ..Default::default() };
-        let r = FlowRow::new(&k, &e, 3_000_000);
-        assert_eq!((r.src.as_str(), r.dst.as_str()), ("198.18.0.1:40000", "198.18.0.2:80"));
-        assert_eq!((r.cpu, r.age_ms, r.idle_ms, r.comm.as_str()), (Some(1), 2, None, "ngin"));
-        let unmoved = FlowEntry { cpu: u32::MAX, ..e };
-        assert_eq!(FlowRow::new(&k, &unmoved, 3_000_000).cpu, None);
     }
 }
