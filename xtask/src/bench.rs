@@ -13,10 +13,21 @@ pub fn bench(quick: bool, args: &[String]) -> Result<()> {
     if unsafe { crate::libc_geteuid() } != 0 {
         bail!("the bench builds network namespaces and loads eBPF: run `cargo xtask bench` as root");
     }
+    // The real clients of the bench (Debian packages; never installed by the tests).
+    crate::apt_install(&[
+        ("iperf3", "iperf3"),
+        ("sockperf", "sockperf"),
+        ("nginx", "nginx-light"),
+        ("wrk", "wrk"),
+        ("memcached", "memcached"),
+        ("memcslap", "libmemcached-tools"),
+    ])?;
     let bin = crate::build(true)?;
     let out = crate::workspace_root().join("bench").join("results");
     let mut c = Command::new(bin);
     c.args(["lab", "bench", "--out"]).arg(&out);
+    // Rounds of real clients, scenarios in alternating order: medians with their range.
+    c.args(["--clients", if quick { "2" } else { "4" }]);
     if quick {
         c.arg("--quick");
     }

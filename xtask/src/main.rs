@@ -161,31 +161,36 @@ fn setup() -> Result<()> {
         .context("`rustc +nightly -vV` reports no LLVM version")?
         .to_string();
     step(&format!("bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm_major}"), || bpf_linker(&llvm_major))?;
-    step("iproute2 (tests build their labs with `ip`)", || {
-        if Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success()) {
-            return Ok(false);
-        }
-        status({
-            let mut c = Command::new("apt-get");
-            c.args(["install", "-y", "-q", "iproute2"]);
-            c
-        })
-        .or_else(|_| {
-            status({
-                let mut c = Command::new("apt-get");
-                c.args(["update", "-q"]);
-                c
-            })?;
-            status({
-                let mut c = Command::new("apt-get");
-                c.args(["install", "-y", "-q", "iproute2"]);
-                c
-            })
-        })?;
-        Ok(true)
-    })?;
+    step("iproute2 (tests build their labs with `ip`)", || apt_install(&[("ip", "iproute2")]))?;
     eprintln!("setup: ready in {:.1}s", t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Installs the Debian packages whose binaries are missing (`(binary, package)`),
+/// running `apt-get update` once if the first install fails. Returns whether it installed.
+pub(crate) fn apt_install(wanted: &[(&str, &str)]) -> Result<bool> {
+    let found = |bin: &str| {
+        let path = env::var_os("PATH").unwrap_or_default();
+        env::split_paths(&path)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .any(|d| d.join(bin).is_file())
+    };
+    let missing: Vec<&str> = wanted.iter().filter(|(bin, _)| !found(bin)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    let install = || {
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+        status(c)
+    };
+    install().or_else(|_| {
+        let mut c = Command::new("apt-get");
+        c.args(["update", "-q"]);
+        status(c)?;
+        install()
+    })?;
+    Ok(true)
 }
 
 /// bpf-linker must link against the same LLVM major as the nightly rustc that

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use steer::{
     cpus,
     lab::{
-        self,
+        self, clients,
         gen::GenSettings,
         report::{self, BenchResult, Machine, ScenarioResult},
         scenario::{self, Active, Bench, Kind, Plan, Scenario},
@@ -61,6 +61,11 @@ struct BenchArgs {
     /// Skip the TCP request/response and bulk workloads.
     #[arg(long)]
     no_rr: bool,
+    /// Rounds of real clients (nginx + wrk, memcached + memcslap, iperf3, sockperf) under no
+    /// steering, kernel RPS, RPS+RFS, steer rss and rfs over all CPUs, scenarios in alternating
+    /// order each round; 0: none.
+    #[arg(long, default_value_t = 0)]
+    clients: u32,
 }
 
 /// Ctrl-C and SIGTERM ask the lab to stop; the drops then remove everything.
@@ -152,20 +157,61 @@ fn demo(t: &Traffic) -> Result<()> {
     Ok(())
 }
 
-/// Real clients are run only where installed, never faked.
-fn real_clients() -> Vec<String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = |bin: &str| std::env::split_paths(&path).any(|d| d.join(bin).is_file());
-    ["iperf3", "sockperf", "wrk", "nginx", "memcached", "memtier_benchmark", "netperf"]
-        .iter()
-        .map(|c| {
-            if found(c) {
-                format!("{c}: installed, not wired into the bench yet")
-            } else {
-                format!("{c}: skipped, not installed")
+/// Real clients, side by side: `rounds` rounds over the all-CPU scenarios,
+/// in forward then reverse order, so that drift of a noisy machine falls on
+/// every scenario alike. A client that is not installed is reported, not run.
+fn clients(
+    b: &Bench,
+    scenarios: &[Scenario],
+    rounds: u32,
+    secs: f64,
+    irq_cpu: u32,
+) -> Result<(Vec<clients::Summary>, Vec<String>)> {
+    let mut notes = Vec::new();
+    let usable: Vec<clients::Client> = clients::ALL
+        .into_iter()
+        .filter(|c| {
+            let missing = c.missing();
+            if !missing.is_empty() {
+                notes.push(format!("{}: skipped, not installed ({})", c.name, missing.join(", ")));
             }
+            missing.is_empty()
         })
-        .collect()
+        .collect();
+    if rounds == 0 || usable.is_empty() {
+        if rounds == 0 {
+            notes.push("real clients not run (--clients 0)".into());
+        }
+        return Ok((Vec::new(), notes));
+    }
+    let scenarios: Vec<&Scenario> =
+        scenarios.iter().filter(|s| s.kind == Kind::NoSteering || s.name.ends_with("all CPUs")).collect();
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        let order: Vec<&Scenario> =
+            if round % 2 == 0 { scenarios.to_vec() } else { scenarios.iter().rev().copied().collect() };
+        for sc in order {
+            lab::check_stop()?;
+            let Some(active) = Active::setup(b, sc)? else { continue };
+            for (i, c) in usable.iter().enumerate() {
+                let port = 8100 + (round as u16 % 50) * 10 + i as u16;
+                let r = c.run(&b.topo, port, secs, irq_cpu);
+                match &r {
+                    Ok(r) => {
+                        eprintln!("bench: round {round} {}: {}: {:.1} {}", sc.name, c.name, r.value, r.unit)
+                    }
+                    Err(e) => eprintln!("bench: round {round} {}: {}: failed: {e}", sc.name, c.name),
+                }
+                runs.push((sc.name.clone(), c.name.to_string(), r.map_err(|e| e.to_string())));
+            }
+            active.teardown(&b.topo)?;
+        }
+    }
+    notes.push(format!(
+        "{} client(s) x {rounds} round(s), {secs} s each, clients pinned to CPU {irq_cpu}",
+        usable.len()
+    ));
+    Ok((clients::summarize(&runs), notes))
 }
 
 fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
@@ -183,7 +229,7 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
     }
     let b = bench_lab(t)?;
     let mut out = Vec::new();
-    for sc in scenarios {
+    for sc in scenarios.clone() {
         lab::check_stop()?;
         eprintln!("bench: {} ({})", sc.name, cpus::format_list(&sc.cpus));
         let mut r = ScenarioResult {
@@ -244,6 +290,8 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
         r.flood = Some(s);
         out.push(r);
     }
+    let (client_results, real_clients) =
+        clients(&b, &scenarios, a.clients, if a.quick { 2.0 } else { 5.0 }, t.irq_cpu)?;
     let cost = if a.no_cost {
         None
     } else {
@@ -263,7 +311,8 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
         plan,
         scenarios: out,
         cost,
-        real_clients: real_clients(),
+        real_clients,
+        clients: client_results,
         seconds: started.elapsed().as_secs_f64(),
     };
     let name = format!("{}-{}cpu", if a.quick { "quick" } else { "full" }, result.machine.cpus_online);

@@ -6,10 +6,12 @@
 //! - [`gen`]: the in-kernel live-frames generator, paced by rate.
 //! - [`sink`]: UDP sinks, one SO_REUSEPORT socket per CPU.
 //! - [`rr`]: TCP request/response with latency percentiles.
+//! - [`clients`]: real servers and clients (nginx + wrk, memcached, iperf3, sockperf).
 //! - [`kernel`]: the kernel's RPS/RFS on the lab's receiving veth, restored after.
 //! - [`scenario`]: what each scenario sets up, and the zero-loss search.
 //! - [`report`]: markdown, JSON and the PNG chart.
 
+pub mod clients;
 pub mod gen;
 pub mod kernel;
 pub mod report;

@@ -64,7 +64,54 @@ pub struct BenchResult {
     pub cost: Option<Cost>,
     /// Real clients (iperf3, sockperf, ...): what ran, or why not.
     pub real_clients: Vec<String>,
+    /// Real clients per scenario: median and range over the rounds.
+    pub clients: Vec<super::clients::Summary>,
     pub seconds: f64,
+}
+
+/// Real clients: one row per client and scenario, median (min-max) over the
+/// rounds, and the ratio to kernel RPS+RFS over all CPUs (the kernel's best
+/// default for request/response).
+fn clients_table(rows: &[super::clients::Summary]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "| client | scenario | median (min-max) | vs kernel RPS+RFS | p50 / p99 us | retransmits | runs |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for r in rows {
+        let base = rows
+            .iter()
+            .find(|b| b.client == r.client && b.scenario.starts_with("kernel RPS+RFS") && b.runs > 0)
+            .map(|b| b.median);
+        let ratio = base.filter(|b| *b > 0.0).map_or("-".to_string(), |b| format!("{:.2}x", r.median / b));
+        let lat = match (r.p50_us, r.p99_us) {
+            (Some(a), Some(b)) => format!("{a:.1} / {b:.1}"),
+            _ => "-".into(),
+        };
+        let failed = if r.failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} failed: {})", r.failed.len(), r.failed[0])
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} ({:.1}-{:.1}) {} | {ratio} | {lat} | {} | {}{failed} |",
+            r.client,
+            r.scenario,
+            r.median,
+            if r.runs > 0 { r.min } else { 0.0 },
+            r.max,
+            r.unit,
+            r.retransmits.map_or("-".to_string(), |v| v.to_string()),
+            r.runs
+        );
+    }
+    out.push('\n');
+    out
 }
 
 fn mpps(v: f64) -> String {
@@ -278,8 +325,9 @@ impl BenchResult {
                 let _ = writeln!(out, "```\n{}```", picture(&s.scenario.name, &f.at_max.cpu, &cpus));
             }
         }
-        if !self.real_clients.is_empty() {
+        if !self.real_clients.is_empty() || !self.clients.is_empty() {
             let _ = writeln!(out, "\n## Real clients\n");
+            out.push_str(&clients_table(&self.clients));
             for r in &self.real_clients {
                 let _ = writeln!(out, "- {r}");
             }
