@@ -27,7 +27,9 @@ pub fn bench(quick: bool, args: &[String]) -> Result<()> {
     let mut c = Command::new(bin);
     c.args(["lab", "bench", "--out"]).arg(&out);
     // Rounds of real clients, scenarios in alternating order: medians with their range.
-    c.args(["--clients", if quick { "2" } else { "4" }]);
+    if !args.iter().any(|a| a.starts_with("--clients")) {
+        c.args(["--clients", if quick { "2" } else { "4" }]);
+    }
     if quick {
         c.arg("--quick");
     }
