@@ -55,6 +55,7 @@ impl Snapshot {
                 seen: a.seen.saturating_sub(b.seen),
                 redirected: a.redirected.saturating_sub(b.redirected),
                 redirect_err: a.redirect_err.saturating_sub(b.redirect_err),
+                local: a.local.saturating_sub(b.local),
                 passed: a.passed,
             };
             for (x, y) in d.passed.iter_mut().zip(b.passed.iter()) {
