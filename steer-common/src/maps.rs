@@ -51,10 +51,14 @@ impl PassReason {
 pub struct Counters {
     /// Every packet the program ran on.
     pub seen: u64,
-    /// Handed to the CPUMAP.
+    /// Steered to a CPU whose queue accepted it: handed to the CPUMAP, or
+    /// passed in place when that CPU is this one ([`Counters::local`]).
     pub redirected: u64,
     /// `bpf_redirect_map` refused (no queue for that CPU): passed instead.
     pub redirect_err: u64,
+    /// Part of `redirected`: steered to the CPU it arrived on, so passed in
+    /// place instead of through that CPU's own CPUMAP queue.
+    pub local: u64,
     /// Passed unsteered, by [`PassReason`].
     pub passed: [u64; PASS_REASONS],
 }
@@ -64,6 +68,7 @@ impl Counters {
         self.seen += o.seen;
         self.redirected += o.redirected;
         self.redirect_err += o.redirect_err;
+        self.local += o.local;
         for (a, b) in self.passed.iter_mut().zip(o.passed.iter()) {
             *a += b;
         }

@@ -1,5 +1,6 @@
 //! RFS on the XDP side: look the packet's flow up in the table the socket hook
-//! fills, move it to its reader's CPU only once it has been idle, redirect.
+//! fills, move it to its reader's CPU only once it has been idle, redirect (or
+//! pass in place when the reader's CPU is this one, see `steer::steered`).
 //!
 //! An entry whose `cpu` is [`ON_RSS`] was just created by the hook: its packets
 //! still go where RSS sends them until the flow pauses, so that packets already
@@ -8,7 +9,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use steer_common::{Counters, FlowKey, RfsCounters, SteerConfig, Tuple};
 
-use crate::maps::{CPUS, FLOWS, RFS_STATS, TARGETS};
+use crate::maps::{CPUS, FLOWS, RFS_STATS};
 
 /// `FlowEntry::cpu` of a flow that is still steered by RSS.
 pub const ON_RSS: u32 = u32::MAX;
@@ -57,12 +58,7 @@ pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters) -> Option<u32> 
         Ok(verdict) => {
             r.hits += 1;
             e.pkts += 1;
-            c.redirected += 1;
-            if let Some(n) = TARGETS.get_ptr_mut(cpu) {
-                // SAFETY: per-CPU slot, as above.
-                unsafe { *n += 1 };
-            }
-            Some(verdict)
+            Some(crate::steer::steered(c, cpu, verdict))
         }
         Err(_) => {
             r.not_steerable += 1;

@@ -1,7 +1,8 @@
 //! How the CPU is chosen: flow hash -> bucket of the indirection table -> CPU,
-//! then a redirect into that CPU's CPUMAP queue.
+//! then a redirect into that CPU's CPUMAP queue, or XDP_PASS when that CPU is
+//! the one the packet is already on.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_get_smp_processor_id, programs::XdpContext};
 use steer_common::{hash, Counters, HashKind, PassReason};
 
 use crate::{
@@ -22,6 +23,25 @@ fn pass(c: &mut Counters, reason: PassReason) -> u32 {
         *slot += 1;
     }
     xdp_action::XDP_PASS
+}
+
+/// Counts a packet steered to `cpu` and returns its verdict. Called only once
+/// the redirect succeeded, so that a CPU without a queue fails and is counted
+/// as before; when we pass, the target the helper recorded is left unused.
+#[inline(always)]
+pub fn steered(c: &mut Counters, cpu: u32, verdict: u32) -> u32 {
+    c.redirected += 1;
+    if let Some(n) = TARGETS.get_ptr_mut(cpu) {
+        // SAFETY: per-CPU slot, as above.
+        unsafe { *n += 1 };
+    }
+    // On the chosen CPU already: pass in place like RPS, not via our own queue, kthread and switch.
+    // SAFETY: no preconditions.
+    if cpu == unsafe { bpf_get_smp_processor_id() } {
+        c.local += 1;
+        return xdp_action::XDP_PASS;
+    }
+    verdict
 }
 
 pub fn steer(ctx: &XdpContext) -> u32 {
@@ -52,14 +72,7 @@ pub fn steer(ctx: &XdpContext) -> u32 {
     };
     // The low bits of the flags are the verdict when the CPU has no queue: pass.
     match CPUS.redirect(cpu, xdp_action::XDP_PASS as u64) {
-        Ok(verdict) => {
-            c.redirected += 1;
-            if let Some(n) = TARGETS.get_ptr_mut(cpu) {
-                // SAFETY: per-CPU slot, as above.
-                unsafe { *n += 1 };
-            }
-            verdict
-        }
+        Ok(verdict) => steered(c, cpu, verdict),
         Err(verdict) => {
             c.redirect_err += 1;
             verdict

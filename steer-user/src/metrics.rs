@@ -130,8 +130,14 @@ impl Collector for SteerCollector {
         counter_family(
             e,
             "steer_redirected",
-            "Packets redirected into the CPUMAP, by receiving CPU",
+            "Packets steered (into the CPUMAP, or passed in place when local), by receiving CPU",
             opt(|t| t.redirected),
+        )?;
+        counter_family(
+            e,
+            "steer_local",
+            "Packets steered to the CPU they arrived on and passed in place, by CPU",
+            opt(|t| t.local),
         )?;
         counter_family(
             e,

@@ -55,6 +55,7 @@ impl Snapshot {
                 seen: a.seen.saturating_sub(b.seen),
                 redirected: a.redirected.saturating_sub(b.redirected),
                 redirect_err: a.redirect_err.saturating_sub(b.redirect_err),
+                local: a.local.saturating_sub(b.local),
                 passed: a.passed,
             };
             for (x, y) in d.passed.iter_mut().zip(b.passed.iter()) {
@@ -137,8 +138,10 @@ pub struct CpuTotals {
     pub cpu: u32,
     /// Packets the XDP program ran on, on this CPU (the receiving CPU).
     pub xdp_rx: Option<u64>,
-    /// Packets this CPU handed to the CPUMAP.
+    /// Packets this CPU steered: handed to the CPUMAP, or passed in place (`local`).
     pub redirected: Option<u64>,
+    /// Part of `redirected`: steered to this CPU itself, so passed in place.
+    pub local: Option<u64>,
     /// Packets redirected to this CPU (as a target), from every CPU.
     pub steered_in: Option<u64>,
     /// Packets passed up the stack unsteered on this CPU, all reasons.
@@ -183,6 +186,7 @@ impl Sample {
                     cpu: t.cpu,
                     xdp_rx: c.map(|c| c.seen),
                     redirected: c.map(|c| c.redirected),
+                    local: c.map(|c| c.local),
                     steered_in: self.xdp.as_ref().map(|x| x.steered_in.get(cpu).copied().unwrap_or(0)),
                     passed: c.map(|c| c.passed_total()),
                     redirect_err: c.map(|c| c.redirect_err),

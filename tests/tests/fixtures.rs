@@ -5,19 +5,23 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::Ebpf;
+use aya::{
+    maps::{HashMap as AyaHashMap, PerCpuArray},
+    Ebpf,
+};
 use steer::{
     config::{HashArg, HashSettings},
-    loader::{self, STEER_PROG},
+    loader::{self, PASS_PROG, STEER_PROG},
     packet::{Frame, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP},
+    rfs::{self, RfsSettings},
     stats::Snapshot,
     testrun,
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
-    PassReason, Tuple,
+    FlowEntry, FlowKey, PassReason, RfsCounters, Tuple,
 };
-use steer_tests::require_root;
+use steer_tests::{pin_to_cpu, require_root};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -323,4 +327,206 @@ fn unsteerable_cpu_queue_falls_back_to_pass_and_is_counted() {
         }
     }
     assert!(passed_err > 0, "no flow hashed to the missing CPU: test proves nothing");
+}
+
+// --- The local fast path ------------------------------------------------------
+//
+// BPF_PROG_TEST_RUN runs an XDP program on the calling CPU, so a thread pinned
+// to CPU c sees what a NIC queue interrupting CPU c would: flows steered to c
+// are passed in place (XDP_PASS, counted as steered and as `local`), the others
+// are redirected.
+
+/// Runs `f` on a thread pinned to `cpu`, checked with sched_getcpu.
+fn on_cpu<T: Send>(cpu: u32, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to_cpu(cpu as usize);
+            // SAFETY: no preconditions.
+            assert_eq!(unsafe { libc::sched_getcpu() }, cpu as i32, "pinning to CPU {cpu}");
+            f()
+        })
+        .join()
+        .expect("pinned thread panicked")
+    })
+}
+
+/// One frame through steer_xdp: verdict and what the counters did.
+fn once(ebpf: &mut Ebpf, frame: &[u8]) -> (u32, Snapshot) {
+    let before = loader::snapshot(ebpf).unwrap();
+    let prog = loader::program(ebpf, STEER_PROG).unwrap();
+    let out = testrun::run(prog.fd().unwrap(), frame, 1).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(out.data_out, frame, "frame modified");
+    (out.retval, loader::snapshot(ebpf).unwrap().since(&before))
+}
+
+/// A UDP (or TCP) frame 198.18.0.1:PORT -> 198.18.0.2:9 whose `steer hash`
+/// CPU is (`on` true) or is not (`on` false) `cpu`, and its tuple.
+fn flow_for(settings: &HashSettings, proto: u8, cpu: u32, on: bool) -> (Vec<u8>, Tuple) {
+    for port in 1000..5000u16 {
+        let t = tuple("198.18.0.1", port, "198.18.0.2", 9, proto);
+        if (settings.choose(&t).cpu == cpu) == on {
+            let f = eth().ipv4(v4("198.18.0.1"), v4("198.18.0.2"));
+            let f = if proto == IPPROTO_TCP { f.tcp(port, 9) } else { f.udp(port, 9) };
+            return (f.payload(18).build(), t);
+        }
+    }
+    panic!("no port hashes {}to CPU {cpu}", if on { "" } else { "away from " });
+}
+
+/// (seen, redirected, local, redirect_err, passed) summed over CPUs.
+fn tally(d: &Snapshot) -> (u64, u64, u64, u64, u64) {
+    let t = d.total();
+    (t.seen, t.redirected, t.local, t.redirect_err, t.passed_total())
+}
+
+#[test]
+fn hash_path_passes_the_local_cpus_flows_in_place() {
+    require_root();
+    let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone()).unwrap();
+    for &c in &cpus {
+        let (local, _) = flow_for(&settings, IPPROTO_UDP, c, true);
+        let (remote, rt) = flow_for(&settings, IPPROTO_UDP, c, false);
+        let away = settings.choose(&rt).cpu;
+        on_cpu(c, || {
+            let mut ebpf = load(&settings);
+            let (v, d) = once(&mut ebpf, &local);
+            println!(
+                "on CPU {c}: flow to CPU {c}: verdict {v}, (seen, redirected, local, err, passed) {:?}",
+                tally(&d)
+            );
+            assert_eq!(v, XDP_PASS, "a flow for this CPU is passed in place");
+            assert_eq!(tally(&d), (1, 1, 1, 0, 0));
+            assert_eq!((d.per_cpu[c as usize].seen, d.per_cpu[c as usize].local), (1, 1), "ran on CPU {c}");
+            assert_eq!(cpu_that_got(&d), Some(c), "TARGETS counts it for CPU {c}");
+
+            let (v, d) = once(&mut ebpf, &remote);
+            println!(
+                "on CPU {c}: flow to CPU {away}: verdict {v}, (seen, redirected, local, err, passed) {:?}",
+                tally(&d)
+            );
+            assert_eq!(v, XDP_REDIRECT, "a flow for another CPU is redirected");
+            assert_eq!(tally(&d), (1, 1, 0, 0, 0));
+            assert_eq!(cpu_that_got(&d), Some(away));
+
+            // The local CPU without a queue (reconfiguration, --cpus without
+            // it): the redirect fails first, so it is passed and counted as an
+            // error, as before, never as steered.
+            loader::cpumap_delete(&mut ebpf, c).expect("deleting this CPU's queue");
+            let (v, d) = once(&mut ebpf, &local);
+            assert_eq!(v, XDP_PASS);
+            assert_eq!(tally(&d), (1, 0, 0, 1, 0), "a CPU without a queue is not steered to");
+            assert_eq!(cpu_that_got(&d), None);
+        });
+    }
+}
+
+fn set_flow(ebpf: &mut Ebpf, key: &FlowKey, e: FlowEntry) {
+    let mut m: AyaHashMap<_, FlowKey, FlowEntry> =
+        AyaHashMap::try_from(ebpf.map_mut("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
+    m.insert(key, e, 0).expect("inserting a flow");
+}
+
+fn rfs_totals(ebpf: &Ebpf) -> RfsCounters {
+    let m: PerCpuArray<_, RfsCounters> =
+        PerCpuArray::try_from(ebpf.map("RFS_STATS").expect("RFS_STATS map")).expect("per-CPU array");
+    rfs::counters(&m).expect("reading RFS counters")
+}
+
+#[test]
+fn rfs_hit_path_passes_in_place_when_the_reader_is_on_this_cpu() {
+    require_root();
+    let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_rfs(Some(RfsSettings::default()));
+    for &c in &cpus {
+        let other = cpus.iter().copied().find(|&x| x != c).unwrap();
+        // RSS would send the first flow away from c and the second to c: only
+        // the flow table can make the first local and the second remote.
+        let (reader_here, t_here) = flow_for(&settings, IPPROTO_TCP, c, false);
+        let (reader_away, t_away) = flow_for(&settings, IPPROTO_TCP, c, true);
+        on_cpu(c, || {
+            let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
+            for (frame, t, reader, verdict, local) in
+                [(&reader_here, &t_here, c, XDP_PASS, 1), (&reader_away, &t_away, other, XDP_REDIRECT, 0)]
+            {
+                let key = FlowKey::from_tuple(t).expect("tcp flow key");
+                set_flow(&mut ebpf, &key, FlowEntry { cpu: reader, want_cpu: reader, ..Default::default() });
+                let r0 = rfs_totals(&ebpf);
+                let (v, d) = once(&mut ebpf, frame);
+                let hits = rfs_totals(&ebpf).hits - r0.hits;
+                println!(
+                    "on CPU {c}: RFS reader on CPU {reader}: verdict {v}, rfs hits {hits}, (seen, redirected, local, err, passed) {:?}",
+                    tally(&d)
+                );
+                assert_eq!(hits, 1, "steered by the flow table");
+                assert_eq!(v, verdict, "reader on CPU {reader}");
+                assert_eq!(tally(&d), (1, 1, local, 0, 0), "reader on CPU {reader}");
+                assert_eq!(cpu_that_got(&d), Some(reader));
+            }
+        });
+    }
+}
+
+/// Per-packet cost of the two verdicts (printed for the note; no thresholds):
+/// BPF_PROG_TEST_RUN repeat from a thread pinned to the first CPU, the local
+/// and the remote flow interleaved in rounds, with a bare XDP_PASS for scale.
+/// Test runs never enqueue: what the local path saves in the CPUMAP and its
+/// kthread does not show here, only what the check itself costs.
+#[test]
+fn local_and_remote_verdict_costs_for_the_note() {
+    require_root();
+    let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
+    let c = cpus[0];
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone()).unwrap();
+    let rfs_settings = settings.clone().with_rfs(Some(RfsSettings::default()));
+    let (local, _) = flow_for(&settings, IPPROTO_UDP, c, true);
+    let (remote, _) = flow_for(&settings, IPPROTO_UDP, c, false);
+    let (tcp, t) = flow_for(&settings, IPPROTO_TCP, c, true);
+    let other = cpus[1];
+    let (reps, rounds) = (1_000_000, 5);
+    let lines = on_cpu(c, || {
+        let mut rss = load(&settings);
+        loader::program(&mut rss, PASS_PROG).expect("xdp_pass").load().expect("loading xdp_pass");
+        let mut hit_here = loader::load(&rfs_settings, 256).expect("load");
+        let mut hit_away = loader::load(&rfs_settings, 256).expect("load");
+        let key = FlowKey::from_tuple(&t).expect("key");
+        set_flow(&mut hit_here, &key, FlowEntry { cpu: c, want_cpu: c, ..Default::default() });
+        set_flow(&mut hit_away, &key, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
+        let mut objs = [rss, hit_here, hit_away];
+        let cases = [
+            ("xdp_pass", 0, PASS_PROG, &local, XDP_PASS),
+            ("hash, local (XDP_PASS)", 0, STEER_PROG, &local, XDP_PASS),
+            ("hash, remote (XDP_REDIRECT)", 0, STEER_PROG, &remote, XDP_REDIRECT),
+            ("rfs hit, local (XDP_PASS)", 1, STEER_PROG, &tcp, XDP_PASS),
+            ("rfs hit, remote (XDP_REDIRECT)", 2, STEER_PROG, &tcp, XDP_REDIRECT),
+        ];
+        let mut ns: Vec<Vec<u32>> = vec![vec![]; cases.len()];
+        for _ in 0..rounds {
+            for (i, (name, o, prog, frame, verdict)) in cases.iter().enumerate() {
+                let p = loader::program(&mut objs[*o], prog).expect("program");
+                let out = testrun::run(p.fd().expect("loaded"), frame, reps).expect("test run");
+                assert_eq!(out.retval, *verdict, "{name}");
+                ns[i].push(out.duration_ns);
+            }
+        }
+        let local_total = loader::snapshot(&objs[0]).unwrap().total().local;
+        assert_eq!(local_total, (rounds * reps) as u64, "every local run took the local path");
+        cases
+            .iter()
+            .zip(ns.iter_mut())
+            .map(|((name, ..), v)| {
+                v.sort();
+                format!("{name}: min {} median {} ns", v[0], v[v.len() / 2])
+            })
+            .collect::<Vec<_>>()
+    });
+    println!("XDP ns/packet on CPU {c} (BPF_PROG_TEST_RUN, {reps} repeats, {rounds} rounds):");
+    for l in lines {
+        println!("  {l}");
+    }
 }
