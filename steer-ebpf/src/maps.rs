@@ -45,7 +45,7 @@ pub static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static GEN_NEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-// --- RFS (issue 3) -----------------------------------------------------------
+// --- RFS ---------------------------------------------------------------------
 
 /// Flow (packet direction) -> where its reader is. Written by the socket hook,
 /// read and steered by the XDP program. An LRU, so that a busy host's flows

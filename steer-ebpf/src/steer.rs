@@ -56,7 +56,7 @@ pub fn steer(ctx: &XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return pass(c, PassReason::NoConfig);
     };
-    // RFS first (issue 3): a flow whose reader is known goes to the reader's CPU.
+    // RFS first: a flow whose reader is known goes to the reader's CPU.
     if cfg.rfs != 0 {
         if let Some(verdict) = crate::rfs::steer(&tuple, cfg, c) {
             return verdict;

@@ -676,6 +676,8 @@ fn diff(a: &RfsCounters, b: &RfsCounters) -> RfsCounters {
 }
 
 /// Runs `frame` once: verdict, the one CPU it was redirected to, RFS counter delta.
+/// A frame steered to the CPU the test run ran on is passed in place (the
+/// local fast path): checked here, and reported as XDP_REDIRECT ("steered").
 fn step(ebpf: &mut Ebpf, frame: &[u8]) -> (u32, Option<u32>, RfsCounters) {
     let (s0, r0) = (loader::snapshot(ebpf).expect("snapshot"), rfs_totals(ebpf));
     let prog = loader::program(ebpf, STEER_PROG).expect("steer_xdp");
@@ -683,7 +685,16 @@ fn step(ebpf: &mut Ebpf, frame: &[u8]) -> (u32, Option<u32>, RfsCounters) {
     let d = loader::snapshot(ebpf).expect("snapshot").since(&s0);
     let cpus: Vec<u32> =
         d.steered_in.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, _)| c as u32).collect();
-    (out.retval, (cpus.len() == 1).then(|| cpus[0]), diff(&rfs_totals(ebpf), &r0))
+    let cpu = (cpus.len() == 1).then(|| cpus[0]);
+    let ran_on = d.per_cpu.iter().position(|c| c.seen > 0).map(|c| c as u32);
+    let verdict = if cpu.is_some() && cpu == ran_on {
+        assert_eq!((out.retval, d.total().local), (2, 1), "steered to this CPU: passed in place");
+        XDP_REDIRECT
+    } else {
+        assert_eq!(d.total().local, 0, "steered elsewhere: not local");
+        out.retval
+    };
+    (verdict, cpu, diff(&rfs_totals(ebpf), &r0))
 }
 
 fn v4_flow() -> (Vec<u8>, Tuple) {
