@@ -117,7 +117,8 @@ fn native_path_spreads_generated_frames_over_every_cpu_and_delivers_them() {
 
 /// Per CPU x: packets x steered to itself (TARGETS[x] in x's own slot).
 fn self_steered(iface: &str) -> Vec<u64> {
-    let p = Pinned::open(iface).expect("open pinned maps");
+    let id = steer_tests::run_id(iface).expect("finding the interface's namespace");
+    let p = Pinned::open_id(&id).expect("open pinned maps");
     online().iter().map(|&x| p.targets.get(&x, 0).map_or(0, |v| v[x as usize])).collect()
 }
 
