@@ -25,6 +25,7 @@ pub const DEFAULT_RFS_ENTRIES: u32 = 32768;
 pub const MAX_RFS_ENTRIES: u32 = 1 << 29;
 
 mod knobs;
+pub use knobs::rfs_table;
 
 /// Named sets of knobs, after the seeds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -227,7 +228,7 @@ pub(super) fn read_file(path: &std::path::Path) -> Result<Value> {
 }
 
 /// The step that writes `new` to the file `path`, None when it already holds it.
-fn file_step(what: String, path: PathBuf, mask: bool, new: String) -> Result<Option<Step>> {
+pub(super) fn file_step(what: String, path: PathBuf, mask: bool, new: String) -> Result<Option<Step>> {
     let old = read_file(&path)?;
     let equivalent = format!("echo {new} > {}", path.display());
     let (knob, new) = (Knob::File { path, mask }, Value::Text(new));

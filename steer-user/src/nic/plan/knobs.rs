@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{read_file, Builder, Knob, Setting, Step, Value, MAX_RFS_ENTRIES};
+use super::{file_step, read_file, Builder, Knob, Setting, Step, Value, MAX_RFS_ENTRIES};
 use crate::{
     cpus,
     error::{Error, Result},
@@ -87,6 +87,36 @@ pub(super) fn channels(b: &mut Builder, n: u32) -> Result<()> {
     Ok(())
 }
 
+/// Why the global RFS table is not ours to change from here, with the host's
+/// value where it can be read, and what to run on the host instead.
+pub(super) fn host_rfs_table(n: u32) -> String {
+    let head = format!(
+        "the global RFS table is the host's ({} exists only in the initial network namespace, and this is another \
+         one)",
+        sysfs::RPS_SOCK_FLOW_ENTRIES
+    );
+    let set = format!("sysctl -w net.core.rps_sock_flow_entries={n}");
+    match sysfs::host_rps_sock_flow_entries() {
+        Ok(v) if v == "0" => format!("{head}; the host has 0, so RFS stays off until the host runs `{set}`"),
+        Ok(v) => format!("{head}; the host has {v}"),
+        Err(e) => format!(
+            "{head}; its value cannot be read from here ({e}); RFS steers only while it is non-zero: on the host, \
+             `{set}`"
+        ),
+    }
+}
+
+/// The step that sizes the global RFS table (`rps_sock_flow_entries`) to
+/// `n`, None when it already has that size. Only the initial network
+/// namespace has the table: anywhere else this says whose it is.
+pub fn rfs_table(n: u32) -> Result<Option<Step>> {
+    check_rfs_entries(n)?;
+    if !sysfs::in_initial_netns() {
+        return Err(Error::Nic(host_rfs_table(n)));
+    }
+    file_step("rps_sock_flow_entries".into(), sysfs::RPS_SOCK_FLOW_ENTRIES.into(), false, n.to_string())
+}
+
 fn check_rfs_entries(n: u32) -> Result<()> {
     if n > MAX_RFS_ENTRIES {
         return Err(Error::BadValue {
@@ -99,9 +129,14 @@ fn check_rfs_entries(n: u32) -> Result<()> {
 }
 
 /// RFS as the seeds size it: the global table, then each rx queue's share.
+/// Outside the initial network namespace only the queues' share is ours.
 pub(super) fn rfs(b: &mut Builder, n: u32) -> Result<()> {
-    check_rfs_entries(n)?;
-    b.file("rps_sock_flow_entries".into(), sysfs::RPS_SOCK_FLOW_ENTRIES.into(), false, n.to_string())?;
+    if sysfs::in_initial_netns() {
+        b.plan.steps.extend(rfs_table(n)?);
+    } else {
+        check_rfs_entries(n)?;
+        b.note(format!("rps_sock_flow_entries skipped: {}", host_rfs_table(n)));
+    }
     let per_queue = n.checked_div(b.nrx).unwrap_or(n);
     for q in 0..b.nrx {
         let path = sysfs::queue_file(b.iface, &format!("rx-{q}"), "rps_flow_cnt");
