@@ -227,15 +227,18 @@ pub(super) fn read_file(path: &std::path::Path) -> Result<Value> {
     sysfs::read(path).map(Value::Text)
 }
 
-/// The step that writes `new` to the file `path`, None when it already holds it.
-pub(super) fn file_step(what: String, path: PathBuf, mask: bool, new: String) -> Result<Option<Step>> {
+/// The step that writes `new` to the file `path` (it may hold `new` already).
+pub(super) fn file_step(what: String, path: PathBuf, mask: bool, new: String) -> Result<Step> {
     let old = read_file(&path)?;
     let equivalent = format!("echo {new} > {}", path.display());
-    let (knob, new) = (Knob::File { path, mask }, Value::Text(new));
-    if same(&knob, &old, &new) {
-        return Ok(None);
-    }
-    Ok(Some(Step { what, knob, old, new, equivalent, optional: false }))
+    Ok(Step {
+        what,
+        knob: Knob::File { path, mask },
+        old,
+        new: Value::Text(new),
+        equivalent,
+        optional: false,
+    })
 }
 
 /// What every knob's planner reads (the device, and its queue counts once the
@@ -255,13 +258,19 @@ impl Builder<'_> {
     }
 
     fn push(&mut self, what: String, knob: Knob, old: Value, new: Value, equivalent: String, optional: bool) {
-        if !same(&knob, &old, &new) {
-            self.plan.steps.push(Step { what, knob, old, new, equivalent, optional });
+        self.push_step(Step { what, knob, old, new, equivalent, optional });
+    }
+
+    /// Adds `step` unless the knob already holds its new value.
+    fn push_step(&mut self, step: Step) {
+        if !same(&step.knob, &step.old, &step.new) {
+            self.plan.steps.push(step);
         }
     }
 
     fn file(&mut self, what: String, path: PathBuf, mask: bool, new: String) -> Result<()> {
-        self.plan.steps.extend(file_step(what, path, mask, new)?);
+        let step = file_step(what, path, mask, new)?;
+        self.push_step(step);
         Ok(())
     }
 

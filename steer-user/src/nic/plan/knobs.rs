@@ -107,9 +107,9 @@ pub(super) fn host_rfs_table(n: u32) -> String {
 }
 
 /// The step that sizes the global RFS table (`rps_sock_flow_entries`) to
-/// `n`, None when it already has that size. Only the initial network
-/// namespace has the table: anywhere else this says whose it is.
-pub fn rfs_table(n: u32) -> Result<Option<Step>> {
+/// `n`; its old value may already be `n`. Only the initial network namespace
+/// has the table: anywhere else the error says whose it is.
+pub fn rfs_table(n: u32) -> Result<Step> {
     check_rfs_entries(n)?;
     if !sysfs::in_initial_netns() {
         return Err(Error::Nic(host_rfs_table(n)));
@@ -132,7 +132,8 @@ fn check_rfs_entries(n: u32) -> Result<()> {
 /// Outside the initial network namespace only the queues' share is ours.
 pub(super) fn rfs(b: &mut Builder, n: u32) -> Result<()> {
     if sysfs::in_initial_netns() {
-        b.plan.steps.extend(rfs_table(n)?);
+        let step = rfs_table(n)?;
+        b.push_step(step);
     } else {
         check_rfs_entries(n)?;
         b.note(format!("rps_sock_flow_entries skipped: {}", host_rfs_table(n)));
