@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use steer::lab::{kernel::KernelRps, topology::Topology};
+use steer::lab::{
+    kernel::{KernelRps, Rfs},
+    topology::Topology,
+};
 use steer_tests::{require_root, steer_bin};
 
 const SOCK_FLOW: &str = "/proc/sys/net/core/rps_sock_flow_entries";
@@ -120,6 +123,31 @@ fn kernel_rps_is_written_in_the_lab_namespace_and_restored() {
     assert_eq!(std::fs::read_to_string(SOCK_FLOW).unwrap(), sock_flow_before);
     // The root namespace's view of /sys was never touched.
     assert!(!std::path::Path::new(&format!("/sys/class/net/{}", topo.rx_if)).exists());
+}
+
+#[test]
+fn kernel_rfs_in_the_lab_sizes_the_queue_notes_the_global_and_leaves_no_snapshot() {
+    require_root();
+    let topo = Topology::new().unwrap();
+    let cnt_before = KernelRps::current(&topo, "rps_flow_cnt").unwrap();
+    let sock_flow_before = std::fs::read_to_string(SOCK_FLOW).unwrap();
+    let noted = format!("/run/steer/lab-sock-flow.{}", std::process::id());
+    let rps = KernelRps::apply(&topo, &[0], Some(Rfs { sock_flow_entries: 4096 })).unwrap();
+    assert_eq!(KernelRps::current(&topo, "rps_flow_cnt").unwrap(), "4096", "4096 entries / 1 rx queue");
+    assert_eq!(std::fs::read_to_string(SOCK_FLOW).unwrap().trim(), "4096");
+    assert_eq!(
+        std::fs::read_to_string(&noted).unwrap().trim(),
+        sock_flow_before.trim(),
+        "the global value replaced is noted for a lab started after a kill"
+    );
+    // The veth goes with the lab's namespace: no NIC snapshot is left to restore.
+    let rx_if = topo.rx_if.clone();
+    let state = topo.rx_ns.run(move || steer::pins::RunId::of(&rx_if)).unwrap().unwrap().state_dir();
+    assert!(!state.exists(), "{} was left", state.display());
+    rps.restore(&topo).unwrap();
+    assert_eq!(KernelRps::current(&topo, "rps_flow_cnt").unwrap(), cnt_before);
+    assert_eq!(std::fs::read_to_string(SOCK_FLOW).unwrap(), sock_flow_before);
+    assert!(!std::path::Path::new(&noted).exists());
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //! binary reads and writes the right sysfs files, and the global
 //! rps_sock_flow_entries (which only the initial namespace has) is in reach.
 //! They are deleted on drop, and rps_sock_flow_entries is put back to the
-//! value it had even if steer failed to. One test shows the other way: a
-//! device in a namespace, reached through `ip netns exec`.
+//! value it had even if steer failed to. The namespace tests show the other
+//! way: a device in a namespace, reached through `ip netns exec`, where the
+//! queues are the namespace's and rps_sock_flow_entries stays the host's.
 //!
 //! "Restored bit for bit" is checked on `steer nic show --json`, which holds
 //! every knob steer can change (channels, coalescing, offloads, RSS, IRQs,
@@ -399,4 +400,155 @@ fn a_sys_of_another_namespace_is_refused_and_ip_netns_exec_works() {
     let out = run(&["nic", "show", "--iface", &name, "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rx_queues"][1]["rps_cpus"], "0");
+}
+
+/// A network namespace of the test's own holding a veth pair with 4 queues;
+/// steer runs there through `ip netns exec`, which mounts the namespace's
+/// /sys. The namespace, and the veth with it, is deleted on drop.
+struct NsDev {
+    ns: String,
+    name: String,
+}
+
+impl NsDev {
+    fn veth4() -> Self {
+        require_root();
+        let ns = unique("steer-nicns-");
+        ip(&["netns", "add", &ns]).expect("creating a network namespace");
+        let dev = Self { ns, name: unique("snk") };
+        ip(&[
+            "-n",
+            &dev.ns,
+            "link",
+            "add",
+            &dev.name,
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{}p", dev.name),
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+        ])
+        .expect("creating a veth pair with 4 queues in the namespace");
+        dev
+    }
+
+    /// `steer ARGS` in the namespace.
+    fn steer(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(steer_bin()).args(args).env("RUST_BACKTRACE", "0");
+        c
+    }
+
+    fn show(&self) -> Value {
+        let out = self.steer(&["nic", "show", "--iface", &self.name, "--json"]).output().unwrap();
+        assert!(out.status.success(), "steer nic show in the namespace: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("nic show --json is JSON")
+    }
+}
+
+impl Drop for NsDev {
+    fn drop(&mut self) {
+        let _ = self.steer(&["nic", "restore", "--iface", &self.name]).output();
+        let name = self.name.clone();
+        let state =
+            steer_tests::in_ns(&self.ns, move || steer::pins::RunId::of(&name).map(|id| id.state_dir()));
+        let _ = ip(&["netns", "del", &self.ns]);
+        if let Ok(Ok(dir)) = state {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn queue_values(show: &Value, kind: &str, file: &str) -> Vec<String> {
+    show[kind].as_array().unwrap().iter().map(|q| q[file].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn kernel_engine_in_a_namespace_applies_the_queues_leaves_the_host_table_and_restores_after_sigkill() {
+    let dev = NsDev::veth4();
+    let rfs_before = rfs();
+    let before = dev.show();
+    assert_eq!(queue_values(&before, "rx_queues", "rps_cpus").len(), 4, "{before}");
+    let mut child = dev
+        .steer(&["run", "--iface", &dev.name, "--engine", "kernel", "--cpus", "0-1", "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting steer run in the namespace");
+    // XPS on the last tx queue is the plan's last step.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let during = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!("steer run exited early ({st}): {}", stderr(&out));
+        }
+        let now = dev.show();
+        if queue_values(&now, "tx_queues", "xps_cpus").last().map(String::as_str) == Some("2") {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "steer run did not apply within 20 s: {now}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(queue_values(&during, "rx_queues", "rps_cpus"), ["3"; 4], "RPS over CPUs 0-1");
+    assert_eq!(queue_values(&during, "rx_queues", "rps_flow_cnt"), ["8192"; 4], "32768 / 4 rx queues");
+    assert_eq!(queue_values(&during, "tx_queues", "xps_cpus"), ["1", "2", "1", "2"], "XPS round-robin");
+    assert_eq!(rfs(), rfs_before.trim(), "the host's rps_sock_flow_entries is not the namespace's to change");
+    let out = dev.steer(&["restore", "--iface", &dev.name]).output().unwrap();
+    assert!(!out.status.success() && stderr(&out).contains("still running"), "{}", stderr(&out));
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert_ne!(dev.show(), before, "a killed run leaves its settings");
+    let out = dev.steer(&["restore", "--iface", &dev.name]).output().unwrap();
+    assert!(out.status.success(), "steer restore in the namespace: {}", stderr(&out));
+    assert_eq!(dev.show(), before, "restore must put back every value");
+    assert_eq!(rfs(), rfs_before.trim());
+}
+
+#[test]
+fn a_plan_in_a_namespace_says_the_global_rfs_table_is_the_hosts() {
+    let dev = NsDev::veth4();
+    let plan = |c: &mut Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "steer nic plan in the namespace: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let args = ["nic", "plan", "--iface", &dev.name, "--rps-cpus", "0", "--rfs-entries", "4096"];
+    let text = plan(&mut dev.steer(&args));
+    assert!(text.contains("rx-3 rps_flow_cnt: 0 → 1024"), "the queues' share is planned: {text}");
+    assert!(!text.contains(". rps_sock_flow_entries"), "no step for the host's table: {text}");
+    for want in [
+        "rps_sock_flow_entries skipped",
+        "the global RFS table is the host's",
+        "net.core.rps_sock_flow_entries=4096",
+    ] {
+        assert!(text.contains(want), "note lacks \"{want}\": {text}");
+    }
+    // Where PID 1 is in the initial namespace, the host's value is shown: a fresh PID namespace
+    // whose PID 1 is a shell that stays (`; exit` keeps it from exec'ing the command in its place).
+    let mut c = Command::new("unshare");
+    c.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "sh",
+        "-c",
+        "\"$@\"; exit $?",
+        "sh",
+        "ip",
+        "netns",
+        "exec",
+        &dev.ns,
+    ])
+    .arg(steer_bin())
+    .args(args);
+    let text = plan(&mut c);
+    assert!(text.contains(&format!("the host has {}", rfs())), "{text}");
 }

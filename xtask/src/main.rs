@@ -258,7 +258,9 @@ fn build(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     status(c)?;
-    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("steer"))
+    let target =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    Ok(target.join(if release { "release" } else { "debug" }).join("steer"))
 }
 
 fn run_steer(args: Vec<String>) -> Result<()> {

@@ -250,8 +250,13 @@ async fn kernel(
         ..Default::default()
     };
     let guard = NicGuard::start(&run.iface, run.profile, Some(req), run.quiet)?;
+    let table = if steer::nic::sysfs::in_initial_netns() {
+        format!("rps_sock_flow_entries {rfs_entries}")
+    } else {
+        "the global RFS table is the host's".to_string()
+    };
     log::info!(
-        "kernel RPS/RFS/XPS on {} over CPUs {} (rps_sock_flow_entries {rfs_entries}); restored on exit",
+        "kernel RPS/RFS/XPS on {} over CPUs {} ({table}); restored on exit",
         run.iface,
         cpus::format_list(cpu_set),
     );

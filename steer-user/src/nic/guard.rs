@@ -20,6 +20,11 @@ impl NicGuard {
         let plan = super::plan::plan(iface, &req)?;
         if !quiet {
             print!("{}", plan.render());
+        } else {
+            // Notes say what the plan could not do here (the host's RFS table in a namespace).
+            for n in &plan.notes {
+                log::warn!("{n}");
+            }
         }
         let applied = state::apply(&plan, Some(std::process::id()))?;
         for s in &applied.skipped {

@@ -1,5 +1,9 @@
 //! From a profile and explicit overrides to a list of steps, each "old → new"
 //! with the ethtool / sysfs line a user would have typed. Planning only reads.
+//!
+//! [`plan`] fills the profile's defaults in under the overrides, then asks
+//! each knob in apply order (`knobs`: channels, RFS, IRQ affinity, RPS, XPS,
+//! RSS table, offloads, coalescing) for its steps.
 
 use std::{collections::BTreeMap, fmt, fmt::Write as _, path::PathBuf};
 
@@ -7,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ethtool::{Channels, Coalesce, Ethtool, COALESCE_FIELDS, FEATURE_ALIASES},
-    irq, sysfs,
+    sysfs,
 };
 use crate::{
     cpus,
@@ -19,6 +23,9 @@ use crate::{
 pub const DEFAULT_RFS_ENTRIES: u32 = 32768;
 /// The kernel's upper bound on rps_sock_flow_entries and rps_flow_cnt.
 pub const MAX_RFS_ENTRIES: u32 = 1 << 29;
+
+mod knobs;
+pub use knobs::rfs_table;
 
 /// Named sets of knobs, after the seeds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -213,337 +220,167 @@ fn same(knob: &Knob, a: &Value, b: &Value) -> bool {
     }
 }
 
-fn read_file(path: &std::path::Path) -> Result<Value> {
+pub(super) fn read_file(path: &std::path::Path) -> Result<Value> {
     if !path.exists() {
         return Ok(Value::Absent);
     }
     sysfs::read(path).map(Value::Text)
 }
 
-struct Builder {
+/// The step that writes `new` to the file `path` (it may hold `new` already).
+pub(super) fn file_step(what: String, path: PathBuf, mask: bool, new: String) -> Result<Step> {
+    let old = read_file(&path)?;
+    let equivalent = format!("echo {new} > {}", path.display());
+    Ok(Step {
+        what,
+        knob: Knob::File { path, mask },
+        old,
+        new: Value::Text(new),
+        equivalent,
+        optional: false,
+    })
+}
+
+/// What every knob's planner reads (the device, and its queue counts once the
+/// channel change is made), and the plan each adds its steps and notes to.
+struct Builder<'a> {
+    iface: &'a str,
+    eth: &'a Ethtool,
+    online: &'a [u32],
+    nrx: u32,
+    ntx: u32,
     plan: Plan,
 }
 
-impl Builder {
+impl Builder<'_> {
+    fn driver(&self) -> &str {
+        &self.plan.driver
+    }
+
     fn push(&mut self, what: String, knob: Knob, old: Value, new: Value, equivalent: String, optional: bool) {
-        if !same(&knob, &old, &new) {
-            self.plan.steps.push(Step { what, knob, old, new, equivalent, optional });
+        self.push_step(Step { what, knob, old, new, equivalent, optional });
+    }
+
+    /// Adds `step` unless the knob already holds its new value.
+    fn push_step(&mut self, step: Step) {
+        if !same(&step.knob, &step.old, &step.new) {
+            self.plan.steps.push(step);
         }
     }
 
     fn file(&mut self, what: String, path: PathBuf, mask: bool, new: String) -> Result<()> {
-        let old = read_file(&path)?;
-        let eq = format!("echo {new} > {}", path.display());
-        self.push(what, Knob::File { path, mask }, old, Value::Text(new), eq, false);
+        let step = file_step(what, path, mask, new)?;
+        self.push_step(step);
         Ok(())
     }
+
+    fn note(&mut self, note: String) {
+        self.plan.notes.push(note);
+    }
 }
 
-/// The channel counts `--channels N` asks for: combined where the driver has
-/// combined channels, else rx and tx.
-fn channels_for(cur: &Channels, n: u32, driver: &str) -> Result<Channels> {
-    let bad = |why: String| Error::BadValue { what: "--channels", value: n.to_string(), why };
-    if n == 0 {
-        return Err(bad("must be at least 1".into()));
-    }
-    let mut new = *cur;
-    if cur.max_combined > 0 && (cur.combined > 0 || cur.max_rx == 0) {
-        if n > cur.max_combined {
-            return Err(bad(format!(
-                "driver {driver} allows at most {} combined channels",
-                cur.max_combined
-            )));
-        }
-        new.combined = n;
-    } else {
-        if cur.max_rx == 0 || cur.max_tx == 0 {
-            return Err(bad(format!("driver {driver} reports no changeable rx/tx channels")));
-        }
-        if n > cur.max_rx || n > cur.max_tx {
-            return Err(bad(format!(
-                "driver {driver} allows at most {} rx and {} tx channels",
-                cur.max_rx, cur.max_tx
-            )));
-        }
-        new.rx = n;
-        new.tx = n;
-    }
-    Ok(new)
+/// A setting asked for, and whether it came from the profile (optional:
+/// skipped where the driver lacks it) rather than from an explicit override.
+#[derive(Clone, Debug)]
+struct Setting<T> {
+    name: String,
+    value: T,
+    optional: bool,
 }
 
-fn unsupported(e: &Error) -> bool {
-    matches!(e, Error::NicOp { source, .. } if source.raw_os_error() == Some(libc::EOPNOTSUPP))
+/// The request with the profile's defaults under its explicit overrides.
+struct Wanted {
+    coalesce: Vec<Setting<u32>>,
+    offload: Vec<Setting<bool>>,
+    rps: Option<Vec<u32>>,
+    rfs: Option<u32>,
+    xps: bool,
+}
+
+impl Wanted {
+    fn of(req: &Request, online: &[u32]) -> Self {
+        let profile = |name: &str, value| Setting { name: name.into(), value, optional: true };
+        let mut w = Self {
+            coalesce: vec![],
+            offload: vec![],
+            rps: req.rps_cpus.clone(),
+            rfs: req.rfs_entries,
+            xps: req.xps,
+        };
+        match req.profile {
+            Profile::None => {}
+            Profile::Latency => {
+                for (k, v) in [("rx-usecs", 0), ("rx-frames", 1), ("adaptive-rx", 0), ("adaptive-tx", 0)] {
+                    w.coalesce.push(profile(k, v));
+                }
+            }
+            Profile::Throughput => {
+                for (k, v) in [("adaptive-rx", 1), ("adaptive-tx", 1)] {
+                    w.coalesce.push(profile(k, v));
+                }
+                w.offload.push(Setting { name: "gro".into(), value: true, optional: true });
+                if !req.nic_only {
+                    w.rps.get_or_insert_with(|| online.to_vec());
+                    w.rfs.get_or_insert(DEFAULT_RFS_ENTRIES);
+                    w.xps = true;
+                }
+            }
+        }
+        for (k, v) in &req.coalesce {
+            w.coalesce.retain(|c| &c.name != k);
+            w.coalesce.push(Setting { name: k.clone(), value: *v, optional: false });
+        }
+        for (k, v) in &req.offload {
+            w.offload.retain(|c| &c.name != k);
+            w.offload.push(Setting { name: k.clone(), value: *v, optional: false });
+        }
+        w
+    }
 }
 
 /// Builds the plan for `req` on `iface`. Reads only; fails, naming the value,
-/// on anything it could not apply.
+/// on anything it could not apply. The order is the apply order.
 pub fn plan(iface_name: &str, req: &Request) -> Result<Plan> {
     sysfs::check(iface_name)?;
     let eth = Ethtool::open(iface_name)?;
     let online = cpus::online()?;
-    let drv = eth.driver.clone();
     let mut b = Builder {
+        iface: iface_name,
+        eth: &eth,
+        online: &online,
+        nrx: sysfs::queues(iface_name, "rx").len() as u32,
+        ntx: sysfs::queues(iface_name, "tx").len() as u32,
         plan: Plan {
             iface: iface_name.to_string(),
             ifindex: iface::index(iface_name)?,
-            driver: drv.clone(),
+            driver: eth.driver.clone(),
             steps: vec![],
             preserve: vec![],
             notes: vec![],
         },
     };
-
-    // Profile defaults under the explicit overrides.
-    let mut coalesce: Vec<(String, u32, bool)> = vec![];
-    let mut offload: Vec<(String, bool, bool)> = vec![];
-    let mut rps = req.rps_cpus.clone();
-    let mut rfs = req.rfs_entries;
-    let mut xps = req.xps;
-    match req.profile {
-        Profile::None => {}
-        Profile::Latency => {
-            for (k, v) in [("rx-usecs", 0), ("rx-frames", 1), ("adaptive-rx", 0), ("adaptive-tx", 0)] {
-                coalesce.push((k.into(), v, true));
-            }
-        }
-        Profile::Throughput => {
-            for (k, v) in [("adaptive-rx", 1), ("adaptive-tx", 1)] {
-                coalesce.push((k.into(), v, true));
-            }
-            offload.push(("gro".into(), true, true));
-            if !req.nic_only {
-                rps.get_or_insert_with(|| online.clone());
-                rfs.get_or_insert(DEFAULT_RFS_ENTRIES);
-                xps = true;
-            }
-        }
-    }
-    for (k, v) in &req.coalesce {
-        coalesce.retain(|c| &c.0 != k);
-        coalesce.push((k.clone(), *v, false));
-    }
-    for (k, v) in &req.offload {
-        offload.retain(|c| &c.0 != k);
-        offload.push((k.clone(), *v, false));
-    }
-
-    // 1. Channels first: they decide which queue directories exist.
-    let mut nrx = sysfs::queues(iface_name, "rx").len() as u32;
-    let mut ntx = sysfs::queues(iface_name, "tx").len() as u32;
+    let want = Wanted::of(req, &online);
+    // Channels first: they decide which queue directories exist.
     if let Some(n) = req.channels {
-        let cur = eth.channels()?;
-        let new = channels_for(&cur, n, &drv)?;
-        if new != cur {
-            let eq = if new.combined != cur.combined {
-                format!("ethtool -L {iface_name} combined {n}")
-            } else {
-                format!("ethtool -L {iface_name} rx {n} tx {n}")
-            };
-            nrx = new.combined + new.rx;
-            ntx = new.combined + new.tx;
-            b.push("channels".into(), Knob::Channels, Value::Channels(cur), Value::Channels(new), eq, false);
-            // Queue files a shrink removes (and a regrow resets) come back on restore.
-            for (kind, files) in [("rx", &["rps_cpus", "rps_flow_cnt"][..]), ("tx", &["xps_cpus"][..])] {
-                for q in sysfs::queues(iface_name, kind) {
-                    for f in files {
-                        let path = sysfs::queue_file(iface_name, &format!("{kind}-{q}"), f);
-                        if let Ok(Value::Text(v)) = read_file(&path) {
-                            b.plan.preserve.push(Step {
-                                what: format!("{kind}-{q} {f}"),
-                                knob: Knob::File { path: path.clone(), mask: *f != "rps_flow_cnt" },
-                                old: Value::Text(v.clone()),
-                                new: Value::Text(v),
-                                equivalent: String::new(),
-                                optional: false,
-                            });
-                        }
-                    }
-                }
-            }
-        }
+        knobs::channels(&mut b, n)?;
     }
-
-    // 2. RFS: the global table, then each rx queue's share, as the seeds size it.
-    if let Some(n) = rfs {
-        if n > MAX_RFS_ENTRIES {
-            return Err(Error::BadValue {
-                what: "--rfs-entries",
-                value: n.to_string(),
-                why: format!("the kernel allows at most {MAX_RFS_ENTRIES}"),
-            });
-        }
-        b.file("rps_sock_flow_entries".into(), sysfs::RPS_SOCK_FLOW_ENTRIES.into(), false, n.to_string())?;
-        let per_queue = n.checked_div(nrx).unwrap_or(n);
-        for q in 0..nrx {
-            let path = sysfs::queue_file(iface_name, &format!("rx-{q}"), "rps_flow_cnt");
-            b.file(format!("rx-{q} rps_flow_cnt"), path, false, per_queue.to_string())?;
-        }
+    if let Some(n) = want.rfs {
+        knobs::rfs(&mut b, n)?;
     }
-
-    // 3. IRQ affinity, round-robin over the CPUs given.
-    let irqs = irq::of(iface_name);
-    let mut irq_cpus: Vec<u32> =
-        irqs.iter().flat_map(|q| sysfs::mask_to_cpus(&q.affinity).unwrap_or_default()).collect();
-    if let Some(list) = &req.irq_cpus {
-        if list.is_empty() {
-            return Err(Error::EmptyCpuList);
-        }
-        if irqs.is_empty() {
-            b.plan
-                .notes
-                .push(format!("--irq-cpus: \"{iface_name}\" (driver {drv}) has no interrupts of its own"));
-        }
-        irq_cpus.clear();
-        for (i, q) in irqs.iter().enumerate() {
-            let cpu = list[i % list.len()];
-            irq_cpus.push(cpu);
-            let path = irq::affinity_file(q.irq);
-            let mask = sysfs::cpus_to_mask(&[cpu]);
-            b.file(format!("irq {} ({}) smp_affinity", q.irq, q.name), path, true, mask)?;
-        }
+    let irq_cpus = knobs::irq_affinity(&mut b, req.irq_cpus.as_deref())?;
+    let rps = match want.rps {
+        Some(set) => Some(knobs::rps(&mut b, set, req.exclude_irq_cpus.then_some(&irq_cpus[..]))?),
+        None => None,
+    };
+    if want.xps {
+        knobs::xps(&mut b, rps)?;
     }
-
-    // 4. RPS on every rx queue, minus the interrupting CPUs if asked.
-    if let Some(mut set) = rps.clone() {
-        if req.exclude_irq_cpus {
-            set.retain(|c| !irq_cpus.contains(c));
-            if set.is_empty() && !irq_cpus.is_empty() {
-                return Err(Error::Nic(format!(
-                    "--exclude-irq-cpus leaves no RPS CPU: the interrupts of \"{iface_name}\" use CPUs {}",
-                    cpus::format_list(&irq_cpus)
-                )));
-            }
-        }
-        let mask = sysfs::cpus_to_mask(&set);
-        for q in 0..nrx {
-            let path = sysfs::queue_file(iface_name, &format!("rx-{q}"), "rps_cpus");
-            b.file(format!("rx-{q} rps_cpus"), path, true, mask.clone())?;
-        }
-        rps = Some(set);
-    }
-
-    // 5. XPS: each tx queue to one CPU, round-robin (the seeds' tx-N -> 1, 2, 4, 8).
-    if xps {
-        let set = rps.filter(|s| !s.is_empty()).unwrap_or_else(|| online.clone());
-        for q in 0..ntx {
-            let cpu = set[q as usize % set.len()];
-            let path = sysfs::queue_file(iface_name, &format!("tx-{q}"), "xps_cpus");
-            // The kernel refuses xps_cpus (ENOENT) on a device that is not multiqueue.
-            if path.exists() && sysfs::read(&path).is_err() {
-                b.plan.notes.push(format!("xps: \"{iface_name}\" is not a multiqueue device, XPS skipped"));
-                break;
-            }
-            b.file(format!("tx-{q} xps_cpus"), path, true, sysfs::cpus_to_mask(&[cpu]))?;
-        }
-    }
-
-    // 6. RSS indirection table.
     if let Some(n) = req.rss_equal {
-        let bad = |why: String| Error::BadValue { what: "--rss-equal", value: n.to_string(), why };
-        if n == 0 || n > nrx.max(1) {
-            return Err(bad(format!("\"{iface_name}\" will have {nrx} rx queues")));
-        }
-        let old = eth.rss_indir().map_err(|e| {
-            if unsupported(&e) {
-                Error::Nic(format!(
-                    "driver {drv} does not support an RSS indirection table on \"{iface_name}\" ({e})"
-                ))
-            } else {
-                e
-            }
-        })?;
-        let new: Vec<u32> = (0..old.len() as u32).map(|i| i % n).collect();
-        let eq = format!("ethtool -X {iface_name} equal {n}");
-        b.push("rss indirection".into(), Knob::RssIndir, Value::Indir(old), Value::Indir(new), eq, false);
+        knobs::rss_equal(&mut b, n)?;
     }
-
-    // 7. Offloads.
-    if !offload.is_empty() {
-        let all = eth.features()?;
-        let mut old = BTreeMap::new();
-        let mut new = BTreeMap::new();
-        let mut eq = vec![];
-        let mut optional = true;
-        for (name, on, opt) in &offload {
-            let bits = FEATURE_ALIASES.iter().find(|a| a.0 == name).map(|a| a.1).unwrap_or(&[]);
-            let have: Vec<&&str> = bits.iter().filter(|b| all.contains_key(**b)).collect();
-            if have.is_empty() {
-                if *opt {
-                    b.plan.notes.push(format!("offload {name}: driver {drv} has no such feature, skipped"));
-                    continue;
-                }
-                return Err(Error::Nic(format!(
-                    "driver {drv} has no offload \"{name}\" on \"{iface_name}\""
-                )));
-            }
-            for bit in have {
-                let f = all[*bit];
-                if f.requested == *on {
-                    continue;
-                }
-                if !f.changeable {
-                    if *opt {
-                        b.plan.notes.push(format!("offload {name}: {bit} is fixed on driver {drv}, skipped"));
-                        continue;
-                    }
-                    return Err(Error::Nic(format!(
-                        "offload {name} cannot be changed on \"{iface_name}\": driver {drv} has {bit} fixed {}",
-                        if f.active { "on" } else { "off" }
-                    )));
-                }
-                old.insert(bit.to_string(), f.requested);
-                new.insert(bit.to_string(), *on);
-            }
-            optional &= *opt;
-            eq.push(format!("{name} {}", if *on { "on" } else { "off" }));
-        }
-        if !new.is_empty() {
-            let eq = format!("ethtool -K {iface_name} {}", eq.join(" "));
-            b.push(
-                "offloads".into(),
-                Knob::Features,
-                Value::Features(old),
-                Value::Features(new),
-                eq,
-                optional,
-            );
-        }
-    }
-
-    // 8. Coalescing last: the driver operation most likely to be refused.
-    if !coalesce.is_empty() {
-        let all_optional = coalesce.iter().all(|c| c.2);
-        match eth.coalesce() {
-            Ok(old) => {
-                let mut new = old;
-                for (k, v, _) in &coalesce {
-                    if let Some(i) = Coalesce::field(k) {
-                        new.0[i] = *v;
-                    }
-                }
-                let args: Vec<String> = coalesce.iter().map(|(k, v, _)| format!("{k} {v}")).collect();
-                let eq = format!("ethtool -C {iface_name} {}", args.join(" "));
-                b.push(
-                    "coalescing".into(),
-                    Knob::Coalesce,
-                    Value::Coalesce(old),
-                    Value::Coalesce(new),
-                    eq,
-                    all_optional,
-                );
-            }
-            Err(e) if unsupported(&e) && all_optional => {
-                b.plan.notes.push(format!("coalescing: not supported by driver {drv}, skipped"));
-            }
-            Err(e) if unsupported(&e) => {
-                return Err(Error::Nic(format!(
-                    "driver {drv} does not support interrupt coalescing on \"{iface_name}\" (ETHTOOL_GCOALESCE: \
-                     Operation not supported); nothing was changed"
-                )));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    knobs::offloads(&mut b, &want.offload)?;
+    // Coalescing last: the driver operation most likely to be refused.
+    knobs::coalescing(&mut b, &want.coalesce)?;
     Ok(b.plan)
 }
 
@@ -588,18 +425,6 @@ mod tests {
         );
         assert!(parse_offload("gro=maybe").unwrap_err().to_string().contains("\"maybe\""));
         assert!(parse_offload("warp=on").unwrap_err().to_string().contains("\"warp\""));
-    }
-
-    #[test]
-    fn channels_use_combined_where_the_driver_has_them() {
-        let veth = Channels { max_rx: 4, max_tx: 4, rx: 4, tx: 4, ..Default::default() };
-        let c = channels_for(&veth, 2, "veth").unwrap();
-        assert_eq!((c.rx, c.tx, c.combined), (2, 2, 0));
-        let e = channels_for(&veth, 8, "veth").unwrap_err().to_string();
-        assert!(e.contains("veth") && e.contains("at most 4"), "{e}");
-        let nic = Channels { max_combined: 16, combined: 8, ..Default::default() };
-        assert_eq!(channels_for(&nic, 4, "ice").unwrap().combined, 4);
-        assert!(channels_for(&nic, 0, "ice").is_err());
     }
 
     #[test]

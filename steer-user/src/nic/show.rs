@@ -116,8 +116,18 @@ pub fn read(iface: &str) -> Result<NicInfo> {
                 .unwrap_or_else(|_| "not available (not a multiqueue device)".into()),
         })
         .collect();
-    let entries = sysfs::read(std::path::Path::new(sysfs::RPS_SOCK_FLOW_ENTRIES))
-        .and_then(|s| s.parse::<u64>().map_err(|_| Error::Nic(format!("rps_sock_flow_entries \"{s}\""))));
+    let entries = if sysfs::in_initial_netns() {
+        sysfs::read(std::path::Path::new(sysfs::RPS_SOCK_FLOW_ENTRIES))
+            .and_then(|s| s.parse::<u64>().map_err(|_| Error::Nic(format!("rps_sock_flow_entries \"{s}\""))))
+    } else {
+        // Not this namespace's value: say whose it is rather than show it as ours.
+        Err(Error::Nic(match sysfs::host_rps_sock_flow_entries() {
+            Ok(v) => format!("the host's: {v} (only the initial network namespace has it)"),
+            Err(e) => {
+                format!("the host's (only the initial network namespace has it); not readable from here: {e}")
+            }
+        }))
+    };
     Ok(NicInfo {
         iface: iface.to_string(),
         driver: d.clone(),

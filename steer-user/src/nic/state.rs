@@ -6,6 +6,8 @@
 //! which step, on which driver, which operation and the errno. `restore` reads
 //! the snapshot (also after a SIGKILL), writes every old value back in reverse
 //! order, checks that each reads back as it was, and removes the snapshot.
+//! `apply_unsaved` and `undo` do the same without the snapshot file, for a
+//! device that goes away with its namespace (the lab's veth).
 
 use std::{
     io::Write as _,
@@ -178,6 +180,57 @@ pub struct Applied {
     pub skipped: Vec<String>,
 }
 
+/// A step that failed, after the steps done before it were undone (or not).
+struct Failed {
+    /// Which step, its change, the device and the error.
+    head: String,
+    undone: usize,
+    undo: Result<()>,
+}
+
+/// Applies the steps of `plan` in order. An optional step the driver refuses
+/// is skipped; any other failure undoes the steps done, in reverse.
+fn run_steps(eth: &Ethtool, plan: &Plan) -> std::result::Result<(Applied, Vec<Step>), Failed> {
+    let mut out = Applied::default();
+    let mut done: Vec<Step> = vec![];
+    let total = plan.steps.len();
+    for (i, step) in plan.steps.iter().enumerate() {
+        match write_knob(eth, &step.knob, &step.new) {
+            Ok(()) => done.push(step.clone()),
+            Err(e) if step.optional && is_unsupported(&e) => {
+                let _ = write_knob(eth, &step.knob, &step.old);
+                out.skipped.push(format!("{} ({}): {e}", step.what, step.equivalent));
+            }
+            Err(e) => {
+                let _ = write_knob(eth, &step.knob, &step.old);
+                let undo = rollback(eth, &done);
+                let head = format!(
+                    "step {}/{total} \"{}\" ({} → {}, as `{}`) failed on \"{}\" (driver {}): {e}",
+                    i + 1,
+                    step.what,
+                    step.old,
+                    step.new,
+                    step.equivalent,
+                    plan.iface,
+                    plan.driver
+                );
+                return Err(Failed { head, undone: done.len(), undo });
+            }
+        }
+    }
+    out.done = done.len();
+    Ok((out, done))
+}
+
+/// Checks that `plan` still describes the device it was made for.
+fn open_planned(plan: &Plan) -> Result<Ethtool> {
+    if iface::index(&plan.iface)? != plan.ifindex {
+        return Err(Error::Nic(format!("\"{}\" was recreated since it was planned: plan again", plan.iface)));
+    }
+    sysfs::check(&plan.iface)?;
+    Ethtool::open(&plan.iface)
+}
+
 /// Snapshots, then applies `plan`; on failure undoes what was done.
 pub fn apply(plan: &Plan, owner_pid: Option<u32>) -> Result<Applied> {
     let path = state_file(&plan.iface)?;
@@ -189,56 +242,59 @@ pub fn apply(plan: &Plan, owner_pid: Option<u32>) -> Result<Applied> {
             plan.iface
         )));
     }
-    if iface::index(&plan.iface)? != plan.ifindex {
-        return Err(Error::Nic(format!("\"{}\" was recreated since it was planned: plan again", plan.iface)));
-    }
-    sysfs::check(&plan.iface)?;
-    let eth = Ethtool::open(&plan.iface)?;
+    let eth = open_planned(plan)?;
     let mut state = State { owner_pid, plan: plan.clone() };
     save(&state)?;
-    let mut out = Applied::default();
-    let mut done: Vec<Step> = vec![];
-    let total = plan.steps.len();
-    for (i, step) in plan.steps.iter().enumerate() {
-        match write_knob(&eth, &step.knob, &step.new) {
-            Ok(()) => done.push(step.clone()),
-            Err(e) if step.optional && is_unsupported(&e) => {
-                let _ = write_knob(&eth, &step.knob, &step.old);
-                out.skipped.push(format!("{} ({}): {e}", step.what, step.equivalent));
-            }
-            Err(e) => {
-                let _ = write_knob(&eth, &step.knob, &step.old);
-                let undo = rollback(&eth, &done);
-                let head = format!(
-                    "step {}/{total} \"{}\" ({} → {}, as `{}`) failed on \"{}\" (driver {}): {e}",
-                    i + 1,
-                    step.what,
-                    step.old,
-                    step.new,
-                    step.equivalent,
-                    plan.iface,
-                    plan.driver
-                );
-                return Err(Error::Nic(match undo {
-                    Ok(()) => {
-                        remove_state(&plan.iface)?;
-                        format!("{head}; rolled back the {} earlier step(s): nothing was changed", done.len())
-                    }
-                    Err(r) => format!(
-                        "{head}; rolling back failed too ({r}): the snapshot stays at {}, run `steer nic restore \
-                         --iface {}`",
-                        path.display(),
-                        plan.iface
-                    ),
-                }));
-            }
+    let (out, done) = match run_steps(&eth, plan) {
+        Ok(r) => r,
+        Err(f) => {
+            return Err(Error::Nic(match f.undo {
+                Ok(()) => {
+                    remove_state(&plan.iface)?;
+                    format!("{}; rolled back the {} earlier step(s): nothing was changed", f.head, f.undone)
+                }
+                Err(r) => format!(
+                    "{}; rolling back failed too ({r}): the snapshot stays at {}, run `steer nic restore --iface \
+                     {}`",
+                    f.head,
+                    path.display(),
+                    plan.iface
+                ),
+            }))
         }
-    }
+    };
     // The snapshot keeps only what was changed.
     state.plan.steps = done;
-    out.done = state.plan.steps.len();
     save(&state)?;
     Ok(out)
+}
+
+/// Applies `plan` with no snapshot file, for a device that goes away with
+/// its namespace (the lab's veth): a snapshot of it could never be restored
+/// by name, so the caller keeps the steps done (with their old values) and
+/// puts them back with [`undo`]. On failure undoes what was done.
+pub fn apply_unsaved(plan: &Plan) -> Result<(Applied, Vec<Step>)> {
+    let eth = open_planned(plan)?;
+    run_steps(&eth, plan).map_err(|f| {
+        Error::Nic(match f.undo {
+            Ok(()) => {
+                format!("{}; rolled back the {} earlier step(s): nothing was changed", f.head, f.undone)
+            }
+            Err(r) => format!("{}; rolling back failed too ({r})", f.head),
+        })
+    })
+}
+
+/// Puts back the old values of `steps` (done by [`apply_unsaved`] on
+/// `iface`) in reverse order, and checks that each reads back as it was.
+pub fn undo(iface_name: &str, steps: &[Step]) -> Result<()> {
+    sysfs::check(iface_name)?;
+    let eth = Ethtool::open(iface_name)?;
+    let failed: Vec<String> = steps.iter().rev().filter_map(|s| put_back(&eth, s).err()).collect();
+    if !failed.is_empty() {
+        return Err(Error::Nic(format!("could not put back on \"{iface_name}\": {}", failed.join("; "))));
+    }
+    Ok(())
 }
 
 fn rollback(eth: &Ethtool, done: &[Step]) -> Result<()> {
@@ -258,6 +314,23 @@ fn same(knob: &Knob, a: &Value, b: &Value) -> bool {
         }
         (Knob::File { .. }, Value::Absent, _) => true,
         _ => a == b,
+    }
+}
+
+/// Writes the old value of `s` back unless it already reads so, and checks
+/// that it reads back. Ok(None): nothing to write; Ok/Err: what, in words.
+fn put_back(eth: &Ethtool, s: &Step) -> std::result::Result<Option<String>, String> {
+    let now = read_knob(eth, &s.knob, &s.old);
+    if now.as_ref().is_ok_and(|n| same(&s.knob, &s.old, n)) {
+        return Ok(None);
+    }
+    match write_knob(eth, &s.knob, &s.old) {
+        Ok(()) => match read_knob(eth, &s.knob, &s.old) {
+            Ok(v) if same(&s.knob, &s.old, &v) => Ok(Some(format!("{}: {}", s.what, s.old))),
+            Ok(v) => Err(format!("{}: wrote {} but it reads {v}", s.what, s.old)),
+            Err(e) => Err(format!("{}: {e}", s.what)),
+        },
+        Err(e) => Err(format!("{}: {e}", s.what)),
     }
 }
 
@@ -307,17 +380,10 @@ pub fn restore(iface_name: &str) -> Result<Option<Vec<String>>> {
                 continue;
             }
         }
-        let now = read_knob(eth, &s.knob, &s.old);
-        if now.as_ref().is_ok_and(|n| same(&s.knob, &s.old, n)) {
-            continue;
-        }
-        match write_knob(eth, &s.knob, &s.old) {
-            Ok(()) => match read_knob(eth, &s.knob, &s.old) {
-                Ok(v) if same(&s.knob, &s.old, &v) => done.push(format!("{}: {}", s.what, s.old)),
-                Ok(v) => failed.push(format!("{}: wrote {} but it reads {v}", s.what, s.old)),
-                Err(e) => failed.push(format!("{}: {e}", s.what)),
-            },
-            Err(e) => failed.push(format!("{}: {e}", s.what)),
+        match put_back(eth, s) {
+            Ok(Some(d)) => done.push(d),
+            Ok(None) => {}
+            Err(f) => failed.push(f),
         }
     }
     if !failed.is_empty() {

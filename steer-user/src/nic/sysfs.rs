@@ -7,7 +7,10 @@
 //! [`check`] refuses to touch a /sys that shows some other interface of the
 //! same name (run steer through `ip netns exec NS`, which remounts /sys).
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     error::{Error, Result},
@@ -16,6 +19,41 @@ use crate::{
 
 /// The global RFS flow table size (shared by every namespace and interface).
 pub const RPS_SOCK_FLOW_ENTRIES: &str = "/proc/sys/net/core/rps_sock_flow_entries";
+
+/// Whether the calling thread is in the initial network namespace, the only
+/// one that has [`RPS_SOCK_FLOW_ENTRIES`]. The kernel registers that sysctl
+/// for the initial namespace alone and resolves /proc/sys/net by the calling
+/// thread's namespace, whoever mounted /proc (`nsenter --net` keeps the host's
+/// /proc and still has no such file): its presence is the test. Comparing
+/// /proc/self/ns/net with /proc/1/ns/net is not: PID 1 of a container is not
+/// in the initial namespace, and /proc/1/ns may be closed to us (EACCES).
+pub fn in_initial_netns() -> bool {
+    Path::new(RPS_SOCK_FLOW_ENTRIES).exists()
+}
+
+/// The host's rps_sock_flow_entries, from a thread outside the initial
+/// network namespace: read on a short-lived thread that enters PID 1's
+/// network namespace. That works where PID 1 is the host's init and its
+/// /proc/1/ns/net can be opened; elsewhere the error says what stopped it.
+pub fn host_rps_sock_flow_entries() -> Result<String> {
+    const PID1: &str = "/proc/1/ns/net";
+    let ns = std::fs::File::open(PID1).map_err(|e| Error::io(format!("opening {PID1}"), e))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, which ends after the read, with a namespace fd we hold.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(Error::io(
+                format!("entering the network namespace of {PID1}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if !in_initial_netns() {
+            return Err(Error::Nic("PID 1 is not in the initial network namespace either".into()));
+        }
+        read(Path::new(RPS_SOCK_FLOW_ENTRIES))
+    })
+    .join()
+    .map_err(|_| Error::Nic("the thread reading the host's rps_sock_flow_entries panicked".into()))?
+}
 
 pub fn net_dir(iface: &str) -> PathBuf {
     Path::new("/sys/class/net").join(iface)
