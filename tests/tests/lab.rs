@@ -419,8 +419,16 @@ fn native_mode_on_veth_warns_when_tcp_checksums_break() {
     let listener = in_ns(&lab.rx_ns, move || TcpListener::bind((rx_ip, 7003)).unwrap()).unwrap();
     in_ns(&lab.tx_ns, move || {
         let addr = std::net::SocketAddr::new(rx_ip.parse().unwrap(), 7003);
-        // The handshake may well fail: that is the point.
-        let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(1500));
+        // Several flows: one the hash keeps on the receiving CPU is passed in
+        // place and never crosses the CPUMAP. The handshakes may well fail: that is the point.
+        let tries: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || TcpStream::connect_timeout(&addr, Duration::from_millis(1500)))
+            })
+            .collect();
+        for t in tries {
+            let _ = t.join();
+        }
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(600));
