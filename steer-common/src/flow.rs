@@ -99,7 +99,7 @@ fn bytes(w: &[u32; 4]) -> [u8; 16] {
 }
 
 /// Where a flow goes. The hook writes `want_cpu`, `last_read_ns`, `pid` and
-/// `comm`; the XDP program writes `cpu`, `last_pkt_ns`, `pkts` and `moves`.
+/// `comm`; the XDP program writes `cpu`, `last_pkt_ns`, `pkts`, `moves` and `queued`.
 /// Each side writes only its own fields in place, so neither undoes the other.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,7 +118,10 @@ pub struct FlowEntry {
     /// Packets of this flow the XDP program redirected to `cpu`.
     pub pkts: u64,
     /// Times `cpu` changed.
-    pub moves: u32,
+    pub moves: u16,
+    /// 1 once the flow has been in another CPU's queue: it is then never
+    /// passed in place, only queued, so nothing overtakes what is still queued.
+    pub queued: u16,
     /// Thread group (process) id of the last reader.
     pub pid: u32,
     /// Command name of the last reader, NUL padded.

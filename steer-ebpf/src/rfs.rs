@@ -5,8 +5,14 @@
 //! An entry whose `cpu` is [`ON_RSS`] was just created by the hook: its packets
 //! still go where RSS sends them until the flow pauses, so that packets already
 //! queued on the RSS CPU are not overtaken by ones sent to the reader's CPU.
+//!
+//! Passing in place on the reader's CPU skips every queue, so a flow that has
+//! been in another CPU's queue is never passed in place afterwards: its packets
+//! go through this CPU's own queue, behind which nothing can overtake them even
+//! when the old CPU's kthread lags past the idle gate (as it does when user
+//! tasks starve it). A flow that only ever ran on this CPU is passed in place.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use steer_common::{Counters, FlowKey, RfsCounters, SteerConfig, Tuple};
 
 use crate::maps::{CPUS, FLOWS, RFS_STATS};
@@ -24,6 +30,8 @@ fn rfs_counters() -> Option<&'static mut RfsCounters> {
 /// when RSS must choose (miss, flow not idle yet, CPU without a queue).
 #[inline(always)]
 pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters) -> Option<u32> {
+    // SAFETY: no preconditions.
+    let here = unsafe { bpf_get_smp_processor_id() };
     let r = rfs_counters()?;
     let Some(key) = FlowKey::from_tuple(tuple) else {
         r.misses += 1;
@@ -43,7 +51,7 @@ pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters) -> Option<u32> 
         let idle = now.saturating_sub(e.last_pkt_ns);
         if e.last_pkt_ns == 0 || idle > cfg.migrate_idle_us as u64 * 1000 {
             e.cpu = want;
-            e.moves += 1;
+            e.moves = e.moves.wrapping_add(1);
             r.moves += 1;
         } else {
             r.deferred += 1;
@@ -52,13 +60,19 @@ pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters) -> Option<u32> 
     e.last_pkt_ns = now;
     let cpu = e.cpu;
     if cpu == ON_RSS {
+        if e.queued == 0 && crate::steer::rss_cpu(cfg, tuple).is_some_and(|rss| rss != here) {
+            e.queued = 1;
+        }
         return None;
     }
     match CPUS.redirect(cpu, 0) {
         Ok(verdict) => {
             r.hits += 1;
             e.pkts += 1;
-            Some(crate::steer::steered(c, cpu, verdict))
+            if cpu != here && e.queued == 0 {
+                e.queued = 1;
+            }
+            Some(crate::steer::steered(c, cpu, verdict, e.queued == 0))
         }
         Err(_) => {
             r.not_steerable += 1;

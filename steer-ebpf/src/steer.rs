@@ -3,7 +3,7 @@
 //! the one the packet is already on.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_get_smp_processor_id, programs::XdpContext};
-use steer_common::{hash, Counters, HashKind, PassReason};
+use steer_common::{hash, Counters, HashKind, PassReason, SteerConfig, Tuple};
 
 use crate::{
     maps::{CONFIG, CPUS, INDIR, STATS, TARGETS, TOEPLITZ},
@@ -28,8 +28,10 @@ fn pass(c: &mut Counters, reason: PassReason) -> u32 {
 /// Counts a packet steered to `cpu` and returns its verdict. Called only once
 /// the redirect succeeded, so that a CPU without a queue fails and is counted
 /// as before; when we pass, the target the helper recorded is left unused.
+/// `in_place`: whether the flow may be passed in place when `cpu` is this CPU
+/// (false for a flow that has been in a remote queue: see rfs.rs).
 #[inline(always)]
-pub fn steered(c: &mut Counters, cpu: u32, verdict: u32) -> u32 {
+pub fn steered(c: &mut Counters, cpu: u32, verdict: u32, in_place: bool) -> u32 {
     c.redirected += 1;
     if let Some(n) = TARGETS.get_ptr_mut(cpu) {
         // SAFETY: per-CPU slot, as above.
@@ -37,11 +39,20 @@ pub fn steered(c: &mut Counters, cpu: u32, verdict: u32) -> u32 {
     }
     // On the chosen CPU already: pass in place like RPS, not via our own queue, kthread and switch.
     // SAFETY: no preconditions.
-    if cpu == unsafe { bpf_get_smp_processor_id() } {
+    if in_place && cpu == unsafe { bpf_get_smp_processor_id() } {
         c.local += 1;
         return xdp_action::XDP_PASS;
     }
     verdict
+}
+
+/// The CPU the hash and the indirection table choose for `tuple` (RSS).
+#[inline(always)]
+pub fn rss_cpu(cfg: &SteerConfig, tuple: &Tuple) -> Option<u32> {
+    let kind = if cfg.hash == HashKind::Toeplitz as u32 { HashKind::Toeplitz } else { HashKind::Fast };
+    let table = if kind == HashKind::Toeplitz { TOEPLITZ.get(0) } else { None };
+    let h = hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, tuple)?;
+    INDIR.get(h & cfg.table_mask).copied()
 }
 
 pub fn steer(ctx: &XdpContext) -> u32 {
@@ -62,17 +73,13 @@ pub fn steer(ctx: &XdpContext) -> u32 {
             return verdict;
         }
     }
-    let kind = if cfg.hash == HashKind::Toeplitz as u32 { HashKind::Toeplitz } else { HashKind::Fast };
-    let table = if kind == HashKind::Toeplitz { TOEPLITZ.get(0) } else { None };
-    let Some(h) = hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, &tuple) else {
-        return pass(c, PassReason::NoConfig);
-    };
-    let Some(&cpu) = INDIR.get(h & cfg.table_mask) else {
+    let Some(cpu) = rss_cpu(cfg, &tuple) else {
         return pass(c, PassReason::NoConfig);
     };
     // The low bits of the flags are the verdict when the CPU has no queue: pass.
+    // A flow's RSS CPU never changes (but on SIGHUP), so passing it in place keeps its order.
     match CPUS.redirect(cpu, xdp_action::XDP_PASS as u64) {
-        Ok(verdict) => steered(c, cpu, verdict),
+        Ok(verdict) => steered(c, cpu, verdict, true),
         Err(verdict) => {
             c.redirect_err += 1;
             verdict

@@ -489,6 +489,60 @@ fn rfs_hit_path_passes_in_place_when_the_reader_is_on_this_cpu() {
     }
 }
 
+fn get_flow(ebpf: &Ebpf, key: &FlowKey) -> FlowEntry {
+    let m: AyaHashMap<_, FlowKey, FlowEntry> =
+        AyaHashMap::try_from(ebpf.map("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
+    m.get(key, 0).expect("the flow is in the table")
+}
+
+/// A flow that has been in another CPU's queue and then follows its reader to
+/// this CPU goes through this CPU's own queue, never in place: packets still in
+/// the old queue (its kthread may lag past the idle gate) cannot be overtaken.
+/// A flow whose RSS CPU is another one is marked the same way while it waits.
+#[test]
+fn rfs_flow_that_was_queued_elsewhere_is_never_passed_in_place() {
+    require_root();
+    let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_rfs(Some(RfsSettings::default()));
+    for &c in &cpus {
+        let other = cpus.iter().copied().find(|&x| x != c).unwrap();
+        let (frame, t) = flow_for(&settings, IPPROTO_TCP, c, true);
+        let (away_frame, away_t) = flow_for(&settings, IPPROTO_TCP, c, false);
+        on_cpu(c, || {
+            let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
+            let key = FlowKey::from_tuple(&t).expect("tcp flow key");
+            // Read on the other CPU: redirected there, and marked.
+            set_flow(&mut ebpf, &key, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!((v, cpu_that_got(&d)), (XDP_REDIRECT, Some(other)));
+            assert_eq!(get_flow(&ebpf, &key).queued, 1, "a flow sent to another CPU's queue is marked");
+            // Its reader comes to this CPU and the flow is idle: it moves, through this CPU's queue.
+            let e = FlowEntry { want_cpu: c, last_pkt_ns: 0, ..get_flow(&ebpf, &key) };
+            set_flow(&mut ebpf, &key, e);
+            let (v, d) = once(&mut ebpf, &frame);
+            let e = get_flow(&ebpf, &key);
+            println!(
+                "on CPU {c}: back from CPU {other}: verdict {v}, entry cpu {} queued {}",
+                e.cpu, e.queued
+            );
+            assert_eq!((v, cpu_that_got(&d), d.total().local), (XDP_REDIRECT, Some(c), 0), "not in place");
+            assert_eq!((e.cpu, e.moves, e.queued), (c, 1, 1));
+            // A new flow waiting on its (remote) RSS CPU is marked too.
+            let away = FlowKey::from_tuple(&away_t).expect("tcp flow key");
+            set_flow(
+                &mut ebpf,
+                &away,
+                FlowEntry { cpu: u32::MAX, want_cpu: c, last_pkt_ns: u64::MAX, ..Default::default() },
+            );
+            let (v, _) = once(&mut ebpf, &away_frame);
+            assert_eq!((v, get_flow(&ebpf, &away).queued), (XDP_REDIRECT, 1), "RSS elsewhere: marked");
+        });
+    }
+}
+
 /// Per-packet cost of the two verdicts (printed for the note; no thresholds):
 /// BPF_PROG_TEST_RUN repeat from a thread pinned to the first CPU, the local
 /// and the remote flow interleaved in rounds, with a bare XDP_PASS for scale.

@@ -64,7 +64,7 @@ impl FlowRow {
             cpu: (e.cpu != u32::MAX).then_some(e.cpu),
             reader_cpu: e.want_cpu,
             packets: e.pkts,
-            moves: e.moves,
+            moves: e.moves.into(),
             age_ms: ms(e.created_ns),
             idle_ms: (e.last_pkt_ns != 0).then(|| ms(e.last_pkt_ns)),
             read_ago_ms: ms(e.last_read_ns),
