@@ -6,8 +6,13 @@
 pub mod cpumap;
 pub mod procstat;
 pub mod softnet;
+mod source;
+mod table;
 
-use std::{borrow::Borrow, collections::BTreeMap, fmt::Write as _, time::Instant};
+pub use source::Source;
+pub use table::render_table;
+
+use std::{borrow::Borrow, collections::BTreeMap, time::Instant};
 
 use aya::maps::{MapData, PerCpuArray};
 use steer_common::{Counters, PassReason};
@@ -392,184 +397,5 @@ fn sum_rates(cpus: &[CpuRates]) -> CpuRates {
         time_squeeze_per_s: cpus.iter().map(|c| c.time_squeeze_per_s).sum(),
         received_rps_per_s: cpus.iter().map(|c| c.received_rps_per_s).sum(),
         flow_limit_per_s: cpus.iter().map(|c| c.flow_limit_per_s).sum(),
-    }
-}
-
-/// "1.23M", "45.6k", "789": rates in 6 characters.
-fn si(v: Option<f64>) -> String {
-    let Some(v) = v else { return "-".into() };
-    if v >= 9_999_500.0 {
-        format!("{:.1}M", v / 1e6)
-    } else if v >= 999_950.0 {
-        format!("{:.2}M", v / 1e6)
-    } else if v >= 99_950.0 {
-        format!("{:.0}k", v / 1e3)
-    } else if v >= 9_999.5 {
-        format!("{:.1}k", v / 1e3)
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-/// Width of the per-CPU bar (steered-in, or softirq % without steer).
-const BAR: usize = 8;
-
-/// The per-CPU rate table `steer stats` prints: fits 80 columns.
-pub fn render_table(r: &Report) -> String {
-    let mut out = String::new();
-    let state = match &r.attached {
-        Some(m) => format!("steer {m} XDP, CPUs {}", crate::cpus::format_list(&r.steering_cpus)),
-        None => "no steer attached: softirq/softnet only".into(),
-    };
-    let _ = writeln!(out, "{}: {state}; per second over {:.2} s", r.iface, r.interval_s);
-    let _ = writeln!(
-        out,
-        "{:>3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>5} {}",
-        "CPU",
-        "xdp-rx",
-        "in",
-        "rfs",
-        "pass",
-        "drops",
-        "%soft",
-        "%idle",
-        "sn-prc",
-        "sn-drp",
-        "sqz",
-        if r.attached.is_some() { "steered in" } else { "%soft" }
-    );
-    let bar_of = |c: &CpuRates| match r.attached {
-        Some(_) => c.steered_in_pps.unwrap_or(0.0),
-        None => c.softirq_pct,
-    };
-    let max = r.cpus.iter().map(bar_of).fold(0.0, f64::max);
-    let line = |out: &mut String, label: String, c: &CpuRates, bar: String| {
-        let _ = writeln!(
-            out,
-            "{label:>3} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5.1} {:>5.1} {:>6} {:>6} {:>5} {bar}",
-            si(c.xdp_rx_pps),
-            si(c.steered_in_pps),
-            si(c.rfs_hits_pps),
-            si(c.passed_pps),
-            si(c.drops_pps),
-            c.softirq_pct,
-            c.idle_pct,
-            si(Some(c.softnet_processed_pps)),
-            si(Some(c.softnet_dropped_pps)),
-            si(Some(c.time_squeeze_per_s)),
-        );
-    };
-    for c in &r.cpus {
-        let v = bar_of(c);
-        let n = if max > 0.0 { ((v / max) * BAR as f64).round() as usize } else { 0 };
-        let mark = if c.steering { '#' } else { '=' };
-        line(&mut out, c.cpu.to_string(), c, mark.to_string().repeat(n));
-    }
-    line(&mut out, "all".into(), &r.all, String::new());
-    match (r.attached.is_some(), r.imbalance) {
-        (true, Some(i)) => {
-            let _ = writeln!(out, "imbalance (max/mean steered-in over steering CPUs): {i:.2}");
-        }
-        (true, None) => {
-            let _ = writeln!(out, "imbalance: no steered traffic");
-        }
-        _ => {}
-    }
-    if let Some(rfs) = &r.rfs {
-        let _ = writeln!(
-            out,
-            "rfs: {} flows; hits {}, misses {}, moves {}, deferred {}",
-            rfs.get("flows").unwrap_or(&0),
-            rfs.get("hits").unwrap_or(&0),
-            rfs.get("misses").unwrap_or(&0),
-            rfs.get("moves").unwrap_or(&0),
-            rfs.get("deferred").unwrap_or(&0)
-        );
-    }
-    if let Some(reasons) = &r.passed_by_reason {
-        let nz: Vec<String> =
-            reasons.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
-        if !nz.is_empty() {
-            let _ = writeln!(out, "passed since attach: {}", nz.join(", "));
-        }
-    }
-    out
-}
-
-/// Reads samples for one interface: the pins of a running `steer run` when
-/// there is one (picked up or dropped as runs come and go), and the kernel's
-/// per-CPU files always.
-pub struct Source {
-    id: crate::pins::RunId,
-    pinned: Option<crate::pins::Pinned>,
-    cpumap: Option<PerCpuArray<aya::maps::MapData, u64>>,
-    rfs: Option<crate::rfs::PinnedFlows>,
-}
-
-impl Source {
-    /// Fails when there is no such interface here, so that a typo is not
-    /// silently shown as an idle machine, and when a run exists but its maps
-    /// cannot be opened (permissions), so that it is not shown as "no steer".
-    pub fn open(iface: &str) -> Result<Self> {
-        let mut s = Self { id: crate::pins::RunId::of(iface)?, pinned: None, cpumap: None, rfs: None };
-        s.refresh()?;
-        Ok(s)
-    }
-
-    fn refresh(&mut self) -> Result<()> {
-        if !self.id.is_running() {
-            self.pinned = None;
-            self.cpumap = None;
-            self.rfs = None;
-            return Ok(());
-        }
-        if self.pinned.is_none() {
-            self.pinned = Some(crate::pins::Pinned::open_id(&self.id)?);
-        }
-        if self.rfs.is_none() && self.id.has_map(crate::pins::FLOWS) {
-            self.rfs = crate::rfs::PinnedFlows::open(&self.id.iface).ok();
-        }
-        if self.cpumap.is_none() {
-            self.cpumap = cpumap::open(&self.id);
-        }
-        Ok(())
-    }
-
-    /// Whether a steer program's maps are being read.
-    pub fn attached(&self) -> bool {
-        self.pinned.is_some()
-    }
-
-    pub fn sample(&mut self) -> Result<Sample> {
-        self.refresh()?;
-        let xdp = match &self.pinned {
-            Some(p) => Some(Snapshot::read(&p.stats, &p.targets)?),
-            None => None,
-        };
-        let cpumap = match (&self.cpumap, &xdp) {
-            (Some(m), Some(x)) => Some(cpumap::read(m, x.per_cpu.len())?),
-            _ => None,
-        };
-        let rfs = match &self.rfs {
-            Some(f) => Some(RfsSample {
-                per_cpu: f.stats.get(&0, 0).map_err(Error::ebpf)?.iter().copied().collect(),
-                live_flows: f.flows.keys().count() as u64,
-            }),
-            None => None,
-        };
-        let unix_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        Ok(Sample {
-            at: Instant::now(),
-            unix_s,
-            xdp,
-            cpumap,
-            times: procstat::read()?,
-            softnet: softnet::read()?,
-            run: RunInfo::read(&self.id),
-            rfs,
-        })
     }
 }
