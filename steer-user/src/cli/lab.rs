@@ -166,7 +166,7 @@ fn clients(
     rounds: u32,
     secs: f64,
     irq_cpu: u32,
-) -> Result<(Vec<clients::Summary>, Vec<String>)> {
+) -> Result<(Vec<report::Summary>, Vec<String>)> {
     let mut notes = Vec::new();
     let usable: Vec<clients::Client> = clients::ALL
         .into_iter()
@@ -211,7 +211,7 @@ fn clients(
         "{} client(s) x {rounds} round(s), {secs} s each, clients pinned to CPU {irq_cpu}",
         usable.len()
     ));
-    Ok((clients::summarize(&runs), notes))
+    Ok((report::summarize(&runs), notes))
 }
 
 fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {

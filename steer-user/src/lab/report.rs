@@ -5,6 +5,7 @@
 use std::{fmt::Write as _, path::Path};
 
 use super::{
+    clients::ClientResult,
     rr::RrResult,
     scenario::{Cost, Plan, Scenario, Search},
     CpuPicture, LabError, Result,
@@ -65,14 +66,73 @@ pub struct BenchResult {
     /// Real clients (iperf3, sockperf, ...): what ran, or why not.
     pub real_clients: Vec<String>,
     /// Real clients per scenario: median and range over the rounds.
-    pub clients: Vec<super::clients::Summary>,
+    pub clients: Vec<Summary>,
     pub seconds: f64,
+}
+
+/// One client in one scenario over the repetitions: median and range.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub client: String,
+    pub unit: String,
+    pub runs: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub retransmits: Option<u64>,
+    /// Runs that failed, with the reason.
+    pub failed: Vec<String>,
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// Medians per (scenario, client) of `runs`, in the order they first appear.
+pub fn summarize(runs: &[(String, String, std::result::Result<ClientResult, String>)]) -> Vec<Summary> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for (sc, cl, _) in runs {
+        if !keys.iter().any(|(s, c)| s == sc && c == cl) {
+            keys.push((sc.clone(), cl.clone()));
+        }
+    }
+    keys.into_iter()
+        .map(|(sc, cl)| {
+            let mine: Vec<_> = runs.iter().filter(|(s, c, _)| *s == sc && *c == cl).map(|r| &r.2).collect();
+            let ok: Vec<&ClientResult> = mine.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let mut vals: Vec<f64> = ok.iter().map(|r| r.value).collect();
+            let mut p50: Vec<f64> = ok.iter().filter_map(|r| r.p50_us).collect();
+            let mut p99: Vec<f64> = ok.iter().filter_map(|r| r.p99_us).collect();
+            let mut retr: Vec<f64> = ok.iter().filter_map(|r| r.retransmits.map(|v| v as f64)).collect();
+            Summary {
+                unit: ok.first().map(|r| r.unit.clone()).unwrap_or_default(),
+                runs: ok.len(),
+                min: vals.iter().copied().fold(f64::INFINITY, f64::min),
+                max: vals.iter().copied().fold(0.0, f64::max),
+                median: median(&mut vals).unwrap_or(0.0),
+                p50_us: median(&mut p50),
+                p99_us: median(&mut p99),
+                retransmits: median(&mut retr).map(|v| v as u64),
+                failed: mine.iter().filter_map(|r| r.as_ref().err().cloned()).collect(),
+                scenario: sc,
+                client: cl,
+            }
+        })
+        .collect()
 }
 
 /// Real clients: one row per client and scenario, median (min-max) over the
 /// rounds, and the ratio to kernel RPS+RFS over all CPUs (the kernel's best
 /// default for request/response).
-fn clients_table(rows: &[super::clients::Summary]) -> String {
+fn clients_table(rows: &[Summary]) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         return out;
@@ -345,5 +405,29 @@ impl BenchResult {
         let text = serde_json::to_string_pretty(self).map_err(|e| LabError::Msg(format!("JSON: {e}")))?;
         std::fs::write(&js, text).map_err(|e| LabError::io(format!("writing {}", js.display()), e))?;
         Ok(vec![md, js])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_are_medians_with_range() {
+        let r = |v: f64| {
+            Ok(ClientResult { value: v, unit: "req/s".into(), p99_us: Some(v), ..Default::default() })
+        };
+        let runs = vec![
+            ("a".to_string(), "x".to_string(), r(3.0)),
+            ("b".to_string(), "x".to_string(), r(10.0)),
+            ("a".to_string(), "x".to_string(), r(1.0)),
+            ("a".to_string(), "x".to_string(), Err("boom".to_string())),
+            ("a".to_string(), "x".to_string(), r(2.0)),
+        ];
+        let s = summarize(&runs);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].median, s[0].min, s[0].max, s[0].runs), (2.0, 1.0, 3.0, 3));
+        assert_eq!(s[0].failed, vec!["boom".to_string()]);
+        assert_eq!(s[1].median, 10.0);
     }
 }
