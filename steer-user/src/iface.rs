@@ -4,7 +4,10 @@
 
 use std::ffi::{CStr, CString};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    sys::{self, ethtool::Ethtool},
+};
 
 /// Refuses what the kernel refuses as an interface name (`dev_valid_name`):
 /// empty, 16 bytes or more, "." or "..", '/', ':' or whitespace. Checked before
@@ -35,71 +38,13 @@ pub fn index(name: &str) -> Result<u32> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(Error::NoSuchInterface(name.to_string()));
     }
-    // SAFETY: c is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(Error::NoSuchInterface(name.to_string()));
-    }
-    Ok(idx)
-}
-
-const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
-
-#[repr(C)]
-struct EthtoolDrvinfo {
-    cmd: u32,
-    driver: [u8; 32],
-    version: [u8; 32],
-    fw_version: [u8; 32],
-    bus_info: [u8; 32],
-    erom_version: [u8; 32],
-    reserved2: [u8; 12],
-    n_priv_flags: u32,
-    n_stats: u32,
-    testinfo_len: u32,
-    eedump_len: u32,
-    regdump_len: u32,
+    sys::if_nametoindex(&c).ok_or_else(|| Error::NoSuchInterface(name.to_string()))
 }
 
 /// The interface's driver name as the kernel reports it ("veth", "tun", "mlx5_core").
 pub fn driver(name: &str) -> Result<String> {
-    let mut info = EthtoolDrvinfo {
-        cmd: ETHTOOL_GDRVINFO,
-        driver: [0; 32],
-        version: [0; 32],
-        fw_version: [0; 32],
-        bus_info: [0; 32],
-        erom_version: [0; 32],
-        reserved2: [0; 12],
-        n_priv_flags: 0,
-        n_stats: 0,
-        testinfo_len: 0,
-        eedump_len: 0,
-        regdump_len: 0,
-    };
-    // SAFETY: plain socket syscall.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::io("socket for SIOCETHTOOL", std::io::Error::last_os_error()));
-    }
-    // SAFETY: ifreq is plain data; we fill the name and point ifru_data at `info`.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
-    // SAFETY: fd is a socket we own, ifr outlives the call.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing our own fd.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(Error::io(format!("ETHTOOL_GDRVINFO on \"{name}\""), err));
-    }
-    let drv = CStr::from_bytes_until_nul(&info.driver)
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(drv)
+    let et = Ethtool::open(name).map_err(|e| Error::io("socket for SIOCETHTOOL", e))?;
+    et.driver().map_err(|e| Error::io(format!("ETHTOOL_GDRVINFO on \"{name}\""), e.source))
 }
 
 /// The interface's MTU (SIOCGIFMTU, in the caller's network namespace).

@@ -2,6 +2,18 @@
 //! The rest of the crate calls the typed functions here and adds what the
 //! user should read (which interface, which program, what to do).
 //!
+//! - [`ethtool`]: the SIOCETHTOOL ioctl, hand-written (why: in its docs).
 //! - [`bpf`]: the bpf(2) commands aya 0.14 lacks for steer's use, hand-written.
 
 pub mod bpf;
+pub mod ethtool;
+
+use std::ffi::CStr;
+
+/// The index of interface `name` in the caller's network namespace
+/// (if_nametoindex(3), SIOCGIFINDEX behind libc), or None.
+pub fn if_nametoindex(name: &CStr) -> Option<u32> {
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
