@@ -2,11 +2,14 @@
 //! The rest of the crate calls the typed functions here and adds what the
 //! user should read (which interface, which program, what to do).
 //!
+//! - [`netlink`]: rtnetlink (links, XDP by netlink, veth, addresses,
+//!   neighbours) through the `netlink-packet-route` and `netlink-sys` crates.
 //! - [`ethtool`]: the SIOCETHTOOL ioctl, hand-written (why: in its docs).
 //! - [`bpf`]: the bpf(2) commands aya 0.14 lacks for steer's use, hand-written.
 
 pub mod bpf;
 pub mod ethtool;
+pub mod netlink;
 
 use std::ffi::CStr;
 
