@@ -6,10 +6,9 @@
 //! signal interrupted.
 
 use std::{
-    ffi::CString,
     fs::File,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::PathBuf,
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -18,7 +17,7 @@ use std::{
 };
 
 use super::{LabError, Result};
-use crate::sys::netlink::Route;
+use crate::sys::{netlink::Route, netns};
 
 const NETNS_DIR: &str = "/run/netns";
 
@@ -47,20 +46,8 @@ impl NetNs {
         let target = path.clone();
         // unshare(CLONE_NEWNET) moves only this helper thread; the bind mount keeps the namespace.
         let res = std::thread::spawn(move || -> std::io::Result<()> {
-            // SAFETY: affects only the calling thread's network namespace.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let src = CString::new("/proc/thread-self/ns/net")?;
-            let dst = CString::new(target.as_os_str().as_encoded_bytes())?;
-            // SAFETY: valid strings; a bind mount of this thread's namespace file.
-            if unsafe {
-                libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
-            } != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            netns::unshare_net()?;
+            netns::bind_own_netns(&target)
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")));
@@ -115,21 +102,11 @@ impl NetNs {
 
 /// Moves the calling thread into the network namespace `fd`.
 pub fn enter(fd: &OwnedFd) -> Result<()> {
-    // SAFETY: setns on the calling thread with a namespace fd we hold.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(LabError::io(
-            "entering a lab network namespace (setns)",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    netns::enter_net(fd.as_fd()).map_err(|e| LabError::io("entering a lab network namespace (setns)", e))
 }
 
 fn unmount(path: &std::path::Path) {
-    if let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) {
-        // SAFETY: valid path string.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    let _ = netns::umount_detach(path);
     let _ = std::fs::remove_file(path);
 }
 

@@ -6,10 +6,12 @@
 //!   neighbours) through the `netlink-packet-route` and `netlink-sys` crates.
 //! - [`ethtool`]: the SIOCETHTOOL ioctl, hand-written (why: in its docs).
 //! - [`bpf`]: the bpf(2) commands aya 0.14 lacks for steer's use, hand-written.
+//! - [`netns`]: unshare/setns and the bind mounts that keep a network namespace.
 
 pub mod bpf;
 pub mod ethtool;
 pub mod netlink;
+pub mod netns;
 
 use std::ffi::CStr;
 
