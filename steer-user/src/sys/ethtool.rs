@@ -105,10 +105,11 @@ impl Ethtool {
         Ok(rc)
     }
 
-    /// A command whose struct is `N` 32-bit words, the command word first.
+    /// A command whose buffer is `N` 32-bit words, the command word first.
     ///
     /// # Safety
-    /// `cmd`'s struct must be exactly `N` words with no variable-length tail.
+    /// `N` words must hold all the kernel reads and writes for `cmd` with the
+    /// lengths set in `buf` (a fixed struct, or a header whose lengths are 0).
     unsafe fn words<const N: usize>(
         &self,
         op: &'static str,
