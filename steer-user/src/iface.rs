@@ -1,10 +1,14 @@
-//! What steer asks of an interface: its index, its driver, its rx counter.
-//! All through calls that follow the caller's network namespace (ioctl,
-//! getifaddrs), never through /sys, which `ip netns exec` remounts.
+//! What steer asks of an interface: its index, its driver, its MTU, its rx
+//! counter. All through calls that follow the caller's network namespace
+//! (if_nametoindex, the ethtool ioctl, rtnetlink), never through /sys, which
+//! `ip netns exec` remounts.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    sys::{self, ethtool::Ethtool, netlink},
+};
 
 /// Refuses what the kernel refuses as an interface name (`dev_valid_name`):
 /// empty, 16 bytes or more, "." or "..", '/', ':' or whitespace. Checked before
@@ -35,128 +39,38 @@ pub fn index(name: &str) -> Result<u32> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(Error::NoSuchInterface(name.to_string()));
     }
-    // SAFETY: c is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(Error::NoSuchInterface(name.to_string()));
-    }
-    Ok(idx)
-}
-
-const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
-
-#[repr(C)]
-struct EthtoolDrvinfo {
-    cmd: u32,
-    driver: [u8; 32],
-    version: [u8; 32],
-    fw_version: [u8; 32],
-    bus_info: [u8; 32],
-    erom_version: [u8; 32],
-    reserved2: [u8; 12],
-    n_priv_flags: u32,
-    n_stats: u32,
-    testinfo_len: u32,
-    eedump_len: u32,
-    regdump_len: u32,
+    sys::if_nametoindex(&c).ok_or_else(|| Error::NoSuchInterface(name.to_string()))
 }
 
 /// The interface's driver name as the kernel reports it ("veth", "tun", "mlx5_core").
 pub fn driver(name: &str) -> Result<String> {
-    let mut info = EthtoolDrvinfo {
-        cmd: ETHTOOL_GDRVINFO,
-        driver: [0; 32],
-        version: [0; 32],
-        fw_version: [0; 32],
-        bus_info: [0; 32],
-        erom_version: [0; 32],
-        reserved2: [0; 12],
-        n_priv_flags: 0,
-        n_stats: 0,
-        testinfo_len: 0,
-        eedump_len: 0,
-        regdump_len: 0,
-    };
-    // SAFETY: plain socket syscall.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::io("socket for SIOCETHTOOL", std::io::Error::last_os_error()));
-    }
-    // SAFETY: ifreq is plain data; we fill the name and point ifru_data at `info`.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
-    // SAFETY: fd is a socket we own, ifr outlives the call.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing our own fd.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(Error::io(format!("ETHTOOL_GDRVINFO on \"{name}\""), err));
-    }
-    let drv = CStr::from_bytes_until_nul(&info.driver)
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(drv)
+    let et = Ethtool::open(name).map_err(|e| Error::io("socket for SIOCETHTOOL", e))?;
+    et.driver().map_err(|e| Error::io(format!("ETHTOOL_GDRVINFO on \"{name}\""), e.source))
 }
 
-/// The interface's MTU (SIOCGIFMTU, in the caller's network namespace).
+/// The link `name` as rtnetlink reports it in the caller's network namespace.
+fn link(name: &str) -> Result<netlink::Link> {
+    check_name(name).map_err(|_| Error::NoSuchInterface(name.to_string()))?;
+    netlink::Route::open()
+        .and_then(|mut nl| nl.link_by_name(name))
+        .map_err(|e| Error::io(format!("RTM_GETLINK for \"{name}\""), e))?
+        .ok_or_else(|| Error::NoSuchInterface(name.to_string()))
+}
+
+/// The interface's MTU.
 pub fn mtu(name: &str) -> Result<u32> {
     check_name(name)?;
-    // SAFETY: plain socket syscall.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::io("socket for SIOCGIFMTU", std::io::Error::last_os_error()));
-    }
-    // SAFETY: ifreq is plain data; the name is shorter than IFNAMSIZ (checked).
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: fd is a socket we own, ifr outlives the call.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut ifr) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing our own fd.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(Error::io(format!("SIOCGIFMTU on \"{name}\""), err));
-    }
-    // SAFETY: SIOCGIFMTU fills ifru_mtu.
-    Ok(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
+    link(name)?.mtu.ok_or_else(|| missing(name, "IFLA_MTU"))
 }
 
-/// Packets the interface has received, from the kernel's link statistics.
+/// Packets the interface has received, from the kernel's link statistics
+/// (IFLA_STATS, the counters getifaddrs(3) reports).
 pub fn rx_packets(name: &str) -> Result<u64> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head`, freed below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(Error::io("getifaddrs", std::io::Error::last_os_error()));
-    }
-    let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: cur walks the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        let is_packet = !ifa.ifa_addr.is_null()
-            // SAFETY: ifa_addr checked non-null.
-            && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_PACKET;
-        // SAFETY: ifa_name is a valid C string for the list's lifetime.
-        if is_packet
-            && !ifa.ifa_data.is_null()
-            && unsafe { CStr::from_ptr(ifa.ifa_name) }.to_bytes() == name.as_bytes()
-        {
-            // For AF_PACKET entries ifa_data points at struct rtnl_link_stats (u32 counters).
-            // SAFETY: as documented in getifaddrs(3).
-            let rx = unsafe { *(ifa.ifa_data as *const u32) };
-            found = Some(rx as u64);
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: head came from getifaddrs.
-    unsafe { libc::freeifaddrs(head) };
-    found.ok_or_else(|| Error::NoSuchInterface(name.to_string()))
+    link(name)?.rx_packets.map(u64::from).ok_or_else(|| missing(name, "IFLA_STATS"))
+}
+
+fn missing(name: &str, attr: &str) -> Error {
+    Error::io(format!("RTM_GETLINK for \"{name}\""), std::io::Error::other(format!("no {attr} in the reply")))
 }
 
 /// `Tcp: InCsumErrors` of this process's network namespace.
@@ -189,5 +103,13 @@ mod tests {
     fn loopback_is_known() {
         assert_eq!(index("lo").unwrap(), 1);
         assert!(rx_packets("lo").is_ok());
+        assert!(mtu("lo").unwrap() > 0);
+    }
+
+    #[test]
+    fn a_missing_interface_is_named_by_every_reader() {
+        for e in [rx_packets("steer-nope0").unwrap_err(), mtu("steer-nope0").unwrap_err()] {
+            assert!(matches!(&e, Error::NoSuchInterface(n) if n == "steer-nope0"), "{e}");
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod packet;
 pub mod pins;
 pub mod rfs;
 pub mod stats;
+pub mod sys;
 pub mod testrun;
 pub mod xdp_owner;
 

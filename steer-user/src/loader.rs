@@ -143,39 +143,12 @@ pub fn generator_sent(ebpf: &Ebpf) -> Result<u64> {
 
 /// Removes `cpu`'s queue (aya 0.14 has no CpuMap::remove): BPF_MAP_DELETE_ELEM.
 pub fn cpumap_delete(ebpf: &mut Ebpf, cpu: u32) -> Result<()> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
+    use std::os::fd::AsFd as _;
     let aya::maps::Map::CpuMap(data) = map_mut(ebpf, map::CPUS)? else {
         return Err(Error::Ebpf("map CPUS is not a CPUMAP".into()));
     };
-    // bpf_attr for BPF_MAP_*_ELEM: map_fd, pad, key pointer, value pointer, flags.
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let key = cpu;
-    let attr = Attr {
-        map_fd: data.fd().as_fd().as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: 0,
-        flags: 0,
-    };
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    // SAFETY: a valid bpf_attr prefix with its true size; key outlives the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_ELEM, &attr as *const Attr, std::mem::size_of::<Attr>())
-    };
-    if rc != 0 {
-        return Err(Error::io(
-            format!("removing CPU {cpu} from the CPUMAP"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    crate::sys::bpf::map_delete_u32(data.fd().as_fd(), cpu)
+        .map_err(|e| Error::io(format!("removing CPU {cpu} from the CPUMAP"), e))
 }
 
 /// Why a driver refuses native XDP, in words, for the errnos that have a known cause.
