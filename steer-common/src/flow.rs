@@ -151,6 +151,9 @@ pub struct RfsCounters {
     pub inserts: u64,
     /// Hook: entries deleted because their socket closed.
     pub removed: u64,
+    /// Hook: reads on sockets already closed (a reset before the application
+    /// read): not recorded, since no close event would ever remove them.
+    pub hook_closed: u64,
 }
 
 impl RfsCounters {
@@ -164,6 +167,7 @@ impl RfsCounters {
         self.hook_filtered += o.hook_filtered;
         self.inserts += o.inserts;
         self.removed += o.removed;
+        self.hook_closed += o.hook_closed;
     }
 
     /// Entries that left the table without a close: the LRU evicted them.
@@ -177,12 +181,14 @@ impl RfsCounters {
 /// These formats are a stable ABI; the loader checks them at start.
 pub mod tp {
     pub mod rcv_space_adjust {
+        pub const SKADDR: usize = 8;
         pub const SPORT: usize = 16;
         pub const DPORT: usize = 18;
         pub const SADDR_V6: usize = 30;
         pub const DADDR_V6: usize = 46;
     }
     pub mod set_state {
+        pub const SKADDR: usize = 8;
         pub const NEWSTATE: usize = 20;
         pub const SPORT: usize = 24;
         pub const DPORT: usize = 26;

@@ -19,7 +19,8 @@ pub mod map {
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const CPUMAP_ID: &str = "CPUMAP_ID";
     pub const CPUMAP_DROPS: &str = "CPUMAP_DROPS";
-    pub const ALL: [&str; 14] = [
+    pub const CLOSED: &str = "CLOSED";
+    pub const ALL: [&str; 15] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -34,6 +35,7 @@ pub mod map {
         LOCAL_ADDRS,
         CPUMAP_ID,
         CPUMAP_DROPS,
+        CLOSED,
     ];
 }
 

@@ -56,6 +56,12 @@ pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(
 #[map]
 pub static RFS_STATS: PerCpuArray<RfsCounters> = PerCpuArray::with_max_entries(1, 0);
 
+/// Sockets (their kernel address) that reached TCP_CLOSE, until the address
+/// is used by a socket again: a read on one of them (after a reset) must not
+/// create an entry that no close event would remove. Bounded: an LRU.
+#[map]
+pub static CLOSED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
 /// Local addresses (16 bytes, IPv4 v4-mapped) of the steered interface. The
 /// socket tracepoints fire for every socket on the host; only sockets bound to
 /// one of these can receive packets through the interface.

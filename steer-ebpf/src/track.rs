@@ -2,7 +2,9 @@
 //!
 //! - `tcp:tcp_rcv_space_adjust` fires in `tcp_recvmsg`, in the reading thread,
 //!   on the CPU it reads on: record `flow -> this CPU`.
-//! - `sock:inet_sock_set_state` to `TCP_CLOSE`: the socket is gone, drop it.
+//! - `sock:inet_sock_set_state` to `TCP_CLOSE`: the socket is gone, drop it,
+//!   and ignore reads on it from then on (a reset can close a socket before
+//!   the application reads it).
 //!
 //! Both carry the socket's addresses as `saddr_v6`/`daddr_v6`, v4-mapped for
 //! IPv4 (AF_INET and dual-stack sockets alike), local side first, ports in host
@@ -23,7 +25,7 @@ use steer_common::{
 };
 
 use crate::{
-    maps::{FLOWS, LOCAL_ADDRS, RFS_STATS},
+    maps::{CLOSED, FLOWS, LOCAL_ADDRS, RFS_STATS},
     rfs::ON_RSS,
 };
 
@@ -50,6 +52,13 @@ fn addr(ctx: &TracePointContext, off: usize) -> [u8; 16] {
         i += 1;
     }
     out
+}
+
+/// The socket's kernel address (`skaddr`), 8-byte aligned in both formats.
+#[inline(always)]
+fn skaddr(ctx: &TracePointContext, off: usize) -> u64 {
+    // SAFETY: inside the record (offset from its format file), u64-aligned.
+    unsafe { *(ctx.as_ptr() as *const u64).add(off / 8) }
 }
 
 #[inline(always)]
@@ -97,6 +106,11 @@ pub fn on_read(ctx: &TracePointContext) -> u32 {
         }
         return 0;
     }
+    // Only new entries can be stale: a closed socket's entry is gone already.
+    if CLOSED.get_ptr(&skaddr(ctx, rsa::SKADDR)).is_some() {
+        r.hook_closed += 1;
+        return 0;
+    }
     let entry = FlowEntry {
         cpu: ON_RSS,
         want_cpu: cpu,
@@ -112,16 +126,23 @@ pub fn on_read(ctx: &TracePointContext) -> u32 {
     0
 }
 
-/// A state change: on close, drop the flow.
+/// A state change: on close, drop the flow and remember the socket as closed;
+/// any other state means the socket (or a new one at that address) lives.
 pub fn on_state(ctx: &TracePointContext) -> u32 {
-    // SAFETY: inside the record (offset from its format file), 4-byte aligned.
-    let newstate = unsafe { *(ctx.as_ptr() as *const i32).add(ss::NEWSTATE / 4) };
-    if word16(ctx, ss::PROTOCOL) != IPPROTO_TCP as u16 || newstate != tp::TCP_CLOSE {
+    if word16(ctx, ss::PROTOCOL) != IPPROTO_TCP as u16 {
         return 0;
     }
     let Some(key) = key(ctx, ss::SPORT, ss::DPORT, ss::SADDR_V6, ss::DADDR_V6) else {
         return 0;
     };
+    // SAFETY: inside the record (offset from its format file), 4-byte aligned.
+    let newstate = unsafe { *(ctx.as_ptr() as *const i32).add(ss::NEWSTATE / 4) };
+    let sk = skaddr(ctx, ss::SKADDR);
+    if newstate != tp::TCP_CLOSE {
+        let _ = CLOSED.remove(&sk);
+        return 0;
+    }
+    let _ = CLOSED.insert(&sk, &1, 0);
     if FLOWS.remove(&key).is_ok() {
         if let Some(r) = rfs_counters() {
             r.removed += 1;

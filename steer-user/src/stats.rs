@@ -278,7 +278,7 @@ pub struct Report {
     /// Cumulative packets passed unsteered, by reason (null when not attached).
     pub passed_by_reason: Option<BTreeMap<&'static str, u64>>,
     /// Cumulative RFS counters (hits, misses, moves, deferred, not_steerable,
-    /// inserts, removed, evictions, hook_events, hook_filtered) and `flows`,
+    /// inserts, removed, evictions, hook_events, hook_filtered, hook_closed) and `flows`,
     /// the live table size; null unless `--mode rfs`.
     pub rfs: Option<RfsTotals>,
 }

@@ -153,6 +153,7 @@ fn check_formats() -> Result<()> {
         (
             "tcp/tcp_rcv_space_adjust",
             &[
+                ("skaddr", r::SKADDR, 8),
                 ("sport", r::SPORT, 2),
                 ("dport", r::DPORT, 2),
                 ("saddr_v6", r::SADDR_V6, 16),
@@ -162,6 +163,7 @@ fn check_formats() -> Result<()> {
         (
             "sock/inet_sock_set_state",
             &[
+                ("skaddr", s::SKADDR, 8),
                 ("newstate", s::NEWSTATE, 4),
                 ("sport", s::SPORT, 2),
                 ("dport", s::DPORT, 2),

@@ -85,7 +85,7 @@ pub fn rows(entries: &[(FlowKey, FlowEntry)], now_ns: u64, top: usize) -> Vec<Fl
 }
 
 /// The counters as `name value` pairs, in the order tables and JSON show them.
-pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 10] {
+pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 11] {
     [
         ("hits", c.hits),
         ("misses", c.misses),
@@ -97,6 +97,7 @@ pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 10] {
         ("evictions", c.evictions(live)),
         ("hook_events", c.hook_events),
         ("hook_filtered", c.hook_filtered),
+        ("hook_closed", c.hook_closed),
     ]
 }
 
