@@ -452,14 +452,20 @@ fn rfs_totals(ebpf: &Ebpf) -> RfsCounters {
     rfs::counters(&m).expect("reading RFS counters")
 }
 
-#[test]
-fn rfs_hit_path_passes_in_place_when_the_reader_is_on_this_cpu() {
+/// Every online CPU (at least two) with RFS on, fast hash.
+fn rfs_on_every_cpu() -> (Vec<u32>, HashSettings) {
     require_root();
     let cpus = online();
     assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
     let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
         .unwrap()
         .with_rfs(Some(RfsSettings::default()));
+    (cpus, settings)
+}
+
+#[test]
+fn rfs_hit_path_passes_in_place_when_the_reader_is_on_this_cpu() {
+    let (cpus, settings) = rfs_on_every_cpu();
     for &c in &cpus {
         let other = cpus.iter().copied().find(|&x| x != c).unwrap();
         // RSS would send the first flow away from c and the second to c: only
@@ -501,12 +507,7 @@ fn get_flow(ebpf: &Ebpf, key: &FlowKey) -> FlowEntry {
 /// A flow whose RSS CPU is another one is marked the same way while it waits.
 #[test]
 fn rfs_flow_that_was_queued_elsewhere_is_never_passed_in_place() {
-    require_root();
-    let cpus = online();
-    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
-    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
-        .unwrap()
-        .with_rfs(Some(RfsSettings::default()));
+    let (cpus, settings) = rfs_on_every_cpu();
     for &c in &cpus {
         let other = cpus.iter().copied().find(|&x| x != c).unwrap();
         let (frame, t) = flow_for(&settings, IPPROTO_TCP, c, true);
