@@ -49,28 +49,22 @@ pub enum Engine {
 pub struct HashOpts {
     /// CPUs to steer to, as a list ("0-3,6"). [default: every online CPU]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<String>,
     /// Flow hash. [default: fast]
     #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hash: Option<HashArg>,
     /// Toeplitz key, 40 bytes in hex ("6d:5a:..." as `ethtool -x` prints, colons optional).
     /// [default: the Microsoft RSS key most NICs use]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Seed of the fast hash. [default: 0]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
     /// Hash both directions of a connection alike (load balancers, conntrack).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub symmetric: Option<bool>,
     /// Buckets in the indirection table (power of two). [default: 256]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
 }
 
@@ -92,70 +86,58 @@ impl HashOpts {
 /// Every `steer run` option. Each is optional so that "not given" can be told
 /// from "given the default": the file and the command line merge option by
 /// option, and an option that does not apply is refused only when given.
+/// Serialized as a TOML table, an option not given is simply absent.
 #[derive(Args, Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct RunArgs {
     /// Interface to steer the receive path of.
     #[arg(long, value_parser = crate::iface::parse_name)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     pub hash: HashOpts,
     /// Per-CPU CPUMAP queue size in frames. [default: 2048]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub qsize: Option<u32>,
     /// XDP attach mode. [default: auto]
     #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp_mode: Option<XdpMode>,
     /// Take the interface's XDP program off for the run (put back on exit), and take over
     /// from a crashed earlier steer run.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub replace: Option<bool>,
     /// rss: flow hash picks the CPU. rfs: the CPU where the application reads the flow
     /// (recorded by socket tracepoints), the hash for flows not seen yet. [default: rss]
     #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// RFS flow table size (LRU; the kernel's rps_sock_flow_entries). [default: 65536]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_entries: Option<u32>,
     /// RFS: move a flow to its reader's new CPU only after this many microseconds
     /// without a packet, so no packet overtakes another. [default: 500]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub migrate_idle_us: Option<u32>,
     /// Who steers: steer's XDP program, or the kernel's RPS/RFS/XPS configured over --cpus.
     /// [default: xdp]
     #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<Engine>,
     /// NIC profile applied on start and restored on exit (latency: coalescing off; throughput:
     /// adaptive coalescing, GRO on; with --engine kernel also RPS/RFS/XPS sizes). [default: none]
     #[arg(long, value_enum)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
     /// RFS table size for --engine kernel (rps_sock_flow_entries; rps_flow_cnt = N / rx queues).
     /// [default: 32768]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rfs_entries: Option<u32>,
     /// Serve Prometheus/OpenMetrics text at http://ADDR/metrics. ADDR is PORT, IP or
     /// IP:PORT; without an IP it listens on 127.0.0.1 only. [default: off]
     #[arg(long, value_name = "ADDR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
     /// Seconds between two rate tables. [default: 1]
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<f64>,
     /// Print nothing periodically (only start/stop messages).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub quiet: Option<bool>,
     /// TOML file with any of these options (keys are the long option names:
     /// `cpus = "2-7"`, `table-size = 512`, `mode = "rfs"`); options given here override it.
