@@ -4,11 +4,16 @@
 //! bind-mounted under /run/netns (so `ip netns` sees them and they can be
 //! removed); everything is removed on drop, and [`cleanup_all`] removes what a
 //! signal interrupted.
+//!
+//! The building blocks are public because the integration tests build their
+//! labs with them too: links by name in the calling thread's namespace
+//! ([`create_veth`], [`set_link_up`], [`add_address`], ...) and the same
+//! operations inside a [`NetNs`] (its methods), so no test needs `ip`.
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::PathBuf,
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -17,7 +22,10 @@ use std::{
 };
 
 use super::{LabError, Result};
-use crate::sys::{netlink::Route, netns};
+use crate::sys::{
+    netlink::{Route, VethEnd},
+    netns, tun,
+};
 
 const NETNS_DIR: &str = "/run/netns";
 
@@ -98,6 +106,155 @@ impl NetNs {
             .map(OwnedFd::from)
             .map_err(|e| LabError::io(format!("duplicating the fd of namespace {}", self.name), e))
     }
+
+    /// Runs `f(ifname)` on a thread in this namespace; its error says which namespace.
+    fn on_link(&self, ifname: &str, f: impl FnOnce(&str) -> Result<()> + Send + 'static) -> Result<()> {
+        let name = ifname.to_string();
+        self.run(move || f(&name))?.map_err(|e| match e {
+            LabError::Io { what, source } => {
+                LabError::io(format!("{what} in namespace {}", self.name), source)
+            }
+            e => e,
+        })
+    }
+
+    /// The index of interface `ifname` in this namespace.
+    pub fn index(&self, ifname: &str) -> Result<u32> {
+        let name = ifname.to_string();
+        Ok(self.run(move || crate::iface::index(&name))??)
+    }
+
+    /// [`set_link_up`] in this namespace.
+    pub fn set_link_up(&self, ifname: &str) -> Result<()> {
+        self.on_link(ifname, set_link_up)
+    }
+
+    /// [`set_link_mac`] in this namespace.
+    pub fn set_link_mac(&self, ifname: &str, mac: [u8; 6]) -> Result<()> {
+        self.on_link(ifname, move |n| set_link_mac(n, mac))
+    }
+
+    /// [`add_address`] in this namespace.
+    pub fn add_address(&self, ifname: &str, addr: IpAddr, prefix: u8) -> Result<()> {
+        self.on_link(ifname, move |n| add_address(n, addr, prefix))
+    }
+
+    /// [`add_neighbour`] in this namespace.
+    pub fn add_neighbour(&self, ifname: &str, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        self.on_link(ifname, move |n| add_neighbour(n, addr, mac))
+    }
+
+    /// [`delete_link`] in this namespace.
+    pub fn delete_link(&self, ifname: &str) -> Result<()> {
+        self.on_link(ifname, delete_link)
+    }
+
+    /// [`create_tap`] in this namespace.
+    pub fn create_tap(&self, ifname: &str) -> Result<()> {
+        self.on_link(ifname, create_tap)
+    }
+
+    /// Gives lab interface `ifname` address `ip`/24 (and `ip6`/64, usable at
+    /// once: no duplicate address detection), brings it and lo up, and adds
+    /// the peer `peer_ip` as a permanent neighbour (no ARP in the traffic's
+    /// way). Returns the interface's index.
+    pub fn configure_end(
+        &self,
+        ifname: &str,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        peer_ip: Ipv4Addr,
+        peer_mac: [u8; 6],
+    ) -> Result<u32> {
+        let name = ifname.to_string();
+        let ns = self.name.clone();
+        self.run(move || -> Result<u32> {
+            let mut nl = route()?;
+            let idx = crate::iface::index(&name)?;
+            let at = format!("{name} in namespace {ns}");
+            nl.add_addr4(idx, ip, 24).map_err(|e| nl_err(&format!("adding {ip}/24 to {at}"), e))?;
+            if let Some(ip6) = ip6 {
+                nl.add_addr6(idx, ip6, 64, true)
+                    .map_err(|e| nl_err(&format!("adding {ip6}/64 to {at}"), e))?;
+            }
+            nl.set_up(idx).map_err(|e| nl_err(&format!("setting {at} up"), e))?;
+            nl.set_up(1).map_err(|e| nl_err(&format!("setting lo up in namespace {ns}"), e))?;
+            nl.add_neigh4(idx, peer_ip, peer_mac)
+                .map_err(|e| nl_err(&format!("adding neighbour {peer_ip} on {at}"), e))?;
+            Ok(idx)
+        })?
+    }
+}
+
+impl AsFd for NetNs {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for NetNs {
+    /// For [`VethEnd::netns`]: a veth end created straight into this namespace.
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+fn route() -> Result<Route> {
+    Route::open().map_err(|e| LabError::io("opening a netlink socket", e))
+}
+
+/// Creates a veth pair from the calling thread's namespace, each end in the
+/// namespace it names ([`VethEnd::netns`], e.g. `ns.as_raw_fd()`). Where an
+/// end names none, kernels differ on where it goes (the caller's namespace or
+/// the other end's): name both where it matters.
+pub fn create_veth(a: VethEnd<'_>, b: VethEnd<'_>) -> Result<()> {
+    route()?.new_veth(a, b).map_err(|e| nl_err(&format!("creating veth pair {}/{}", a.name, b.name), e))
+}
+
+/// Sets interface `ifname` of the calling thread's namespace administratively up.
+pub fn set_link_up(ifname: &str) -> Result<()> {
+    let idx = crate::iface::index(ifname)?;
+    route()?.set_up(idx).map_err(|e| nl_err(&format!("setting {ifname} up"), e))
+}
+
+/// Sets the MAC address of interface `ifname` of the calling thread's namespace.
+pub fn set_link_mac(ifname: &str, mac: [u8; 6]) -> Result<()> {
+    let idx = crate::iface::index(ifname)?;
+    route()?.set_mac(idx, mac).map_err(|e| nl_err(&format!("setting the MAC address of {ifname}"), e))
+}
+
+/// Adds `addr/prefix` to interface `ifname` of the calling thread's
+/// namespace; an IPv6 address without duplicate address detection (usable at
+/// once, as `ip addr add ... nodad`).
+pub fn add_address(ifname: &str, addr: IpAddr, prefix: u8) -> Result<()> {
+    let idx = crate::iface::index(ifname)?;
+    let mut nl = route()?;
+    match addr {
+        IpAddr::V4(a) => nl.add_addr4(idx, a, prefix),
+        IpAddr::V6(a) => nl.add_addr6(idx, a, prefix, true),
+    }
+    .map_err(|e| nl_err(&format!("adding {addr}/{prefix} to {ifname}"), e))
+}
+
+/// A permanent neighbour `addr` -> `mac` on interface `ifname` of the calling thread's namespace.
+pub fn add_neighbour(ifname: &str, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+    let idx = crate::iface::index(ifname)?;
+    route()?
+        .add_neigh4(idx, addr, mac)
+        .map_err(|e| nl_err(&format!("adding neighbour {addr} on {ifname}"), e))
+}
+
+/// Deletes interface `ifname` of the calling thread's namespace (a veth's peer goes with it).
+pub fn delete_link(ifname: &str) -> Result<()> {
+    let idx = crate::iface::index(ifname)?;
+    route()?.del_link(idx).map_err(|e| nl_err(&format!("deleting {ifname}"), e))
+}
+
+/// Creates a persistent TAP device `ifname` in the calling thread's
+/// namespace (as `ip tuntap add mode tap`); [`delete_link`] removes it.
+pub fn create_tap(ifname: &str) -> Result<()> {
+    tun::create_persistent_tap(ifname)
+        .map_err(|e| LabError::io(format!("creating TAP device {ifname} through /dev/net/tun"), e))
 }
 
 /// Moves the calling thread into the network namespace `fd`.
@@ -189,42 +346,22 @@ impl Topology {
         let (tx_if, rx_if) = (format!("slt{id}"), format!("slr{id}"));
         let (tx_mac, rx_mac) = ([0x02, 0x5e, 0x1a, 0, 0, 1], [0x02, 0x5e, 0x1a, 0, 0, 2]);
         let (tx_ip, rx_ip) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
-        let rx_fd = rx_ns.dup_fd()?;
-        let (t_if, r_if) = (tx_if.clone(), rx_if.clone());
-        // The pair is made inside tx, its peer moved straight into rx: the
-        // root namespace never sees either end.
-        let tx_ifindex = tx_ns.run(move || -> Result<u32> {
-            let mut nl = Route::open().map_err(|e| LabError::io("opening a netlink socket", e))?;
-            let what = format!("creating veth pair {t_if}/{r_if}");
-            nl.new_veth(&t_if, tx_mac, &r_if, rx_mac, rx_fd.as_raw_fd()).map_err(|e| nl_err(&what, e))?;
-            let idx = crate::iface::index(&t_if)?;
-            configure(&mut nl, idx, tx_ip, rx_ip, rx_mac)?;
-            tx_checksum_off(&t_if)?;
-            Ok(idx)
-        })??;
-        let r_if = rx_if.clone();
-        let rx_ifindex = rx_ns.run(move || -> Result<u32> {
-            let mut nl = Route::open().map_err(|e| LabError::io("opening a netlink socket", e))?;
-            let idx = crate::iface::index(&r_if)?;
-            configure(&mut nl, idx, rx_ip, tx_ip, tx_mac)?;
-            Ok(idx)
-        })??;
+        // Each end is created straight into its namespace: the root
+        // namespace never sees either.
+        create_veth(
+            VethEnd::new(&tx_if).mac(tx_mac).netns(tx_ns.as_raw_fd()),
+            VethEnd::new(&rx_if).mac(rx_mac).netns(rx_ns.as_raw_fd()),
+        )?;
+        let tx_ifindex = tx_ns.configure_end(&tx_if, tx_ip, None, rx_ip, rx_mac)?;
+        let t_if = tx_if.clone();
+        tx_ns.run(move || tx_checksum_off(&t_if))??;
+        let rx_ifindex = rx_ns.configure_end(&rx_if, rx_ip, None, tx_ip, tx_mac)?;
         Ok(Self { tx_ns, rx_ns, tx_if, rx_if, tx_ifindex, rx_ifindex, tx_mac, rx_mac, tx_ip, rx_ip })
     }
 }
 
 fn nl_err(what: &str, e: std::io::Error) -> LabError {
     LabError::io(format!("netlink: {what}"), e)
-}
-
-/// Gives lab interface `idx` address `ip`/24, brings it and lo up, and adds
-/// the peer `peer_ip` as a permanent neighbour (no ARP in the traffic's way).
-fn configure(nl: &mut Route, idx: u32, ip: Ipv4Addr, peer_ip: Ipv4Addr, peer_mac: [u8; 6]) -> Result<()> {
-    nl.add_addr4(idx, ip, 24).map_err(|e| nl_err(&format!("adding {ip}/24 to interface {idx}"), e))?;
-    nl.set_up(idx).map_err(|e| nl_err(&format!("setting interface {idx} up"), e))?;
-    nl.set_up(1).map_err(|e| nl_err("setting interface 1 up", e))?;
-    nl.add_neigh4(idx, peer_ip, peer_mac)
-        .map_err(|e| nl_err(&format!("adding neighbour {peer_ip} on interface {idx}"), e))
 }
 
 /// Turns tx checksum offload off on the lab's sending veth (ethtool ioctl, in

@@ -6,13 +6,17 @@
 //! namespace), and a socket follows the namespace of the thread that opens it,
 //! so each caller opens its own [`Route`] where it stands.
 
-use std::{io, net::Ipv4Addr, os::fd::RawFd};
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::RawFd,
+};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
     link::{
         InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
     },
@@ -46,6 +50,52 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// `rx_packets` of IFLA_STATS (the 32-bit counters getifaddrs(3) reports).
     pub rx_packets: Option<u32>,
+}
+
+/// One end of a veth pair to create: its name and, where given, its MAC, the
+/// network namespace it goes into and its queue counts (otherwise: a random
+/// MAC, the namespace [`Route::new_veth`] says, one queue each way).
+#[derive(Clone, Copy, Debug)]
+pub struct VethEnd<'a> {
+    pub name: &'a str,
+    pub mac: Option<[u8; 6]>,
+    pub netns_fd: Option<RawFd>,
+    /// (tx, rx): IFLA_NUM_TX_QUEUES and IFLA_NUM_RX_QUEUES.
+    pub queues: Option<(u32, u32)>,
+}
+
+impl<'a> VethEnd<'a> {
+    pub fn new(name: &'a str) -> Self {
+        Self { name, mac: None, netns_fd: None, queues: None }
+    }
+
+    pub fn mac(self, mac: [u8; 6]) -> Self {
+        Self { mac: Some(mac), ..self }
+    }
+
+    /// Puts this end into the network namespace `fd` (which must stay open until the request is made).
+    pub fn netns(self, fd: RawFd) -> Self {
+        Self { netns_fd: Some(fd), ..self }
+    }
+
+    pub fn queues(self, tx: u32, rx: u32) -> Self {
+        Self { queues: Some((tx, rx)), ..self }
+    }
+
+    fn attributes(&self) -> Vec<LinkAttribute> {
+        let mut a = vec![LinkAttribute::IfName(self.name.to_string())];
+        if let Some(mac) = self.mac {
+            a.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(fd) = self.netns_fd {
+            a.push(LinkAttribute::NetNsFd(fd));
+        }
+        if let Some((tx, rx)) = self.queues {
+            a.push(LinkAttribute::NumTxQueues(tx));
+            a.push(LinkAttribute::NumRxQueues(rx));
+        }
+        a
+    }
 }
 
 /// A NETLINK_ROUTE socket in the network namespace of the thread that opened it.
@@ -172,32 +222,34 @@ impl Route {
         self.request(RouteNetlinkMessage::SetLink(m), 0).map(drop)
     }
 
-    /// A veth pair `name`/`peer` with fixed MACs; the peer goes into the
-    /// network namespace `peer_ns_fd`.
-    pub fn new_veth(
-        &mut self,
-        name: &str,
-        mac: [u8; 6],
-        peer: &str,
-        peer_mac: [u8; 6],
-        peer_ns_fd: RawFd,
-    ) -> io::Result<()> {
-        let mut p = LinkMessage::default();
-        p.attributes = vec![
-            LinkAttribute::IfName(peer.to_string()),
-            LinkAttribute::Address(peer_mac.to_vec()),
-            LinkAttribute::NetNsFd(peer_ns_fd),
-        ];
+    /// A veth pair of ends `a` and `b`, each in the namespace it names. An end
+    /// that names none goes into the socket's namespace or, on some kernels
+    /// for `b`, into `a`'s: name both where it matters.
+    pub fn new_veth(&mut self, a: VethEnd<'_>, b: VethEnd<'_>) -> io::Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes = b.attributes();
         let mut m = LinkMessage::default();
-        m.attributes = vec![
-            LinkAttribute::IfName(name.to_string()),
-            LinkAttribute::Address(mac.to_vec()),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
-            ]),
-        ];
+        m.attributes = a.attributes();
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
         self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(drop)
+    }
+
+    /// Deletes link `index` (a veth takes its peer with it).
+    pub fn del_link(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(m), 0).map(drop)
+    }
+
+    /// Sets the MAC address of link `index`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::SetLink(m), 0).map(drop)
     }
 
     /// Sets link `index` administratively up.
@@ -215,6 +267,20 @@ impl Route {
         m.header.family = AddressFamily::Inet;
         m.header.prefix_len = prefix;
         m.header.index = index;
+        m.attributes = vec![AddressAttribute::Local(addr.into()), AddressAttribute::Address(addr.into())];
+        self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL).map(drop)
+    }
+
+    /// Adds `addr/prefix` to link `index`; with `nodad` (IFA_F_NODAD) it is
+    /// usable at once instead of tentative through duplicate address detection.
+    pub fn add_addr6(&mut self, index: u32, addr: Ipv6Addr, prefix: u8, nodad: bool) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet6;
+        m.header.prefix_len = prefix;
+        m.header.index = index;
+        if nodad {
+            m.header.flags = AddressHeaderFlags::Nodad;
+        }
         m.attributes = vec![AddressAttribute::Local(addr.into()), AddressAttribute::Address(addr.into())];
         self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL).map(drop)
     }
