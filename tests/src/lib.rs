@@ -1,6 +1,8 @@
 //! The shared test library: network namespaces and veth pairs made by the
-//! tests themselves (unique names, always removed), helpers to run code or the
-//! steer binary inside a namespace, and readers for the kernel's counters.
+//! tests themselves (unique names, always removed) through steer's own lab
+//! library (`steer::lab::topology`, netlink: no `ip` binary), helpers to run
+//! code or the steer binary inside a namespace, and readers for the kernel's
+//! counters.
 //!
 //! Every privileged test calls [`require_root`] first: without root these
 //! tests cannot say anything, so they fail with the reason instead of passing.
@@ -9,13 +11,17 @@ use std::{
     collections::HashMap,
     fs::File,
     os::{fd::AsRawFd, unix::process::CommandExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
+use steer::{
+    lab::topology::{self, NetNs},
+    sys::{netlink::VethEnd, netns::NetnsExec},
+};
 
 pub fn require_root() {
     // SAFETY: no preconditions.
@@ -36,15 +42,6 @@ pub fn steer_bin() -> PathBuf {
     p
 }
 
-/// Runs `ip` with `args` (tests only: the product never shells out).
-pub fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn unique() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{:x}{}", std::process::id() & 0xfffff, N.fetch_add(1, Ordering::Relaxed))
@@ -63,15 +60,19 @@ pub struct Lab {
     pub rx_ip: &'static str,
     pub tx_ip6: &'static str,
     pub rx_ip6: &'static str,
+    tx: NetNs,
+    rx: NetNs,
 }
 
 impl Lab {
     pub fn new() -> Result<Self> {
         require_root();
         let id = unique();
+        let tx = NetNs::create(&format!("steer-tx-{id}"))?;
+        let rx = NetNs::create(&format!("steer-rx-{id}"))?;
         let lab = Self {
-            tx_ns: format!("steer-tx-{id}"),
-            rx_ns: format!("steer-rx-{id}"),
+            tx_ns: tx.name.clone(),
+            rx_ns: rx.name.clone(),
             tx_if: format!("stt{id}"),
             rx_if: format!("str{id}"),
             tx_mac: [0x02, 0x5e, 0, 0, 0, 1],
@@ -80,45 +81,35 @@ impl Lab {
             rx_ip: "198.18.0.2",
             tx_ip6: "2001:db8:5e::1",
             rx_ip6: "2001:db8:5e::2",
+            tx,
+            rx,
         };
-        ip(&["netns", "add", &lab.tx_ns])?;
-        ip(&["netns", "add", &lab.rx_ns])?;
-        ip(&[
-            "link",
-            "add",
-            &lab.tx_if,
-            "netns",
-            &lab.tx_ns,
-            "address",
-            "02:5e:00:00:00:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.rx_if,
-            "netns",
-            &lab.rx_ns,
-            "address",
-            "02:5e:00:00:00:02",
-        ])?;
-        for (ns, dev, v4, v6) in
-            [(&lab.tx_ns, &lab.tx_if, lab.tx_ip, lab.tx_ip6), (&lab.rx_ns, &lab.rx_if, lab.rx_ip, lab.rx_ip6)]
-        {
-            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
-            ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
+        topology::create_veth(
+            VethEnd::new(&lab.tx_if).mac(lab.tx_mac).netns(lab.tx.as_raw_fd()),
+            VethEnd::new(&lab.rx_if).mac(lab.rx_mac).netns(lab.rx.as_raw_fd()),
+        )?;
         // Static neighbours: no ARP/ND round trips in the way of the traffic.
-        ip(&["-n", &lab.tx_ns, "neigh", "add", lab.rx_ip, "lladdr", "02:5e:00:00:00:02", "dev", &lab.tx_if])?;
-        ip(&["-n", &lab.rx_ns, "neigh", "add", lab.tx_ip, "lladdr", "02:5e:00:00:00:01", "dev", &lab.rx_if])?;
+        let (tx_ip, rx_ip) = (lab.tx_ip.parse()?, lab.rx_ip.parse()?);
+        lab.tx.configure_end(&lab.tx_if, tx_ip, Some(lab.tx_ip6.parse()?), rx_ip, lab.rx_mac)?;
+        lab.rx.configure_end(&lab.rx_if, rx_ip, Some(lab.rx_ip6.parse()?), tx_ip, lab.tx_mac)?;
         Ok(lab)
     }
 
-    /// Whether any XDP program is attached to the receiving veth.
+    /// The sending namespace.
+    pub fn tx(&self) -> &NetNs {
+        &self.tx
+    }
+
+    /// The receiving namespace.
+    pub fn rx(&self) -> &NetNs {
+        &self.rx
+    }
+
+    /// Whether any XDP program is attached to the receiving veth (in any
+    /// mode, as `ip -d link show` would list it).
     pub fn rx_has_xdp(&self) -> Result<bool> {
-        let out = ip(&["-n", &self.rx_ns, "-d", "link", "show", "dev", &self.rx_if])?;
-        Ok(out.contains("prog/xdp") || out.contains("xdpgeneric") || out.contains("xdp "))
+        let idx = self.rx.index(&self.rx_if)?;
+        Ok(self.rx.run(move || steer::sys::netlink::Route::open()?.link_xdp(idx))??.is_some())
     }
 
     /// Where a steer run on `iface` of the receiving namespace keeps its pins and state.
@@ -145,11 +136,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let id = self.run_id(&self.rx_if);
-        // Deleting the namespaces deletes the veth pair with them.
-        let _ = ip(&["netns", "del", &self.tx_ns]);
-        let _ = ip(&["netns", "del", &self.rx_ns]);
-        if let Ok(id) = id {
+        // The namespaces (`tx`, `rx`) are removed after this, when the fields
+        // drop, and the veth pair with them.
+        if let Ok(id) = self.run_id(&self.rx_if) {
             let _ = std::fs::remove_dir_all(id.pin_dir());
             let _ = std::fs::remove_dir_all(id.state_dir());
         }
@@ -178,6 +167,94 @@ pub fn in_ns_command(ns: &str, program: impl Into<PathBuf>, args: &[&str]) -> Co
         });
     }
     c
+}
+
+/// `PROGRAM ARGS` run the way `ip netns exec NS PROGRAM ARGS` runs it (the
+/// user's path in README), without the `ip` binary: the child enters
+/// /run/netns/NS, takes its own mount namespace and mounts a fresh /sys that
+/// shows NS, then execs ([`NetnsExec`]).
+pub fn netns_exec(ns: &str, program: impl Into<PathBuf>, args: &[&str]) -> Command {
+    let switch = NetnsExec::new(Path::new("/run/netns"), ns).expect("a namespace name without NUL");
+    let mut c = Command::new(program.into());
+    c.args(args);
+    // SAFETY: NetnsExec::enter makes system calls only, as a child between fork and exec must.
+    unsafe { c.pre_exec(move || switch.enter()) };
+    c
+}
+
+/// Like [`netns_exec`], inside a fresh PID namespace whose PID 1 stays in the
+/// caller's network namespace and has that PID namespace's /proc, as
+/// `unshare --pid --fork --mount-proc sh -c '"$@"; exit $?' sh ip netns exec NS ...`
+/// would run it. Three processes: the spawned child waits for PID 1, which
+/// mounts /proc and waits for the program, which switches and execs.
+pub fn netns_exec_in_pid_ns(ns: &str, program: impl Into<PathBuf>, args: &[&str]) -> Command {
+    let switch = NetnsExec::new(Path::new("/run/netns"), ns).expect("a namespace name without NUL");
+    let mut c = Command::new(program.into());
+    c.args(args);
+    // SAFETY: only system calls (unshare, mount, fork, waitpid, close_range, _exit)
+    // between fork and exec, and each process is single-threaded.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The /proc mounted below stays in this mount namespace.
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), private, std::ptr::null()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            match libc::fork() {
+                -1 => return Err(std::io::Error::last_os_error()),
+                0 => {}
+                pid1 => wait_then_exit(pid1),
+            }
+            // PID 1 of the new PID namespace.
+            let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                proc_flags,
+                std::ptr::null(),
+            ) != 0
+            {
+                libc::_exit(126);
+            }
+            match libc::fork() {
+                -1 => libc::_exit(126),
+                0 => switch.enter(),
+                child => wait_then_exit(child),
+            }
+        });
+    }
+    c
+}
+
+/// For a process between fork and exec that only relays its child's exit:
+/// closes every fd but stdio (so the parent's spawn, which waits for the
+/// exec-status pipe to close, sees the program's exec rather than this
+/// process's exit), waits for `pid` and exits as it did.
+///
+/// # Safety
+/// Only in a forked child of which `pid` is a child.
+unsafe fn wait_then_exit(pid: libc::pid_t) -> ! {
+    // SAFETY: closing fds this process does not use again.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child into a status we own.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // SAFETY: exiting without running the parent's destructors or atexit handlers.
+            unsafe { libc::_exit(125) };
+        }
+    }
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    // SAFETY: as above.
+    unsafe { libc::_exit(code) }
 }
 
 /// Runs `f` on a new thread that has entered network namespace `ns`.

@@ -2,12 +2,12 @@
 //! file gives (mode, engine, profile, RFS sizes) take effect on a real run.
 
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use steer_tests::{require_root, steer_bin, Lab, SteerRun};
+use steer_tests::{netns_exec, require_root, steer_bin, Lab, SteerRun};
 
 fn config(text: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -46,8 +46,9 @@ fn rfs_mode_and_sizes_from_the_config_file_take_effect() {
 }
 
 /// `engine = "kernel"`, `profile` and `rfs-entries` from the file alone, in the
-/// lab's namespace the way README says (`ip netns exec`): the kernel's RPS is
-/// configured while it runs and put back after.
+/// lab's namespace the way README says (`ip netns exec`, emulated by
+/// [`netns_exec`]): the kernel's RPS is configured while it runs and put back
+/// after.
 #[test]
 fn kernel_engine_and_profile_from_the_config_file_take_effect() {
     require_root();
@@ -57,10 +58,7 @@ fn kernel_engine_and_profile_from_the_config_file_take_effect() {
         lab.rx_if
     ));
     let show = || -> Value {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &lab.rx_ns])
-            .arg(steer_bin())
-            .args(["nic", "show", "--iface", &lab.rx_if, "--json"])
+        let out = netns_exec(&lab.rx_ns, steer_bin(), &["nic", "show", "--iface", &lab.rx_if, "--json"])
             .output()
             .unwrap();
         assert!(out.status.success(), "nic show: {}", String::from_utf8_lossy(&out.stderr));
@@ -68,10 +66,7 @@ fn kernel_engine_and_profile_from_the_config_file_take_effect() {
     };
     let q = |v: &Value, f: &str| v["rx_queues"][0][f].as_str().unwrap_or_default().to_string();
     let before = show();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &lab.rx_ns])
-        .arg(steer_bin())
-        .args(["run", "--config", f.to_str().unwrap()])
+    let mut child = netns_exec(&lab.rx_ns, steer_bin(), &["run", "--config", f.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

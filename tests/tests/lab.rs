@@ -324,14 +324,10 @@ fn tap_native_is_refused_and_generic_steers_tap_traffic() {
     // Ethernet header as the IP header (IP_INHDR). Generic XDP is correct.
     let lab = Lab::new().unwrap();
     let tap = format!("{}t", lab.rx_if);
-    let ns = lab.rx_ns.clone();
-    for args in [
-        vec!["-n", &ns, "tuntap", "add", "mode", "tap", "name", &tap],
-        vec!["-n", &ns, "link", "set", "dev", &tap, "address", "02:5e:00:00:09:02", "up"],
-        vec!["-n", &ns, "addr", "add", "198.18.9.2/24", "dev", &tap],
-    ] {
-        steer_tests::ip(&args).unwrap();
-    }
+    lab.rx().create_tap(&tap).unwrap();
+    lab.rx().set_link_mac(&tap, [0x02, 0x5e, 0, 0, 9, 2]).unwrap();
+    lab.rx().set_link_up(&tap).unwrap();
+    lab.rx().add_address(&tap, "198.18.9.2".parse().unwrap(), 24).unwrap();
     let out = lab.steer(&["run", "--iface", &tap, "--xdp-mode", "native"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -1,11 +1,13 @@
 //! steer where it is deployed: veth, network namespaces, interfaces of the same
 //! name in several namespaces (every pod has an eth0), commands run the way
-//! README says (`ip netns exec NS steer ...`), hostile interface names, and an
-//! interface deleted under a running steer.
+//! README says (`ip netns exec NS steer ...`, emulated in-process by
+//! [`steer_tests::netns_exec`]), hostile interface names, and an interface
+//! deleted under a running steer.
 
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -13,8 +15,12 @@ use std::{
 };
 
 use serde_json::Value;
-use steer::pins::{Pinned, RunId};
-use steer_tests::{in_ns, ip, require_root, snmp, steer_bin, Lab, SteerRun};
+use steer::{
+    lab::topology::{self, NetNs},
+    pins::{Pinned, RunId},
+    sys::netlink::VethEnd,
+};
+use steer_tests::{in_ns, require_root, snmp, steer_bin, Lab, SteerRun};
 
 fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -32,8 +38,8 @@ fn total(v: &Value, field: &str) -> u64 {
 
 /// `ip netns exec NS steer ARGS`: the way README tells a user to run steer in a namespace.
 fn netns_exec(ns: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(steer_bin()).args(args).env("RUST_BACKTRACE", "0");
+    let mut c = steer_tests::netns_exec(ns, steer_bin(), args);
+    c.env("RUST_BACKTRACE", "0");
     c
 }
 
@@ -145,33 +151,26 @@ struct Pod {
     ns: String,
     peer_ns: String,
     subnet: u8,
+    netns: NetNs,
+    peer_netns: NetNs,
 }
 
 const POD_IF: &str = "stpod0";
 
 impl Pod {
     fn new(subnet: u8) -> Self {
-        let pod = Self { ns: unique("steer-pod-"), peer_ns: unique("steer-podp-"), subnet };
-        ip(&["netns", "add", &pod.ns]).unwrap();
-        ip(&["netns", "add", &pod.peer_ns]).unwrap();
-        ip(&[
-            "link",
-            "add",
-            POD_IF,
-            "netns",
-            &pod.ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "stpeer0",
-            "netns",
-            &pod.peer_ns,
-        ])
+        let netns = NetNs::create(&unique("steer-pod-")).unwrap();
+        let peer_netns = NetNs::create(&unique("steer-podp-")).unwrap();
+        let pod =
+            Self { ns: netns.name.clone(), peer_ns: peer_netns.name.clone(), subnet, netns, peer_netns };
+        topology::create_veth(
+            VethEnd::new(POD_IF).netns(pod.netns.as_raw_fd()),
+            VethEnd::new("stpeer0").netns(pod.peer_netns.as_raw_fd()),
+        )
         .unwrap();
-        for (ns, dev, host) in [(&pod.ns, POD_IF, 2), (&pod.peer_ns, "stpeer0", 1)] {
-            ip(&["-n", ns, "addr", "add", &format!("198.18.{subnet}.{host}/24"), "dev", dev]).unwrap();
-            ip(&["-n", ns, "link", "set", dev, "up"]).unwrap();
+        for (ns, dev, host) in [(&pod.netns, POD_IF, 2), (&pod.peer_netns, "stpeer0", 1)] {
+            ns.add_address(dev, format!("198.18.{subnet}.{host}").parse().unwrap(), 24).unwrap();
+            ns.set_link_up(dev).unwrap();
         }
         pod
     }
@@ -181,7 +180,7 @@ impl Pod {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting ip netns exec steer run")
+            .expect("starting steer run as ip netns exec would")
     }
 
     fn stats(&self) -> Value {
@@ -227,9 +226,8 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
+        // The namespaces go when the fields drop, after this.
         let id = in_ns(&self.ns, || RunId::of(POD_IF));
-        let _ = ip(&["netns", "del", &self.ns]);
-        let _ = ip(&["netns", "del", &self.peer_ns]);
         if let Ok(Ok(id)) = id {
             let _ = std::fs::remove_dir_all(id.state_dir());
             let _ = std::fs::remove_dir_all(id.pin_dir());
@@ -358,7 +356,7 @@ fn a_deleted_interface_stops_its_run_and_a_recreated_one_is_steered_at_once() {
     let mut run = SteerRun::start(&lab, &["--interval", "0.1"]).expect("starting steer");
     let id = lab.run_id(&lab.rx_if).unwrap();
     assert!(id.pin_dir().join("link").exists());
-    ip(&["-n", &lab.rx_ns, "link", "del", &lab.rx_if]).unwrap();
+    lab.rx().delete_link(&lab.rx_if).unwrap();
     let st = wait_exit(&mut run.child, 10).expect("steer run noticed the interface was deleted");
     let mut err = String::new();
     if let Some(mut e) = run.child.stderr.take() {
@@ -369,12 +367,12 @@ fn a_deleted_interface_stops_its_run_and_a_recreated_one_is_steered_at_once() {
     assert!(!id.pin_dir().exists(), "pins left behind");
     assert!(!id.state_dir().exists(), "state left behind");
     // The same name again, in the same namespace.
-    ip(&[
-        "link", "add", &lab.rx_if, "netns", &lab.rx_ns, "type", "veth", "peer", "name", &lab.tx_if, "netns",
-        &lab.tx_ns,
-    ])
+    topology::create_veth(
+        VethEnd::new(&lab.rx_if).netns(lab.rx().as_raw_fd()),
+        VethEnd::new(&lab.tx_if).netns(lab.tx().as_raw_fd()),
+    )
     .unwrap();
-    ip(&["-n", &lab.rx_ns, "link", "set", &lab.rx_if, "up"]).unwrap();
+    lab.rx().set_link_up(&lab.rx_if).unwrap();
     let again = SteerRun::start(&lab, &[]).expect("steering the recreated interface at once");
     let (ok, log) = again.stop().unwrap();
     assert!(ok, "{log}");

@@ -6,14 +6,16 @@
 //! rps_sock_flow_entries (which only the initial namespace has) is in reach.
 //! They are deleted on drop, and rps_sock_flow_entries is put back to the
 //! value it had even if steer failed to. The namespace tests show the other
-//! way: a device in a namespace, reached through `ip netns exec`, where the
-//! queues are the namespace's and rps_sock_flow_entries stays the host's.
+//! way: a device in a namespace, reached the way `ip netns exec` reaches it
+//! ([`steer_tests::netns_exec`]), where the queues are the namespace's and
+//! rps_sock_flow_entries stays the host's.
 //!
 //! "Restored bit for bit" is checked on `steer nic show --json`, which holds
 //! every knob steer can change (channels, coalescing, offloads, RSS, IRQs,
 //! every queue's rps_cpus/rps_flow_cnt/xps_cpus, rps_sock_flow_entries, NAPI).
 
 use std::{
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -21,7 +23,11 @@ use std::{
 };
 
 use serde_json::Value;
-use steer_tests::{in_ns_command, ip, require_root, steer_bin};
+use steer::{
+    lab::topology::{self, NetNs},
+    sys::netlink::VethEnd,
+};
+use steer_tests::{in_ns_command, netns_exec, netns_exec_in_pid_ns, require_root, steer_bin};
 
 const RFS: &str = "/proc/sys/net/core/rps_sock_flow_entries";
 
@@ -42,32 +48,15 @@ impl Dev {
         require_root();
         let name = unique("snv");
         let peer = format!("{name}p");
-        ip(&[
-            "link",
-            "add",
-            &name,
-            "numtxqueues",
-            "4",
-            "numrxqueues",
-            "4",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "numtxqueues",
-            "4",
-            "numrxqueues",
-            "4",
-        ])
-        .expect("creating a veth pair with 4 queues");
+        topology::create_veth(VethEnd::new(&name).queues(4, 4), VethEnd::new(&peer).queues(4, 4))
+            .expect("creating a veth pair with 4 queues");
         Self::new(name)
     }
 
     fn tap() -> Self {
         require_root();
         let name = unique("snt");
-        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]).expect("creating a TAP device");
+        topology::create_tap(&name).expect("creating a TAP device");
         Self::new(name)
     }
 
@@ -98,7 +87,7 @@ impl Drop for Dev {
     fn drop(&mut self) {
         let _ = Command::new(steer_bin()).args(["nic", "restore", "--iface", &self.name]).output();
         let state = steer::pins::RunId::of(&self.name).map(|id| id.state_dir());
-        let _ = ip(&["link", "del", &self.name]);
+        let _ = topology::delete_link(&self.name);
         if let Ok(dir) = state {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -352,44 +341,21 @@ fn plan_on_the_real_interface_is_read_only() {
 #[test]
 fn a_sys_of_another_namespace_is_refused_and_ip_netns_exec_works() {
     require_root();
-    let ns = unique("steer-nic-");
+    let netns = NetNs::create(&unique("steer-nic-")).unwrap(); // removed on drop
+    let ns = netns.name.clone();
     let name = unique("snn");
-    ip(&["netns", "add", &ns]).unwrap();
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = ip(&["netns", "del", &self.0]);
-        }
-    }
-    let _ns = Ns(ns.clone());
-    ip(&[
-        "-n",
-        &ns,
-        "link",
-        "add",
-        &name,
-        "numtxqueues",
-        "2",
-        "numrxqueues",
-        "2",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &format!("{name}p"),
-    ])
+    let peer = format!("{name}p");
+    topology::create_veth(
+        VethEnd::new(&name).queues(2, 2).netns(netns.as_raw_fd()),
+        VethEnd::new(&peer).netns(netns.as_raw_fd()),
+    )
     .unwrap();
     // setns only: /sys still shows the root namespace, which has no such device.
     let out = in_ns_command(&ns, steer_bin(), &["nic", "show", "--iface", &name]).output().unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("ip netns exec"), "{}", stderr(&out));
     // ip netns exec mounts the namespace's /sys: show and a queue change work there.
-    let bin = steer_bin();
-    let run = |args: &[&str]| {
-        let mut all = vec!["netns", "exec", &ns, bin.to_str().unwrap()];
-        all.extend_from_slice(args);
-        Command::new("ip").args(&all).output().unwrap()
-    };
+    let run = |args: &[&str]| netns_exec(&ns, steer_bin(), args).output().unwrap();
     let out = run(&["nic", "apply", "--iface", &name, "--rps-cpus", "0"]);
     assert!(out.status.success(), "apply in the namespace: {}", stderr(&out));
     let out = run(&["nic", "show", "--iface", &name, "--json"]);
@@ -403,47 +369,33 @@ fn a_sys_of_another_namespace_is_refused_and_ip_netns_exec_works() {
 }
 
 /// A network namespace of the test's own holding a veth pair with 4 queues;
-/// steer runs there through `ip netns exec`, which mounts the namespace's
+/// steer runs there as through `ip netns exec`, which mounts the namespace's
 /// /sys. The namespace, and the veth with it, is deleted on drop.
 struct NsDev {
     ns: String,
     name: String,
+    netns: NetNs,
 }
 
 impl NsDev {
     fn veth4() -> Self {
         require_root();
-        let ns = unique("steer-nicns-");
-        ip(&["netns", "add", &ns]).expect("creating a network namespace");
-        let dev = Self { ns, name: unique("snk") };
-        ip(&[
-            "-n",
-            &dev.ns,
-            "link",
-            "add",
-            &dev.name,
-            "numtxqueues",
-            "4",
-            "numrxqueues",
-            "4",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{}p", dev.name),
-            "numtxqueues",
-            "4",
-            "numrxqueues",
-            "4",
-        ])
+        let netns = NetNs::create(&unique("steer-nicns-")).expect("creating a network namespace");
+        let dev = Self { ns: netns.name.clone(), name: unique("snk"), netns };
+        let fd = dev.netns.as_raw_fd();
+        let peer = format!("{}p", dev.name);
+        topology::create_veth(
+            VethEnd::new(&dev.name).queues(4, 4).netns(fd),
+            VethEnd::new(&peer).queues(4, 4).netns(fd),
+        )
         .expect("creating a veth pair with 4 queues in the namespace");
         dev
     }
 
-    /// `steer ARGS` in the namespace.
+    /// `steer ARGS` in the namespace, as `ip netns exec` runs it.
     fn steer(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns]).arg(steer_bin()).args(args).env("RUST_BACKTRACE", "0");
+        let mut c = netns_exec(&self.ns, steer_bin(), args);
+        c.env("RUST_BACKTRACE", "0");
         c
     }
 
@@ -460,7 +412,7 @@ impl Drop for NsDev {
         let name = self.name.clone();
         let state =
             steer_tests::in_ns(&self.ns, move || steer::pins::RunId::of(&name).map(|id| id.state_dir()));
-        let _ = ip(&["netns", "del", &self.ns]);
+        // The namespace goes when `netns` drops, after this.
         if let Ok(Ok(dir)) = state {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -532,23 +484,7 @@ fn a_plan_in_a_namespace_says_the_global_rfs_table_is_the_hosts() {
         assert!(text.contains(want), "note lacks \"{want}\": {text}");
     }
     // Where PID 1 is in the initial namespace, the host's value is shown: a fresh PID namespace
-    // whose PID 1 is a shell that stays (`; exit` keeps it from exec'ing the command in its place).
-    let mut c = Command::new("unshare");
-    c.args([
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "sh",
-        "-c",
-        "\"$@\"; exit $?",
-        "sh",
-        "ip",
-        "netns",
-        "exec",
-        &dev.ns,
-    ])
-    .arg(steer_bin())
-    .args(args);
-    let text = plan(&mut c);
+    // whose PID 1 stays in the initial network namespace, with steer its child in the device's.
+    let text = plan(&mut netns_exec_in_pid_ns(&dev.ns, steer_bin(), &args));
     assert!(text.contains(&format!("the host has {}", rfs())), "{text}");
 }

@@ -33,7 +33,7 @@ use steer::{
     testrun,
 };
 use steer_common::{tuple::IPPROTO_TCP, FlowEntry, FlowKey, RfsCounters, Tuple};
-use steer_tests::{in_ns, ip, pin_to_cpu, require_root, Lab, SteerRun};
+use steer_tests::{in_ns, pin_to_cpu, require_root, Lab, SteerRun};
 
 /// Two CPUs at least, or the test cannot say anything about steering.
 fn two_cpus() -> (u32, u32) {
@@ -285,11 +285,10 @@ const REORDER_COUNTERS: [&str; 3] = ["TCPOFOQueue", "TCPOFOMerge", "TCPOFODrop"]
 /// is one segment on the wire and one frame for XDP (then tcpi_segs_in and
 /// the per-flow packet count measure the same thing).
 fn one_segment_per_write(lab: &Lab) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.tx_ns, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/tcp_autocorking"])
-        .output()
-        .expect("running ip netns exec");
-    assert!(out.status.success(), "disabling autocorking: {}", String::from_utf8_lossy(&out.stderr));
+    // /proc/sys/net is the namespace of the thread that opens the file.
+    let res = in_ns(&lab.tx_ns, || std::fs::write("/proc/sys/net/ipv4/tcp_autocorking", "0\n"))
+        .expect("entering the sending namespace");
+    assert!(res.is_ok(), "disabling autocorking: {res:?}");
 }
 
 fn start_rfs(lab: &Lab, extra: &[&str]) -> (SteerRun, PinnedFlows) {
@@ -556,7 +555,7 @@ fn rfs_bad_input_changes_nothing() {
         let out = lab.steer(&all).output().expect("running steer");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
-        assert!(!lab.rx_has_xdp().expect("ip link"), "{args:?} left XDP attached");
+        assert!(!lab.rx_has_xdp().expect("reading the XDP state of the link"), "{args:?} left XDP attached");
         assert!(!lab.pin_dir().exists(), "{args:?} left pins");
     }
     let run = SteerRun::start(&lab, &["--xdp-mode", "skb"]).expect("starting steer in rss mode");
@@ -564,7 +563,6 @@ fn rfs_bad_input_changes_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--mode rfs"), "{err}");
     run.stop().expect("stopping steer");
-    let _ = ip(&["-n", &lab.rx_ns, "link", "show"]);
 }
 
 /// The tracepoints fire for every socket on the host: reads on sockets whose
@@ -615,7 +613,7 @@ fn rfs_tracks_an_address_added_while_running() {
     let (c0, _) = two_cpus();
     let lab = Lab::new().expect("making the lab");
     let (run, flows) = start_rfs(&lab, &["--interval", "0.2"]);
-    ip(&["-n", &lab.rx_ns, "addr", "add", "198.18.0.3/24", "dev", &lab.rx_if]).expect("adding an address");
+    lab.rx().add_address(&lab.rx_if, "198.18.0.3".parse().expect("ip"), 24).expect("adding an address");
     std::thread::sleep(Duration::from_millis(600));
     let listener = in_ns(&lab.rx_ns, || TcpListener::bind("198.18.0.3:5007")).expect("ns").expect("bind");
     let client = in_ns(&lab.tx_ns, || TcpStream::connect("198.18.0.3:5007")).expect("ns").expect("connect");
