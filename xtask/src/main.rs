@@ -161,7 +161,6 @@ fn setup() -> Result<()> {
         .context("`rustc +nightly -vV` reports no LLVM version")?
         .to_string();
     step(&format!("bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm_major}"), || bpf_linker(&llvm_major))?;
-    step("iproute2 (tests build their labs with `ip`)", || apt_install(&[("ip", "iproute2")]))?;
     eprintln!("setup: ready in {:.1}s", t.elapsed().as_secs_f64());
     Ok(())
 }
