@@ -632,6 +632,68 @@ fn rfs_tracks_an_address_added_while_running() {
 
 // --- In the kernel, through BPF_PROG_TEST_RUN --------------------------------
 
+/// A peer that resets its connections before the application reads them:
+/// the reads come after the close, and must not leave entries behind.
+#[test]
+fn rfs_reads_after_a_reset_leave_no_entries() {
+    require_root();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &[]);
+    let k0 = counters(&flows);
+    const N: usize = 200;
+    let rx_ip: IpAddr = lab.rx_ip.parse().expect("ip");
+    let listener =
+        in_ns(&lab.rx_ns, move || TcpListener::bind((rx_ip, 5011))).expect("ns").expect("listening");
+    let addr = SocketAddr::new(rx_ip, 5011);
+    let accepted: Vec<TcpStream> = {
+        // Accepted while the clients connect: more than the listen backlog.
+        let acceptor = std::thread::spawn(move || {
+            (0..N).map(|_| listener.accept().expect("accepting").0).collect::<Vec<_>>()
+        });
+        let clients = in_ns(&lab.tx_ns, move || -> Vec<TcpStream> {
+            (0..N).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()).collect()
+        })
+        .expect("ns");
+        assert_eq!(clients.len(), N, "connecting");
+        let accepted = acceptor.join().expect("accepting thread");
+        for mut c in clients {
+            c.write_all(b"request").expect("sending");
+            // SO_LINGER 0: close sends a reset.
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: a valid socket and a linger struct of the right size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    c.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const libc::linger as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_LINGER");
+        }
+        accepted
+    };
+    // The resets arrive; only then does the application read.
+    std::thread::sleep(Duration::from_millis(300));
+    for mut s in accepted {
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        let _ = s.read(&mut buf);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let k = counters(&flows);
+    let left = rfs::entries(&flows.flows).into_iter().filter(|(key, _)| key.dport() == 5011).count();
+    println!(
+        "reset connections: {N}, entries left {left}, reads on closed sockets {}",
+        k.hook_closed - k0.hook_closed
+    );
+    assert_eq!(left, 0, "entries of reset connections stayed in the table");
+    assert!(k.hook_closed > k0.hook_closed, "no read after a close was seen: the test proves nothing");
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
 const XDP_REDIRECT: u32 = 4;
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
