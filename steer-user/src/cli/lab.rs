@@ -69,18 +69,13 @@ struct BenchArgs {
 }
 
 /// Ctrl-C and SIGTERM ask the lab to stop; the drops then remove everything.
+/// The lab runs on this thread, synchronously: the signals are watched on another.
 fn watch_signals() {
     std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        let Ok(rt) = super::tokio_rt() else { return };
         rt.block_on(async {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            let Ok(mut signals) = super::Signals::new() else { return };
+            signals.stopped().await;
             eprintln!("stopping: removing the lab...");
             lab::request_stop();
         });

@@ -7,6 +7,7 @@ mod veth;
 
 use std::time::Duration;
 
+use super::{Event, Signals};
 use anyhow::Result;
 use steer::{
     cpus,
@@ -18,7 +19,6 @@ use steer::{
     },
     pins, rfs, stats,
 };
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// `cli` as parsed from the command line; its `--config` file is merged under it.
 pub async fn run(cli: RunArgs) -> Result<()> {
@@ -78,38 +78,6 @@ fn serve_metrics(
     log::info!("metrics at http://{}/metrics", listener.local_addr()?);
     let registry = steer::metrics::registry(iface)?;
     Ok(Some(tokio::spawn(steer::metrics::serve(listener, registry))))
-}
-
-/// What the signals and the ticker ask for.
-enum Event {
-    Stop,
-    Reload,
-    Tick,
-}
-
-struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Self> {
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn next(&mut self, ticker: &mut tokio::time::Interval) -> Event {
-        tokio::select! {
-            _ = self.term.recv() => Event::Stop,
-            _ = self.int.recv() => Event::Stop,
-            _ = self.hup.recv() => Event::Reload,
-            _ = ticker.tick() => Event::Tick,
-        }
-    }
 }
 
 /// The `steer stats` table, printed every tick from the same source.

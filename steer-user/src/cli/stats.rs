@@ -29,10 +29,12 @@ pub async fn run(a: StatsArgs) -> Result<()> {
     let mut prev = source.sample()?;
     let mut ticker = tokio::time::interval(period);
     ticker.tick().await;
+    let mut signals = super::Signals::new()?;
     loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = ticker.tick() => {}
+        match signals.next(&mut ticker).await {
+            super::Event::Stop => return Ok(()),
+            super::Event::Reload => continue,
+            super::Event::Tick => {}
         }
         let now = source.sample()?;
         let report = stats::Report::new(&a.iface, &prev, &now);
