@@ -47,11 +47,14 @@ pub mod prog {
     pub const LAB_GEN: &str = "lab_gen";
     /// A bare XDP_PASS: the baseline for per-packet cost.
     pub const PASS: &str = "xdp_pass";
+    /// A bare redirect into the CPUMAP: the floor of any steering.
+    pub const FLOOR: &str = "redirect_floor";
     /// RFS socket tracking.
     pub const RFS_READ: &str = "rfs_read";
     pub const RFS_STATE: &str = "rfs_state";
     /// CPUMAP drop counters.
     pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
-    pub const ALL: [&str; 7] = [STEER, LAB_GEN, PASS, RFS_READ, RFS_STATE, CPUMAP_ENQUEUE, CPUMAP_KTHREAD];
+    pub const ALL: [&str; 8] =
+        [STEER, LAB_GEN, PASS, FLOOR, RFS_READ, RFS_STATE, CPUMAP_ENQUEUE, CPUMAP_KTHREAD];
 }

@@ -6,7 +6,8 @@
 //! - `lab_gen`: the lab's traffic generator, an XDP_TX program driven by
 //!   BPF_PROG_TEST_RUN with live frames; it varies the source port per frame so
 //!   that many flows interleave packet by packet, like a NIC's receive ring.
-//! - `xdp_pass`: a bare XDP_PASS, the baseline for per-packet cost.
+//! - `xdp_pass`: a bare XDP_PASS, the baseline for per-packet cost;
+//!   `redirect_floor`: a bare redirect into the CPUMAP, the floor of any steering.
 //! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues.
 //! - `rfs_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
 //!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
@@ -52,6 +53,15 @@ pub fn lab_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The floor of any CPUMAP steering, for the bench's cost table: a redirect
+/// into CPU 0's queue with no parsing and no counting.
+#[xdp]
+pub fn redirect_floor(_ctx: XdpContext) -> u32 {
+    match maps::CPUS.redirect(0, xdp_action::XDP_PASS as u64) {
+        Ok(v) | Err(v) => v,
+    }
 }
 
 // --- stats: cpumap drop counters (xdp:xdp_cpumap_enqueue / xdp:xdp_cpumap_kthread) ---

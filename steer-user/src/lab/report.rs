@@ -382,6 +382,15 @@ impl BenchResult {
                 c.rfs_hit_ns,
                 c.rfs_hit_ns / c.pass_ns.max(1e-9)
             );
+            let _ = writeln!(
+                out,
+                "| redirect only (the floor: fixed CPU, no parsing) | {:.1} | {:.2}x |\n\n\
+                 steer fast is {:.2}x the floor; an RFS hit is {:.2}x steer fast.",
+                c.floor_ns,
+                c.floor_ns / c.pass_ns.max(1e-9),
+                c.fast_vs_floor,
+                c.rfs_hit_ns / c.fast_ns.max(1e-9)
+            );
         }
         let _ = writeln!(out, "\n## Per-CPU picture at max offered rate\n");
         for s in &self.scenarios {

@@ -339,6 +339,10 @@ pub struct Cost {
     pub rfs_miss_ns: f64,
     /// steer with `--mode rfs` on a TCP frame whose flow is in the table.
     pub rfs_hit_ns: f64,
+    /// A bare redirect into the CPUMAP (fixed CPU, no parsing): the floor of any steering.
+    pub floor_ns: f64,
+    /// steer fast / the floor.
+    pub fast_vs_floor: f64,
 }
 
 /// A TCP frame between the lab's addresses and an RFS-enabled steer, with the
@@ -392,7 +396,9 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
     loader::program(&mut pass, loader::PASS_PROG)?.load().map_err(crate::Error::ebpf)?;
     let (mut miss, tcp) = rfs_case(&online, false)?;
     let (mut hit, _) = rfs_case(&online, true)?;
-    let mut runs: [Vec<f64>; 5] = Default::default();
+    let mut floor = load(HashArg::Fast)?;
+    loader::program(&mut floor, loader::FLOOR_PROG)?.load().map_err(crate::Error::ebpf)?;
+    let mut runs: [Vec<f64>; 6] = Default::default();
     for _ in 0..rounds {
         for (i, (e, name, f)) in [
             (&mut pass, loader::PASS_PROG, &frame),
@@ -400,6 +406,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
             (&mut toep, loader::STEER_PROG, &frame),
             (&mut miss, loader::STEER_PROG, &tcp),
             (&mut hit, loader::STEER_PROG, &tcp),
+            (&mut floor, loader::FLOOR_PROG, &frame),
         ]
         .into_iter()
         .enumerate()
@@ -427,5 +434,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         toeplitz_ratio: t / p.max(1e-9),
         rfs_miss_ns: min(&runs[3]),
         rfs_hit_ns: min(&runs[4]),
+        floor_ns: min(&runs[5]),
+        fast_vs_floor: f / min(&runs[5]).max(1e-9),
     })
 }

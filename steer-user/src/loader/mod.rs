@@ -30,6 +30,8 @@ pub const STEER_PROG: &str = prog::STEER;
 pub const GEN_PROG: &str = prog::LAB_GEN;
 /// Name of the bare XDP_PASS program (cost baseline).
 pub const PASS_PROG: &str = prog::PASS;
+/// Name of the bare CPUMAP redirect (the floor of any steering's cost).
+pub const FLOOR_PROG: &str = prog::FLOOR;
 
 /// Loads the object with maps sized for this machine and `hash`, fills the
 /// maps, and loads (verifies) the steering program. Attaches nothing.
