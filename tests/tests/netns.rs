@@ -379,3 +379,50 @@ fn a_deleted_interface_stops_its_run_and_a_recreated_one_is_steered_at_once() {
     assert!(ok, "{log}");
     assert!(!Path::new(&lab.pin_dir()).exists());
 }
+
+/// A user without the capabilities, against a live run in its namespace: the
+/// commands fail and say "permission denied", never "no steer attached".
+#[test]
+fn a_user_without_privileges_is_told_permission_denied() {
+    require_root();
+    assert!(
+        Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "setpriv (util-linux) is needed for this test: apt-get install util-linux"
+    );
+    let pod = Pod::new(44);
+    let mut run = netns_exec(&pod.ns, &["run", "--iface", POD_IF, "--quiet", "--mode", "rfs"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting steer run --mode rfs");
+    pod.wait_attached();
+    let bin = steer_bin();
+    for cmd in
+        [&["stats", "--iface", POD_IF, "--once", "--interval", "0.1"][..], &["flows", "--iface", POD_IF]]
+    {
+        let mut args = vec![
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ];
+        args.push(bin.to_str().unwrap());
+        args.extend_from_slice(cmd);
+        let out =
+            steer_tests::netns_exec(&pod.ns, "setpriv", &args).env("RUST_BACKTRACE", "0").output().unwrap();
+        let err = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "steer {cmd:?} as nobody succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            err.contains("permission denied") && !err.contains("no steer"),
+            "steer {cmd:?} as nobody: {err}"
+        );
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut run, 15).is_some_and(|s| s.success()), "{}", child_stderr(&mut run));
+}
