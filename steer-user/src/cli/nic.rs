@@ -20,7 +20,7 @@ pub enum NicCmd {
     },
     /// Print what `apply` would change, "old → new" with the equivalent ethtool/sysfs line. Read-only.
     Plan(NicPlanArgs),
-    /// Snapshot to /run/steer/IF/nic.json, then apply the plan (rolled back if a step fails).
+    /// Snapshot to /run/steer/netN/ifI/nic.json, then apply the plan (rolled back if a step fails).
     Apply(NicPlanArgs),
     /// Put back exactly what the snapshot holds, and remove it.
     Restore {

@@ -4,8 +4,8 @@
 //!
 //! - [`show`] reads them all (`steer nic show`);
 //! - [`plan`] turns a profile and overrides into "old → new" steps (`steer nic plan`);
-//! - [`state`] snapshots every value a plan touches to `/run/steer/IF/nic.json`
-//!   before changing anything, applies, rolls back on failure, and restores
+//! - [`state`] snapshots every value a plan touches to `/run/steer/netN/ifI/nic.json`
+//!   (keyed by namespace and interface index) before changing anything, applies, rolls back on failure, and restores
 //!   from the snapshot (`steer nic apply|restore`, `steer restore`).
 //!
 //! - [`guard`] holds a plan applied for the life of `steer run`.

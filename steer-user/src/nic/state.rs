@@ -1,7 +1,8 @@
 //! Apply a plan with a safety net, and put everything back.
 //!
-//! `apply` writes the snapshot (`/run/steer/IF/nic.json`: every step with its
-//! old value) BEFORE the first change, then applies the steps in order. If a
+//! `apply` writes the snapshot (`/run/steer/netN/ifI/nic.json`, keyed by the
+//! namespace and the interface index: every step with its old value) BEFORE
+//! the first change, then applies the steps in order. If a
 //! step fails, the steps already done are undone in reverse and the error says
 //! which step, on which driver, which operation and the errno. `restore` reads
 //! the snapshot (also after a SIGKILL), writes every old value back in reverse
