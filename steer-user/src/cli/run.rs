@@ -41,6 +41,16 @@ pub async fn run(cli: RunArgs) -> Result<()> {
         EngineRun::Xdp(opts) => {
             let guard = NicGuard::start(&run.iface, run.profile, None, run.quiet)?;
             let mut steering = Steering::start(&opts)?;
+            // The skbs cpumap builds go through netif_receive_skb: kernel RPS would steer them a second time.
+            for (q, on) in steer::nic::sysfs::rps_on(&run.iface) {
+                log::warn!(
+                    "kernel RPS is on for {} rx-{q} (CPUs {}): what steer redirects may be steered again by RPS; \
+                     `steer nic apply --iface {} --rps-cpus none` turns it off (`steer nic restore` puts it back)",
+                    run.iface,
+                    cpus::format_list(&on),
+                    run.iface
+                );
+            }
             let _metrics = serve_metrics(metrics, &run.iface)?;
             log::info!(
                 "steering {} ({}, {} XDP) to CPUs {} with {:?} hash over {} buckets; pinned at {}",

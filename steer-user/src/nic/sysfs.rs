@@ -160,6 +160,22 @@ pub fn mask_to_cpus(mask: &str) -> Option<Vec<u32>> {
     Some(cpus)
 }
 
+/// rx queues of `iface` whose kernel RPS is on, with their CPUs, where this
+/// process's /sys shows the interface (empty otherwise: nothing to say).
+pub fn rps_on(iface: &str) -> Vec<(u32, Vec<u32>)> {
+    if check(iface).is_err() {
+        return Vec::new();
+    }
+    queues(iface, "rx")
+        .into_iter()
+        .filter_map(|q| {
+            let mask = read(&queue_file(iface, &format!("rx-{q}"), "rps_cpus")).ok()?;
+            let cpus = mask_to_cpus(&mask)?;
+            (!cpus.is_empty()).then_some((q, cpus))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
