@@ -29,7 +29,8 @@ fn rfs_counters() -> Option<&'static mut RfsCounters> {
 /// Redirects the packet by the flow table and returns the verdict, or `None`
 /// when RSS must choose (miss, flow not idle yet, CPU without a queue).
 #[inline(always)]
-pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters) -> Option<u32> {
+/// `rss`: the flow's RSS CPU when this had to compute it, so the caller does not hash twice.
+pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters, rss: &mut Option<u32>) -> Option<u32> {
     // SAFETY: no preconditions.
     let here = unsafe { bpf_get_smp_processor_id() };
     let r = rfs_counters()?;
@@ -60,8 +61,11 @@ pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters) -> Option<u32> 
     e.last_pkt_ns = now;
     let cpu = e.cpu;
     if cpu == ON_RSS {
-        if e.queued == 0 && crate::steer::rss_cpu(cfg, tuple).is_some_and(|rss| rss != here) {
-            e.queued = 1;
+        if e.queued == 0 {
+            *rss = crate::steer::rss_cpu(cfg, tuple);
+            if rss.is_some_and(|cpu| cpu != here) {
+                e.queued = 1;
+            }
         }
         return None;
     }

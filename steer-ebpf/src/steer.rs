@@ -68,12 +68,13 @@ pub fn steer(ctx: &XdpContext) -> u32 {
         return pass(c, PassReason::NoConfig);
     };
     // RFS first: a flow whose reader is known goes to the reader's CPU.
+    let mut rss = None;
     if cfg.rfs != 0 {
-        if let Some(verdict) = crate::rfs::steer(&tuple, cfg, c) {
+        if let Some(verdict) = crate::rfs::steer(&tuple, cfg, c, &mut rss) {
             return verdict;
         }
     }
-    let Some(cpu) = rss_cpu(cfg, &tuple) else {
+    let Some(cpu) = rss.or_else(|| rss_cpu(cfg, &tuple)) else {
         return pass(c, PassReason::NoConfig);
     };
     // The low bits of the flags are the verdict when the CPU has no queue: pass.
