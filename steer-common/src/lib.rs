@@ -10,9 +10,11 @@ pub mod flow;
 pub mod hash;
 pub mod maps;
 pub mod names;
+pub mod tunnel;
 pub mod tuple;
 
 pub use flow::{FlowEntry, FlowKey, RfsCounters};
 pub use hash::{HashKind, ToeplitzTable, MS_RSS_KEY};
 pub use maps::{Counters, GenConfig, PassReason, SteerConfig};
+pub use tunnel::Encap;
 pub use tuple::Tuple;

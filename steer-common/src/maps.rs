@@ -11,16 +11,21 @@ pub enum PassReason {
     Truncated = 1,
     /// IP version field or IPv4 header length is invalid.
     BadIpHeader = 2,
-    /// Neither TCP nor UDP (ICMP, GRE, ...).
+    /// Neither TCP nor UDP (ICMP, or a tunnel `--inner` leaves alone), outer or inner.
     UnknownL4 = 3,
-    /// More IPv6 extension headers than steer walks.
+    /// More extension headers than steer walks (IPv6; GTP-U).
     ExtHeaderLimit = 4,
     /// The configuration or indirection table is missing an entry.
     NoConfig = 5,
+    /// A tunnel whose payload steer does not parse: not IPv4, IPv6 or
+    /// Ethernet carrying them (GRE with routing or version 1, MPLS, ARP, ...).
+    UnknownInner = 6,
+    /// A tunnel inside a tunnel: steer looks one level deep.
+    TunnelTooDeep = 7,
 }
 
 /// Number of pass reasons (size of [`Counters::passed`]).
-pub const PASS_REASONS: usize = 6;
+pub const PASS_REASONS: usize = 8;
 
 impl PassReason {
     pub const ALL: [PassReason; PASS_REASONS] = [
@@ -30,6 +35,8 @@ impl PassReason {
         Self::UnknownL4,
         Self::ExtHeaderLimit,
         Self::NoConfig,
+        Self::UnknownInner,
+        Self::TunnelTooDeep,
     ];
 
     /// Stable name used in tables, JSON and metrics.
@@ -41,6 +48,8 @@ impl PassReason {
             Self::UnknownL4 => "unknown_l4",
             Self::ExtHeaderLimit => "ext_header_limit",
             Self::NoConfig => "no_config",
+            Self::UnknownInner => "unknown_inner",
+            Self::TunnelTooDeep => "tunnel_too_deep",
         }
     }
 }
@@ -59,6 +68,9 @@ pub struct Counters {
     /// Part of `redirected`: steered to the CPU it arrived on, so passed in
     /// place instead of through that CPU's own CPUMAP queue.
     pub local: u64,
+    /// Tunnelled packets whose inner flow was parsed and steered (RFS or RSS;
+    /// part of `redirected` unless the CPU's queue refused them).
+    pub inner: u64,
     /// Passed unsteered, by [`PassReason`].
     pub passed: [u64; PASS_REASONS],
 }
@@ -69,6 +81,7 @@ impl Counters {
         self.redirected += o.redirected;
         self.redirect_err += o.redirect_err;
         self.local += o.local;
+        self.inner += o.inner;
         for (a, b) in self.passed.iter_mut().zip(o.passed.iter()) {
             *a += b;
         }
@@ -96,6 +109,11 @@ pub struct SteerConfig {
     /// A flow whose reader changed CPU moves only after this long without a
     /// packet (`--migrate-idle-us`), so none of its packets overtake others.
     pub migrate_idle_us: u32,
+    /// IP-level tunnels hashed on their inner flow ([`crate::tunnel::INNER_IPIP`] | ...).
+    pub inner_ip: u32,
+    /// UDP tunnels hashed on their inner flow, by destination port
+    /// ([`crate::tunnel::udp_slot`]); 0 ends the table.
+    pub udp_tunnels: [u32; crate::tunnel::MAX_UDP_TUNNELS],
 }
 
 /// Configuration of the lab generator program (`lab_gen`).

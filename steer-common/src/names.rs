@@ -20,7 +20,9 @@ pub mod map {
     pub const CPUMAP_ID: &str = "CPUMAP_ID";
     pub const CPUMAP_DROPS: &str = "CPUMAP_DROPS";
     pub const CLOSED: &str = "CLOSED";
-    pub const ALL: [&str; 15] = [
+    pub const INNER_PROG: &str = "INNER_PROG";
+    pub const TUNNEL_AT: &str = "TUNNEL_AT";
+    pub const ALL: [&str; 17] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -36,6 +38,8 @@ pub mod map {
         CPUMAP_ID,
         CPUMAP_DROPS,
         CLOSED,
+        INNER_PROG,
+        TUNNEL_AT,
     ];
 }
 
@@ -43,6 +47,8 @@ pub mod map {
 pub mod prog {
     /// The steering XDP program.
     pub const STEER: &str = "steer_xdp";
+    /// Its second half for tunnelled frames (tail call through `INNER_PROG`).
+    pub const STEER_INNER: &str = "steer_inner";
     /// The lab's traffic generator (XDP_TX).
     pub const LAB_GEN: &str = "lab_gen";
     /// A bare XDP_PASS: the baseline for per-packet cost.
@@ -55,6 +61,6 @@ pub mod prog {
     /// CPUMAP drop counters.
     pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
-    pub const ALL: [&str; 8] =
-        [STEER, LAB_GEN, PASS, FLOOR, RFS_READ, RFS_STATE, CPUMAP_ENQUEUE, CPUMAP_KTHREAD];
+    pub const ALL: [&str; 9] =
+        [STEER, STEER_INNER, LAB_GEN, PASS, FLOOR, RFS_READ, RFS_STATE, CPUMAP_ENQUEUE, CPUMAP_KTHREAD];
 }

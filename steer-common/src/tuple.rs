@@ -24,7 +24,9 @@ pub struct Tuple {
     /// 0 for fragments (every fragment of a datagram must hash alike, and only
     /// the first one carries ports) and for anything without ports.
     pub has_ports: u8,
-    pub _pad: u8,
+    /// The [`crate::Encap`] this flow was carried in (its inner flow), 0 for none.
+    /// Not hashed: a flow hashes alike inside a tunnel and out.
+    pub encap: u8,
 }
 
 impl Tuple {
@@ -44,7 +46,7 @@ impl Tuple {
             (IpAddr::V6(s), IpAddr::V6(d)) => (words(&s.octets()), words(&d.octets()), 6),
             _ => return None,
         };
-        Some(Self { saddr, daddr, ports: raw_ports(sport, dport), proto, family, has_ports: 1, _pad: 0 })
+        Some(Self { saddr, daddr, ports: raw_ports(sport, dport), proto, family, has_ports: 1, encap: 0 })
     }
 
     /// The same flow without ports (how fragments are hashed).

@@ -2,7 +2,8 @@
 //!
 //! - `steer_xdp`: parses each frame, picks a CPU from its flow hash and redirects
 //!   it into the CPUMAP (software RPS). Never drops: anything it cannot or
-//!   should not steer is passed and counted.
+//!   should not steer is passed and counted. `steer_inner` finishes the job
+//!   for tunnelled frames (tail call), on their inner flow.
 //! - `lab_gen`: the lab's traffic generator, an XDP_TX program driven by
 //!   BPF_PROG_TEST_RUN with live frames; it varies the source port per frame so
 //!   that many flows interleave packet by packet, like a NIC's receive ring.
@@ -30,7 +31,16 @@ use aya_ebpf::{
 
 #[xdp]
 pub fn steer_xdp(ctx: XdpContext) -> u32 {
-    steer::steer(&ctx)
+    match steer::steer(&ctx) {
+        steer::Next::Verdict(v) => v,
+        steer::Next::Tunnel => steer::tail_call_inner(&ctx),
+    }
+}
+
+/// The second half of `steer_xdp` for tunnelled packets, reached by tail call.
+#[xdp]
+pub fn steer_inner(ctx: XdpContext) -> u32 {
+    steer::steer_inner(&ctx)
 }
 
 /// RFS: records the CPU a TCP flow is read on (tcp:tcp_rcv_space_adjust).

@@ -3,9 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, CpuMap, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, CpuMap, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{Counters, FlowEntry, FlowKey, GenConfig, RfsCounters, SteerConfig, ToeplitzTable};
+
+use crate::parse::Tunnel;
 
 /// Upper bound for CPU indices; the loader sets the real number of possible CPUs.
 pub const MAX_CPUS: u32 = 64;
@@ -33,6 +35,14 @@ pub static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 /// Packets redirected to each target CPU, counted on the CPU that redirected.
 #[map]
 pub static TARGETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CPUS, 0);
+
+/// Slot 0: `steer_inner`, tail-called for tunnelled frames. Filled by the loader.
+#[map]
+pub static INNER_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The tunnel `steer_xdp` found, for `steer_inner` on the same CPU.
+#[map]
+pub static TUNNEL_AT: PerCpuArray<Tunnel> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);

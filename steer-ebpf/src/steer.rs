@@ -1,14 +1,25 @@
 //! How the CPU is chosen: flow hash -> bucket of the indirection table -> CPU,
 //! then a redirect into that CPU's CPUMAP queue, or XDP_PASS when that CPU is
 //! the one the packet is already on.
+//!
+//! A tunnelled packet takes two programs: `steer_xdp` finds the tunnel and
+//! tail-calls `steer_inner`, which parses the inner flow and steers it the
+//! same way (see parse.rs for why two).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_get_smp_processor_id, programs::XdpContext};
 use steer_common::{hash, Counters, HashKind, PassReason, SteerConfig, Tuple};
 
 use crate::{
-    maps::{CONFIG, CPUS, INDIR, STATS, TARGETS, TOEPLITZ},
-    parse::parse,
+    maps::{CONFIG, CPUS, INDIR, INNER_PROG, STATS, TARGETS, TOEPLITZ, TUNNEL_AT},
+    parse::{parse, parse_tunnel, Parsed},
 };
+
+/// What `steer_xdp` does next.
+pub enum Next {
+    Verdict(u32),
+    /// Tail-call `steer_inner`: the tunnel is in `TUNNEL_AT`.
+    Tunnel,
+}
 
 #[inline(always)]
 fn counters() -> Option<&'static mut Counters> {
@@ -55,26 +66,67 @@ pub fn rss_cpu(cfg: &SteerConfig, tuple: &Tuple) -> Option<u32> {
     INDIR.get(h & cfg.table_mask).copied()
 }
 
-pub fn steer(ctx: &XdpContext) -> u32 {
+pub fn steer(ctx: &XdpContext) -> Next {
+    let Some(c) = counters() else {
+        return Next::Verdict(xdp_action::XDP_PASS);
+    };
+    c.seen += 1;
+    let Some(cfg) = CONFIG.get(0) else {
+        return Next::Verdict(pass(c, PassReason::NoConfig));
+    };
+    match parse(ctx, cfg) {
+        Ok(Parsed::Flow(tuple)) => Next::Verdict(steer_flow(c, cfg, &tuple)),
+        Ok(Parsed::Tunnel(at)) => match TUNNEL_AT.get_ptr_mut(0) {
+            Some(slot) => {
+                // SAFETY: a per-CPU slot, read by the program tail-called next on this CPU.
+                unsafe { *slot = at };
+                Next::Tunnel
+            }
+            None => Next::Verdict(pass(c, PassReason::NoConfig)),
+        },
+        Err(reason) => Next::Verdict(pass(c, reason)),
+    }
+}
+
+/// Hands a tunnelled packet to `steer_inner`.
+#[inline(always)]
+pub fn tail_call_inner(ctx: &XdpContext) -> u32 {
+    // SAFETY: the index is in range; on success this does not return.
+    let _ = unsafe { INNER_PROG.tail_call(ctx, 0) };
+    // Only with an empty program array (steer_inner not loaded).
+    counters().map_or(xdp_action::XDP_PASS, |c| pass(c, PassReason::NoConfig))
+}
+
+/// `steer_inner`: the tunnel `steer_xdp` found, steered by its inner flow.
+pub fn steer_inner(ctx: &XdpContext) -> u32 {
     let Some(c) = counters() else {
         return xdp_action::XDP_PASS;
     };
-    c.seen += 1;
-    let tuple = match parse(ctx) {
-        Ok(t) => t,
-        Err(reason) => return pass(c, reason),
-    };
-    let Some(cfg) = CONFIG.get(0) else {
+    let (Some(cfg), Some(at)) = (CONFIG.get(0), TUNNEL_AT.get(0)) else {
         return pass(c, PassReason::NoConfig);
     };
+    match parse_tunnel(ctx, at) {
+        Ok(tuple) => {
+            if tuple.encap != 0 {
+                c.inner += 1;
+            }
+            steer_flow(c, cfg, &tuple)
+        }
+        Err(reason) => pass(c, reason),
+    }
+}
+
+/// RFS, then RSS, then the redirect: the same for a plain and an inner flow.
+#[inline(always)]
+fn steer_flow(c: &mut Counters, cfg: &SteerConfig, tuple: &Tuple) -> u32 {
     // RFS first: a flow whose reader is known goes to the reader's CPU.
     let mut rss = None;
     if cfg.rfs != 0 {
-        if let Some(verdict) = crate::rfs::steer(&tuple, cfg, c, &mut rss) {
+        if let Some(verdict) = crate::rfs::steer(tuple, cfg, c, &mut rss) {
             return verdict;
         }
     }
-    let Some(cpu) = rss.or_else(|| rss_cpu(cfg, &tuple)) else {
+    let Some(cpu) = rss.or_else(|| rss_cpu(cfg, tuple)) else {
         return pass(c, PassReason::NoConfig);
     };
     // The low bits of the flags are the verdict when the CPU has no queue: pass.

@@ -7,6 +7,7 @@ use crate::{
     cpus,
     error::{Error, Result},
     iface,
+    inner::InnerSettings,
 };
 
 /// Default number of buckets in the indirection table.
@@ -61,6 +62,8 @@ pub struct HashSettings {
     pub cpus: Vec<u32>,
     /// RFS (`--mode rfs`): look flows up in the flow table before hashing.
     pub rfs: Option<crate::rfs::RfsSettings>,
+    /// Tunnels whose inner flow is hashed (`--inner`).
+    pub inner: InnerSettings,
 }
 
 /// What `steer hash` prints for a flow.
@@ -91,18 +94,36 @@ impl HashSettings {
             None => MS_RSS_KEY,
         };
         check_table_size(table_size)?;
-        Ok(Self { kind: hash.into(), key, seed, symmetric, table_size, cpus, rfs: None })
+        Ok(Self {
+            kind: hash.into(),
+            key,
+            seed,
+            symmetric,
+            table_size,
+            cpus,
+            rfs: None,
+            inner: InnerSettings::default(),
+        })
     }
 
     pub fn steer_config(&self) -> SteerConfig {
-        SteerConfig {
+        let mut cfg = SteerConfig {
             hash: self.kind as u32,
             seed: self.seed,
             table_mask: self.table_size - 1,
             symmetric: self.symmetric as u32,
             rfs: self.rfs.is_some() as u32,
             migrate_idle_us: self.rfs.map_or(0, |r| r.migrate_idle_us),
-        }
+            ..SteerConfig::default()
+        };
+        self.inner.apply(&mut cfg);
+        cfg
+    }
+
+    /// The same settings with other tunnel settings.
+    pub fn with_inner(mut self, inner: InnerSettings) -> Self {
+        self.inner = inner;
+        self
     }
 
     /// The same settings with RFS on (`Some`) or off.

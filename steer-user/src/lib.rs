@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpus;
 pub mod error;
 pub mod iface;
+pub mod inner;
 pub mod lab;
 pub mod loader;
 pub mod metrics;

@@ -141,6 +141,12 @@ impl Collector for SteerCollector {
         )?;
         counter_family(
             e,
+            "steer_inner",
+            "Tunnelled packets steered by their inner flow (--inner), by receiving CPU",
+            opt(|t| t.inner),
+        )?;
+        counter_family(
+            e,
             "steer_steered_in",
             "Packets redirected to this CPU, by target CPU",
             opt(|t| t.steered_in),

@@ -22,6 +22,7 @@ use crate::{
     config::{HashArg, HashSettings, RunOptions, XdpMode, DEFAULT_TABLE_SIZE},
     cpus,
     error::{Error, Result},
+    inner::InnerSettings,
     metrics,
     nic::{self, Profile},
     rfs::{Mode, RfsSettings},
@@ -66,20 +67,29 @@ pub struct HashOpts {
     /// Buckets in the indirection table (power of two). [default: 256]
     #[arg(long)]
     pub table_size: Option<u32>,
+    /// Tunnels hashed on their inner flow: auto (ipip, gre, vxlan, geneve, gtpu), off, or a
+    /// comma list of those names. [default: auto]
+    #[arg(long, value_name = "LIST")]
+    pub inner: Option<String>,
+    /// More UDP tunnels, by destination port: "PORT=KIND,..." with KIND vxlan, geneve, gtpu,
+    /// fou or gue (e.g. "8472=vxlan,5555=fou"). [default: none]
+    #[arg(long, value_name = "LIST")]
+    pub inner_udp_ports: Option<String>,
 }
 
 impl HashOpts {
     /// The validated hash settings (CPU list checked against the online CPUs).
     pub fn settings(&self) -> Result<HashSettings> {
         let cpus = cpus::resolve(self.cpus.as_deref())?;
-        HashSettings::new(
+        Ok(HashSettings::new(
             self.hash.unwrap_or(HashArg::Fast),
             self.key.as_deref(),
             self.seed.unwrap_or(0),
             self.symmetric.unwrap_or(false),
             self.table_size.unwrap_or(DEFAULT_TABLE_SIZE),
             cpus,
-        )
+        )?
+        .with_inner(InnerSettings::new(self.inner.as_deref(), self.inner_udp_ports.as_deref())?))
     }
 }
 
@@ -174,6 +184,8 @@ const XDP_ONLY: &[&str] = &[
     "seed",
     "symmetric",
     "table-size",
+    "inner",
+    "inner-udp-ports",
     "qsize",
     "xdp-mode",
     "replace",
@@ -183,7 +195,18 @@ const XDP_ONLY: &[&str] = &[
 ];
 
 /// Options a running `steer run` applies on SIGHUP; the others need a restart.
-pub const LIVE: &[&str] = &["cpus", "hash", "key", "seed", "symmetric", "table-size", "interval", "quiet"];
+pub const LIVE: &[&str] = &[
+    "cpus",
+    "hash",
+    "key",
+    "seed",
+    "symmetric",
+    "table-size",
+    "inner",
+    "inner-udp-ports",
+    "interval",
+    "quiet",
+];
 
 /// The clap command of `steer run` alone, for parsing a merged argument list.
 /// `args_override_self`: an option given twice (file, then command line) keeps the last value.

@@ -40,8 +40,13 @@ pub const CPUMAP_DROPS: &str = "cpumap_drops";
 /// RFS (`--mode rfs` only): the flow table and its counters.
 pub const FLOWS: &str = "flows";
 pub const RFS_STATS: &str = "rfs_stats";
+/// The tail-call table that holds `steer_inner` (tunnels). Pinned so that it keeps
+/// its entry when the run's process dies: the kernel empties a program array
+/// once no file descriptor or pin refers to it.
+pub const INNER_PROG: &str = "inner_prog";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 9] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS];
+pub const ALL: [&str; 10] =
+    [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS, INNER_PROG];
 /// Where a foreign XDP program taken off by `--replace` waits to go back.
 pub const REPLACED: &str = "replaced_prog";
 

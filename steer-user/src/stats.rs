@@ -61,6 +61,7 @@ impl Snapshot {
                 redirected: a.redirected.saturating_sub(b.redirected),
                 redirect_err: a.redirect_err.saturating_sub(b.redirect_err),
                 local: a.local.saturating_sub(b.local),
+                inner: a.inner.saturating_sub(b.inner),
                 passed: a.passed,
             };
             for (x, y) in d.passed.iter_mut().zip(b.passed.iter()) {
@@ -147,6 +148,8 @@ pub struct CpuTotals {
     pub redirected: Option<u64>,
     /// Part of `redirected`: steered to this CPU itself, so passed in place.
     pub local: Option<u64>,
+    /// Tunnelled packets this CPU steered by their inner flow (`--inner`).
+    pub inner: Option<u64>,
     /// Packets redirected to this CPU (as a target), from every CPU.
     pub steered_in: Option<u64>,
     /// Packets passed up the stack unsteered on this CPU, all reasons.
@@ -192,6 +195,7 @@ impl Sample {
                     xdp_rx: c.map(|c| c.seen),
                     redirected: c.map(|c| c.redirected),
                     local: c.map(|c| c.local),
+                    inner: c.map(|c| c.inner),
                     steered_in: self.xdp.as_ref().map(|x| x.steered_in.get(cpu).copied().unwrap_or(0)),
                     passed: c.map(|c| c.passed_total()),
                     redirect_err: c.map(|c| c.redirect_err),

@@ -11,6 +11,7 @@ use aya::{
 };
 use steer::{
     config::{HashArg, HashSettings},
+    inner::InnerSettings,
     loader::{self, PASS_PROG, STEER_PROG},
     packet::{Frame, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP},
     rfs::{self, RfsSettings},
@@ -19,7 +20,7 @@ use steer::{
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
-    FlowEntry, FlowKey, PassReason, RfsCounters, Tuple,
+    Encap, FlowEntry, FlowKey, PassReason, RfsCounters, Tuple,
 };
 use steer_tests::{pin_to_cpu, require_root};
 
@@ -156,8 +157,8 @@ fn fixtures() -> Vec<Fixture> {
     );
     add("icmpv6: pass", eth().ipv6(v6(a6), v6(b6)).icmp_echo().build(), Expect::Pass(PassReason::UnknownL4));
     add(
-        "gre: pass",
-        eth().ipv4(v4(a4), v4(b4)).ip_proto(47).payload(8).build(),
+        "sctp: pass",
+        eth().ipv4(v4(a4), v4(b4)).ip_proto(132).payload(12).build(),
         Expect::Pass(PassReason::UnknownL4),
     );
     let mut bad_ihl = eth().ipv4(v4(a4), v4(b4)).tcp(1, 2).build();
@@ -189,7 +190,261 @@ fn fixtures() -> Vec<Fixture> {
             Expect::Pass(PassReason::Truncated),
         );
     }
+    f.extend(tunnel_fixtures());
     f
+}
+
+/// `t` as carried inside tunnel `e` (what the XDP program reports).
+fn inside(mut t: Tuple, e: Encap) -> Tuple {
+    t.encap = e as u8;
+    t
+}
+
+/// Tunnels under the default `--inner auto` plus `--inner-udp-ports 5555=fou,6080=gue`
+/// (see [`tunnel_settings`]): each hashed on its inner flow, as the kernel's
+/// flow dissector does for IP-in-IP and GRE.
+fn tunnel_fixtures() -> Vec<Fixture> {
+    let (o4a, o4b) = (v4("192.0.2.1"), v4("192.0.2.2"));
+    let (o6a, o6b) = (v6("2001:db8:ffff::1"), v6("2001:db8:ffff::2"));
+    let (a4, b4) = ("10.1.0.1", "10.1.0.2");
+    let (a6, b6) = ("fd00::1", "fd00::2");
+    let ti4 = tuple(a4, 33000, b4, 443, IPPROTO_TCP);
+    let ui4 = tuple(a4, 33001, b4, 53, IPPROTO_UDP);
+    let ti6 = tuple(a6, 33002, b6, 80, IPPROTO_TCP);
+    let ui6 = tuple(a6, 33003, b6, 4433, IPPROTO_UDP);
+    let o4 = || eth().ipv4(o4a, o4b);
+    let o6 = || eth().ipv6(o6a, o6b);
+    let mut f = vec![];
+    let mut add = |name: &str, frame: Vec<u8>, expect: Expect| {
+        f.push(Fixture { name: name.to_string(), frame, expect })
+    };
+    use Encap::*;
+    let steer = |t: Tuple, e: Encap| Expect::Steer(inside(t, e));
+
+    // IP-in-IP: 4in4, 6in4 (SIT), 4in6, 6in6.
+    add("ipip 4in4 tcp", o4().ipv4(v4(a4), v4(b4)).tcp(33000, 443).build(), steer(ti4, Ipip));
+    add("sit 6in4 udp", o4().ipv6(v6(a6), v6(b6)).udp(33003, 4433).build(), steer(ui6, Ipip));
+    add("ipip 4in6 udp", o6().ipv4(v4(a4), v4(b4)).udp(33001, 53).build(), steer(ui4, Ipip));
+    add(
+        "ipip 6in6 tcp, inner extension header",
+        o6().ipv6(v6(a6), v6(b6)).ipv6_ext(60, 0).tcp(33002, 80).build(),
+        steer(ti6, Ipip),
+    );
+    add(
+        "ipip outer fragment: outer addresses only",
+        o4().fragment(0, true).ipv4(v4(a4), v4(b4)).tcp(33000, 443).build(),
+        Expect::Steer(Tuple::new(o4a.into(), 0, o4b.into(), 0, 4).unwrap().without_ports()),
+    );
+    // GRE: no options, every option, IPv6 inside and outside, Ethernet inside.
+    add(
+        "gre ipv4 tcp",
+        o4().gre(false, None, None).ipv4(v4(a4), v4(b4)).tcp(33000, 443).build(),
+        steer(ti4, Gre),
+    );
+    add(
+        "gre csum+key+seq ipv4 udp",
+        o4().gre(true, Some(7), Some(9)).ipv4(v4(a4), v4(b4)).udp(33001, 53).build(),
+        steer(ui4, Gre),
+    );
+    add(
+        "gre over ipv6, key, ipv6 tcp",
+        o6().gre(false, Some(1), None).ipv6(v6(a6), v6(b6)).tcp(33002, 80).build(),
+        steer(ti6, Gre),
+    );
+    add(
+        "gre teb (gretap) ipv4 tcp",
+        o4().gre(false, Some(3), None).inner_eth(MAC_A, MAC_B).ipv4(v4(a4), v4(b4)).tcp(33000, 443).build(),
+        steer(ti4, Gre),
+    );
+    // UDP tunnels on their IANA ports.
+    add(
+        "vxlan ipv4 tcp",
+        o4().udp(40000, 4789)
+            .vxlan(42, true)
+            .inner_eth(MAC_A, MAC_B)
+            .ipv4(v4(a4), v4(b4))
+            .tcp(33000, 443)
+            .build(),
+        steer(ti4, Vxlan),
+    );
+    add(
+        "vxlan over ipv6, ipv6 udp",
+        o6().udp(40001, 4789)
+            .vxlan(42, true)
+            .inner_eth(MAC_A, MAC_B)
+            .ipv6(v6(a6), v6(b6))
+            .udp(33003, 4433)
+            .build(),
+        steer(ui6, Vxlan),
+    );
+    add(
+        "geneve with 8 bytes of options, ethernet, ipv4 udp",
+        o4().udp(40002, 6081).geneve(2).inner_eth(MAC_A, MAC_B).ipv4(v4(a4), v4(b4)).udp(33001, 53).build(),
+        steer(ui4, Geneve),
+    );
+    add(
+        "geneve ipv6 payload",
+        o6().udp(40003, 6081).geneve(0).ipv6(v6(a6), v6(b6)).tcp(33002, 80).build(),
+        steer(ti6, Geneve),
+    );
+    add(
+        "gtp-u g-pdu ipv4 udp",
+        o4().udp(2152, 2152).gtpu(255, false, &[]).ipv4(v4(a4), v4(b4)).udp(33001, 53).build(),
+        steer(ui4, Gtpu),
+    );
+    add(
+        "gtp-u seq + pdu session container, ipv6 tcp",
+        o4().udp(2152, 2152).gtpu(255, true, &[(1, 0), (2, 0)]).ipv6(v6(a6), v6(b6)).tcp(33002, 80).build(),
+        steer(ti6, Gtpu),
+    );
+    add(
+        "gtp-u echo request: the outer flow",
+        o4().udp(2152, 2152).gtpu(1, true, &[]).build(),
+        Expect::Steer(Tuple::new(o4a.into(), 2152, o4b.into(), 2152, IPPROTO_UDP).unwrap()),
+    );
+    // UDP tunnels on ports named by --inner-udp-ports.
+    add(
+        "fou 5555 ipv4 tcp",
+        o4().udp(40004, 5555).ipv4(v4(a4), v4(b4)).tcp(33000, 443).build(),
+        steer(ti4, Fou),
+    );
+    add(
+        "fou 5555 ipv6 udp",
+        o4().udp(40004, 5555).ipv6(v6(a6), v6(b6)).udp(33003, 4433).build(),
+        steer(ui6, Fou),
+    );
+    add(
+        "gue v0 6080, 4 bytes of fields, ipv6 tcp",
+        o4().udp(40005, 6080).gue(1, false).ipv6(v6(a6), v6(b6)).tcp(33002, 80).build(),
+        steer(ti6, Gue),
+    );
+    add(
+        "gue v1 6080 ipv4 udp",
+        o4().udp(40005, 6080).ipv4(v4(a4), v4(b4)).udp(33001, 53).build(),
+        steer(ui4, Gue),
+    );
+    add(
+        "gue control message: the outer flow",
+        o4().udp(40005, 6080).gue(0, true).payload(8).build(),
+        Expect::Steer(Tuple::new(o4a.into(), 40005, o4b.into(), 6080, IPPROTO_UDP).unwrap()),
+    );
+    add(
+        "udp to 8472 (not a tunnel port here): the outer flow",
+        o4().udp(40006, 8472).vxlan(1, true).inner_eth(MAC_A, MAC_B).ipv4(v4(a4), v4(b4)).tcp(1, 2).build(),
+        Expect::Steer(Tuple::new(o4a.into(), 40006, o4b.into(), 8472, IPPROTO_UDP).unwrap()),
+    );
+    // What stays unparsed.
+    add(
+        "gre with routing: pass",
+        o4().gre_raw(0x4000, 0x0800).payload(24).build(),
+        Expect::Pass(PassReason::UnknownInner),
+    );
+    add(
+        "gre version 1 (pptp): pass",
+        o4().gre_raw(0x2001, 0x880b).payload(24).build(),
+        Expect::Pass(PassReason::UnknownInner),
+    );
+    add(
+        "gre mpls: pass",
+        o4().gre_raw(0, 0x8847).payload(24).build(),
+        Expect::Pass(PassReason::UnknownInner),
+    );
+    add(
+        "vxlan arp inside: pass",
+        o4().udp(1, 4789).vxlan(1, true).inner_eth(MAC_A, MAC_B).ethertype(ETH_P_ARP, &[0; 28]).build(),
+        Expect::Pass(PassReason::UnknownInner),
+    );
+    add(
+        "vxlan without the I flag: pass",
+        o4().udp(1, 4789).vxlan(1, false).inner_eth(MAC_A, MAC_B).ipv4(v4(a4), v4(b4)).tcp(1, 2).build(),
+        Expect::Pass(PassReason::UnknownInner),
+    );
+    add(
+        "fou, not ip inside: pass",
+        o4().udp(1, 5555).payload(24).build(),
+        Expect::Pass(PassReason::UnknownInner),
+    );
+    add(
+        "ipip in ipip: pass",
+        o4().ipv4(v4(a4), v4(b4)).ipv4(v4(a4), v4(b4)).tcp(1, 2).build(),
+        Expect::Pass(PassReason::TunnelTooDeep),
+    );
+    add(
+        "gre in vxlan: pass",
+        o4().udp(1, 4789)
+            .vxlan(1, true)
+            .inner_eth(MAC_A, MAC_B)
+            .ipv4(v4(a4), v4(b4))
+            .gre(false, None, None)
+            .ipv4(v4(a4), v4(b4))
+            .tcp(1, 2)
+            .build(),
+        Expect::Pass(PassReason::TunnelTooDeep),
+    );
+    add(
+        "gre in gue: pass",
+        o4().udp(1, 6080).gue(0, false).ip_proto(47).payload(24).build(),
+        Expect::Pass(PassReason::TunnelTooDeep),
+    );
+    add(
+        "icmp inside ipip: pass",
+        o4().ipv4(v4(a4), v4(b4)).icmp_echo().build(),
+        Expect::Pass(PassReason::UnknownL4),
+    );
+    add(
+        "gtp-u with five extension headers: pass",
+        o4().udp(2152, 2152).gtpu(255, false, &[(1, 0); 5]).ipv4(v4(a4), v4(b4)).tcp(1, 2).build(),
+        Expect::Pass(PassReason::ExtHeaderLimit),
+    );
+    // Truncated at every inner boundary (and inside each header).
+    let vx = o4()
+        .udp(40000, 4789)
+        .vxlan(42, true)
+        .inner_eth(MAC_A, MAC_B)
+        .ipv4(v4(a4), v4(b4))
+        .tcp(33000, 443)
+        .build();
+    // eth 14 | ipv4 34 | udp 42 | vxlan 50 | inner eth 64 | inner ipv4 84 | tcp 104
+    for cut in [46, 50, 57, 64, 70, 84, 90, 103] {
+        add(
+            &format!("vxlan tcp cut at {cut}: pass"),
+            vx[..cut].to_vec(),
+            Expect::Pass(PassReason::Truncated),
+        );
+    }
+    let gre = o6().gre(true, Some(1), Some(2)).ipv6(v6(a6), v6(b6)).udp(33003, 4433).build();
+    // eth 14 | ipv6 54 | gre 4 + 12 = 70 | inner ipv6 110 | udp 118
+    for cut in [55, 58, 60, 66, 70, 100, 110, 117] {
+        add(
+            &format!("gre/ipv6 udp cut at {cut}: pass"),
+            gre[..cut].to_vec(),
+            Expect::Pass(PassReason::Truncated),
+        );
+    }
+    let gtp = o4().udp(2152, 2152).gtpu(255, true, &[(2, 0)]).ipv4(v4(a4), v4(b4)).udp(33001, 53).build();
+    // eth 14 | ipv4 34 | udp 42 | gtp 50 | optional 54 | extension 62 | inner ipv4 82 | udp 90
+    for cut in [45, 52, 54, 58, 61, 62, 75, 82, 89] {
+        add(
+            &format!("gtp-u udp cut at {cut}: pass"),
+            gtp[..cut].to_vec(),
+            Expect::Pass(PassReason::Truncated),
+        );
+    }
+    let gen = o6().udp(1, 6081).geneve(3).inner_eth(MAC_A, MAC_B).ipv6(v6(a6), v6(b6)).tcp(33002, 80).build();
+    // eth 14 | ipv6 54 | udp 62 | geneve 70 + 12 = 82 | inner eth 96 | ipv6 136 | tcp 156
+    for cut in [66, 70, 80, 90, 96, 120, 136, 150] {
+        add(
+            &format!("geneve tcp cut at {cut}: pass"),
+            gen[..cut].to_vec(),
+            Expect::Pass(PassReason::Truncated),
+        );
+    }
+    f
+}
+
+/// Hash settings with tunnels as [`tunnel_fixtures`] expects them.
+fn tunnel_settings(s: HashSettings) -> HashSettings {
+    s.with_inner(InnerSettings::new(None, Some("5555=fou,6080=gue")).unwrap())
 }
 
 fn load(settings: &HashSettings) -> Ebpf {
@@ -197,6 +452,7 @@ fn load(settings: &HashSettings) -> Ebpf {
 }
 
 fn run_fixtures(settings: &HashSettings) {
+    let settings = &tunnel_settings(settings.clone());
     let mut ebpf = load(settings);
     let mut failures = vec![];
     for fx in fixtures() {
@@ -212,6 +468,7 @@ fn run_fixtures(settings: &HashSettings) {
                 let got_cpu = cpu_that_got(&d);
                 let ok = out.retval == steered_verdict(&d, want.cpu)
                     && total.redirected == 1
+                    && total.inner == (t.encap != 0) as u64
                     && got_cpu == Some(want.cpu);
                 format!(
                     "{} {:<55} verdict {} cpu {:?} (steer hash: 0x{:08x} bucket {} cpu {})",
@@ -601,5 +858,31 @@ fn local_and_remote_verdict_costs_for_the_note() {
     println!("XDP ns/packet on CPU {c} (BPF_PROG_TEST_RUN, {reps} repeats, {rounds} rounds):");
     for l in lines {
         println!("  {l}");
+    }
+}
+
+/// The verifier walks every path of the parser: each tunnel, extension header
+/// and lookup multiplies them. Half of its 1M-instruction budget is the most
+/// either steering program may use, so that the next feature does not find the limit first.
+#[test]
+fn steer_program_keeps_half_the_verifier_budget() {
+    require_root();
+    for settings in [
+        HashSettings::new(HashArg::Fast, None, 0, false, 256, online()).unwrap(),
+        HashSettings::new(HashArg::Toeplitz, None, 0, true, 256, online())
+            .unwrap()
+            .with_rfs(Some(RfsSettings::default())),
+    ] {
+        let mut ebpf = load(&settings);
+        for name in [STEER_PROG, steer_common::names::prog::STEER_INNER] {
+            let prog = loader::program(&mut ebpf, name).unwrap();
+            let n = prog.info().unwrap().verified_instruction_count().expect("kernel reports verified_insns");
+            println!(
+                "{name} {:?} rfs {}: verifier processed {n} instructions",
+                settings.kind,
+                settings.rfs.is_some()
+            );
+            assert!(n < 500_000, "{name} needs {n} verifier instructions of 1,000,000");
+        }
     }
 }

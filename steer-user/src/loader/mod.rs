@@ -7,7 +7,7 @@ mod steering;
 pub use steering::{Attached, Steering};
 
 use aya::{
-    maps::{Array, CpuMap, MapData, PerCpuArray},
+    maps::{Array, CpuMap, MapData, PerCpuArray, ProgramArray},
     programs::{ProgramError, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -53,9 +53,20 @@ pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
                 .map_err(|e| Error::Ebpf(format!("adding CPU {cpu} to the CPUMAP (qsize {qsize}): {e}")))?;
         }
     }
-    program(&mut ebpf, STEER_PROG)?
-        .load()
-        .map_err(|e| Error::Ebpf(format!("verifier rejected {STEER_PROG}: {}", verifier_detail(&e))))?;
+    for name in [prog::STEER_INNER, STEER_PROG] {
+        program(&mut ebpf, name)?
+            .load()
+            .map_err(|e| Error::Ebpf(format!("verifier rejected {name}: {}", verifier_detail(&e))))?;
+    }
+    let inner = program(&mut ebpf, prog::STEER_INNER)?
+        .fd()
+        .map_err(Error::ebpf)?
+        .try_clone()
+        .map_err(|e| Error::io("duplicating a program fd", e))?;
+    ProgramArray::try_from(map_mut(&mut ebpf, map::INNER_PROG)?)
+        .map_err(Error::ebpf)?
+        .set(0, &inner, 0)
+        .map_err(|e| Error::Ebpf(format!("filling {}: {e}", map::INNER_PROG)))?;
     Ok(ebpf)
 }
 

@@ -40,7 +40,7 @@ fn attach_hint(e: &ProgramError, driver: &str, opts: &RunOptions) -> String {
 }
 
 /// Object map name -> pin name, for the maps every run pins.
-const PINNED_MAPS: [(&str, &str); 7] = [
+const PINNED_MAPS: [(&str, &str); 8] = [
     (map::STATS, pins::STATS),
     (map::TARGETS, pins::TARGETS),
     (map::CONFIG, pins::CONFIG),
@@ -48,6 +48,7 @@ const PINNED_MAPS: [(&str, &str); 7] = [
     (map::CPUS, pins::CPUS),
     (map::FLOWS, pins::FLOWS),
     (map::RFS_STATS, pins::RFS_STATS),
+    (map::INNER_PROG, pins::INNER_PROG),
 ];
 
 /// Attach mode actually in use.

@@ -24,6 +24,8 @@ fn sample(key: &str) -> Option<(&'static str, Engine)> {
         "seed" => ("7", Engine::Xdp),
         "symmetric" => ("true", Engine::Xdp),
         "table-size" => ("512", Engine::Xdp),
+        "inner" => ("\"gre,vxlan\"", Engine::Xdp),
+        "inner-udp-ports" => ("\"8472=vxlan,5555=fou\"", Engine::Xdp),
         "qsize" => ("64", Engine::Xdp),
         "xdp-mode" => ("\"skb\"", Engine::Xdp),
         "replace" => ("true", Engine::Xdp),
