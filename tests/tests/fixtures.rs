@@ -886,3 +886,123 @@ fn steer_program_keeps_half_the_verifier_budget() {
         }
     }
 }
+
+fn hash_opts(args: &[&str]) -> steer::options::HashOpts {
+    use clap::{Args as _, FromArgMatches as _};
+    let cmd = steer::options::HashOpts::augment_args(clap::Command::new("t").no_binary_name(true));
+    steer::options::HashOpts::from_arg_matches(&cmd.get_matches_from(args)).unwrap()
+}
+
+/// `steer hash --encap` tells, for a tunnelled flow, what the XDP program in
+/// the kernel does with the frame: which flow it hashes and the CPU it picks,
+/// or why it passes it. Sixteen inner flows per case, so agreeing on the CPU
+/// cannot be luck.
+#[test]
+fn steer_hash_explains_tunnelled_flows_as_the_kernel_steers_them() {
+    require_root();
+    const O_A: &str = "192.0.2.1";
+    const O_B: &str = "192.0.2.2";
+    let (i_a, i_b) = ("10.9.0.1", "10.9.0.2");
+    type Case = (&'static [&'static str], &'static str, &'static [&'static str], fn(u16) -> Vec<u8>);
+    let cases: [Case; 6] = [
+        (
+            &["--hash", "toeplitz", "--table-size", "64"],
+            "ipip",
+            &["--outer-src", O_A, "--outer-dst", O_B],
+            |p| {
+                eth()
+                    .ipv4(v4("192.0.2.1"), v4("192.0.2.2"))
+                    .ipv4(v4("10.9.0.1"), v4("10.9.0.2"))
+                    .udp(p, 53)
+                    .build()
+            },
+        ),
+        (&["--seed", "99"], "gre", &["--outer-src", O_A, "--outer-dst", O_B], |p| {
+            eth()
+                .ipv4(v4("192.0.2.1"), v4("192.0.2.2"))
+                .gre(false, Some(5), None)
+                .ipv4(v4("10.9.0.1"), v4("10.9.0.2"))
+                .udp(p, 53)
+                .build()
+        }),
+        (&[], "vxlan", &["--outer-src", "192.0.2.1:40000", "--outer-dst", O_B], |p| {
+            eth()
+                .ipv4(v4("192.0.2.1"), v4("192.0.2.2"))
+                .udp(40000, 4789)
+                .vxlan(1, true)
+                .inner_eth(MAC_A, MAC_B)
+                .ipv4(v4("10.9.0.1"), v4("10.9.0.2"))
+                .udp(p, 53)
+                .build()
+        }),
+        (
+            &["--inner-udp-ports", "5555=fou"],
+            "fou",
+            &["--outer-src", "192.0.2.1:40000", "--outer-dst", "192.0.2.2:5555"],
+            |p| {
+                eth()
+                    .ipv4(v4("192.0.2.1"), v4("192.0.2.2"))
+                    .udp(40000, 5555)
+                    .ipv4(v4("10.9.0.1"), v4("10.9.0.2"))
+                    .udp(p, 53)
+                    .build()
+            },
+        ),
+        // Not a tunnel port under these settings: the outer flow, whose source port varies.
+        (&["--inner", "gre"], "vxlan", &["--outer-src", "192.0.2.1:40000", "--outer-dst", O_B], |p| {
+            eth()
+                .ipv4(v4("192.0.2.1"), v4("192.0.2.2"))
+                .udp(40000, 4789)
+                .vxlan(1, true)
+                .inner_eth(MAC_A, MAC_B)
+                .ipv4(v4("10.9.0.1"), v4("10.9.0.2"))
+                .udp(p, 53)
+                .build()
+        }),
+        (&["--inner", "off"], "ipip", &["--outer-src", O_A, "--outer-dst", O_B], |p| {
+            eth()
+                .ipv4(v4("192.0.2.1"), v4("192.0.2.2"))
+                .ipv4(v4("10.9.0.1"), v4("10.9.0.2"))
+                .udp(p, 53)
+                .build()
+        }),
+    ];
+    for (opts, encap, outer, frame) in cases {
+        let settings = hash_opts(opts).settings().unwrap();
+        let mut ebpf = load(&settings);
+        let mut agreed = 0;
+        for port in 30000..30016u16 {
+            let before = loader::snapshot(&ebpf).unwrap();
+            let prog = loader::program(&mut ebpf, STEER_PROG).unwrap();
+            let out = testrun::run(prog.fd().unwrap(), &frame(port), 1).unwrap();
+            let d = loader::snapshot(&ebpf).unwrap().since(&before);
+            let total = d.total();
+            let src = format!("{i_a}:{port}");
+            let dst = format!("{i_b}:53");
+            let cli = steer_tests::steer_bin();
+            let res = std::process::Command::new(cli)
+                .args(["hash", "--json", "--proto", "udp", "--src", &src, "--dst", &dst, "--encap", encap])
+                .args(outer)
+                .args(opts)
+                .output()
+                .unwrap();
+            assert!(res.status.success(), "steer hash: {}", String::from_utf8_lossy(&res.stderr));
+            let j: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+            let hashed = j["hashed"].as_str().unwrap();
+            match hashed {
+                "pass" => {
+                    let reason = PassReason::ALL.iter().find(|r| r.name() == j["reason"]).unwrap();
+                    assert_eq!(out.retval, XDP_PASS, "{encap} {opts:?}");
+                    assert_eq!(total.passed[*reason as usize], 1, "{encap} {opts:?}: {j}");
+                }
+                _ => {
+                    let cpu = j["cpu"].as_u64().unwrap() as u32;
+                    assert_eq!(cpu_that_got(&d), Some(cpu), "{encap} {opts:?} port {port}: {j}");
+                    assert_eq!(total.inner, (hashed == "inner") as u64, "{encap} {opts:?}: {j}");
+                }
+            }
+            agreed += 1;
+        }
+        println!("{encap} {opts:?}: steer hash and the kernel agree on {agreed} flows");
+    }
+}
