@@ -53,7 +53,14 @@ fn generate(lab: &Lab, flows: u32, chunk: u32, chunks: u32, cpu: usize) -> anyho
 }
 
 /// As [`generate`], with any frame: the flows vary its innermost UDP source port.
-fn generate_frames(lab: &Lab, frame: Frame, flows: u32, chunk: u32, chunks: u32, cpu: usize) -> anyhow::Result<()> {
+fn generate_frames(
+    lab: &Lab,
+    frame: Frame,
+    flows: u32,
+    chunk: u32,
+    chunks: u32,
+    cpu: usize,
+) -> anyhow::Result<()> {
     let sport_offset = frame.l4_offset().expect("udp offset") as u32;
     let frame = frame.build();
     let tx_if = lab.tx_if.clone();
@@ -128,15 +135,23 @@ fn native_path_spreads_tunnelled_flows_over_every_cpu() {
     let lab = Lab::new().unwrap();
     let cpus = online();
     let run = SteerRun::start(&lab, &["--xdp-mode", "native"]).unwrap();
-    let (tx, rx): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (lab.tx_ip.parse().unwrap(), lab.rx_ip.parse().unwrap());
-    let (ia, ib): (std::net::Ipv4Addr, std::net::Ipv4Addr) = ("10.77.0.1".parse().unwrap(), "10.77.0.2".parse().unwrap());
+    let (tx, rx): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (lab.tx_ip.parse().unwrap(), lab.rx_ip.parse().unwrap());
+    let (ia, ib): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        ("10.77.0.1".parse().unwrap(), "10.77.0.2".parse().unwrap());
     let base = || Frame::eth(lab.rx_mac, lab.tx_mac).ipv4(tx, rx);
     let tunnels = [
         ("ipip", base().ipv4(ia, ib).udp(10000, 53).payload(18)),
         ("gre", base().gre(false, Some(1), None).ipv4(ia, ib).udp(10000, 53).payload(18)),
         (
             "vxlan",
-            base().udp(40000, 4789).vxlan(7, true).inner_eth([2; 6], [4; 6]).ipv4(ia, ib).udp(10000, 53).payload(18),
+            base()
+                .udp(40000, 4789)
+                .vxlan(7, true)
+                .inner_eth([2; 6], [4; 6])
+                .ipv4(ia, ib)
+                .udp(10000, 53)
+                .payload(18),
         ),
     ];
     for (name, frame) in tunnels {

@@ -384,12 +384,26 @@ impl BenchResult {
             );
             let _ = writeln!(
                 out,
+                "| steer fast, --inner off (no tunnel lookups) | {:.1} | {:.2}x |",
+                c.inner_off_ns,
+                c.inner_off_ns / c.pass_ns.max(1e-9)
+            );
+            let _ = writeln!(
+                out,
+                "| steer fast, VXLAN frame (inner flow; tail call) | {:.1} | {:.2}x |",
+                c.vxlan_ns,
+                c.vxlan_ns / c.pass_ns.max(1e-9)
+            );
+            let _ = writeln!(
+                out,
                 "| redirect only (the floor: fixed CPU, no parsing) | {:.1} | {:.2}x |\n\n\
-                 steer fast is {:.2}x the floor; an RFS hit is {:.2}x steer fast.",
+                 steer fast is {:.2}x the floor; an RFS hit is {:.2}x steer fast; looking for tunnels \
+                 costs plain frames {:+.1} % (steer fast vs --inner off).",
                 c.floor_ns,
                 c.floor_ns / c.pass_ns.max(1e-9),
                 c.fast_vs_floor,
-                c.rfs_hit_ns / c.fast_ns.max(1e-9)
+                c.rfs_hit_ns / c.fast_ns.max(1e-9),
+                (c.fast_ns / c.inner_off_ns.max(1e-9) - 1.0) * 100.0
             );
         }
         let _ = writeln!(out, "\n## Per-CPU picture at max offered rate\n");

@@ -343,6 +343,11 @@ pub struct Cost {
     pub floor_ns: f64,
     /// steer fast / the floor.
     pub fast_vs_floor: f64,
+    /// steer fast with `--inner off` on the same plain frame: what looking for
+    /// tunnels costs traffic that is not tunnelled is `fast_ns / inner_off_ns`.
+    pub inner_off_ns: f64,
+    /// steer fast on a VXLAN frame (both programs and the tail call between them).
+    pub vxlan_ns: f64,
 }
 
 /// A TCP frame between the lab's addresses and an RFS-enabled steer, with the
@@ -388,6 +393,21 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         let s = HashSettings::new(h, None, 0, false, DEFAULT_TABLE_SIZE, online.clone())?;
         Ok(loader::load(&s, DEFAULT_QSIZE)?)
     };
+    let mut tunnel = load(HashArg::Fast)?;
+    let mut inner_off = {
+        let s = HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, online.clone())?
+            .with_inner(crate::inner::InnerSettings::new(Some("off"), None)?);
+        loader::load(&s, DEFAULT_QSIZE)?
+    };
+    let vxlan = crate::packet::Frame::eth([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4(std::net::Ipv4Addr::new(192, 0, 2, 1), std::net::Ipv4Addr::new(192, 0, 2, 2))
+        .udp(40000, 4789)
+        .vxlan(1, true)
+        .inner_eth([2, 0, 0, 0, 0, 4], [2, 0, 0, 0, 0, 3])
+        .ipv4(std::net::Ipv4Addr::new(10, 0, 0, 1), std::net::Ipv4Addr::new(10, 0, 0, 2))
+        .udp(10000, 9000)
+        .payload(18)
+        .build();
     let mut fast = load(HashArg::Fast)?;
     let mut toep = load(HashArg::Toeplitz)?;
     let mut pass = EbpfLoader::new()
@@ -398,7 +418,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
     let (mut hit, _) = rfs_case(&online, true)?;
     let mut floor = load(HashArg::Fast)?;
     loader::program(&mut floor, loader::FLOOR_PROG)?.load().map_err(crate::Error::ebpf)?;
-    let mut runs: [Vec<f64>; 6] = Default::default();
+    let mut runs: [Vec<f64>; 8] = Default::default();
     for _ in 0..rounds {
         for (i, (e, name, f)) in [
             (&mut pass, loader::PASS_PROG, &frame),
@@ -407,6 +427,8 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
             (&mut miss, loader::STEER_PROG, &tcp),
             (&mut hit, loader::STEER_PROG, &tcp),
             (&mut floor, loader::FLOOR_PROG, &frame),
+            (&mut inner_off, loader::STEER_PROG, &frame),
+            (&mut tunnel, loader::STEER_PROG, &vxlan),
         ]
         .into_iter()
         .enumerate()
@@ -436,5 +458,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         rfs_hit_ns: min(&runs[4]),
         floor_ns: min(&runs[5]),
         fast_vs_floor: f / min(&runs[5]).max(1e-9),
+        inner_off_ns: min(&runs[6]),
+        vxlan_ns: min(&runs[7]),
     })
 }
