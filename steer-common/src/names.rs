@@ -20,7 +20,9 @@ pub mod map {
     pub const CPUMAP_ID: &str = "CPUMAP_ID";
     pub const CPUMAP_DROPS: &str = "CPUMAP_DROPS";
     pub const CLOSED: &str = "CLOSED";
-    pub const ALL: [&str; 15] = [
+    pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+    pub const RFS_EXPIRED: &str = "RFS_EXPIRED";
+    pub const ALL: [&str; 17] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -36,6 +38,8 @@ pub mod map {
         CPUMAP_ID,
         CPUMAP_DROPS,
         CLOSED,
+        SOCK_OFFSETS,
+        RFS_EXPIRED,
     ];
 }
 
@@ -52,9 +56,10 @@ pub mod prog {
     /// RFS socket tracking.
     pub const RFS_READ: &str = "rfs_read";
     pub const RFS_STATE: &str = "rfs_state";
+    pub const RFS_UDP_READ: &str = "rfs_udp_read";
     /// CPUMAP drop counters.
     pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
-    pub const ALL: [&str; 8] =
-        [STEER, LAB_GEN, PASS, FLOOR, RFS_READ, RFS_STATE, CPUMAP_ENQUEUE, CPUMAP_KTHREAD];
+    pub const ALL: [&str; 9] =
+        [STEER, LAB_GEN, PASS, FLOOR, RFS_READ, RFS_STATE, RFS_UDP_READ, CPUMAP_ENQUEUE, CPUMAP_KTHREAD];
 }

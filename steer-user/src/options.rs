@@ -117,6 +117,10 @@ pub struct RunArgs {
     /// without a packet, so no packet overtakes another. [default: 500]
     #[arg(long)]
     pub migrate_idle_us: Option<u32>,
+    /// RFS: a UDP flow's entry goes after this many seconds without a read or a packet
+    /// (UDP has no close). [default: 30]
+    #[arg(long)]
+    pub udp_timeout_s: Option<u32>,
     /// Who steers: steer's XDP program, or the kernel's RPS/RFS/XPS configured over --cpus.
     /// [default: xdp]
     #[arg(long, value_enum)]
@@ -180,6 +184,7 @@ const XDP_ONLY: &[&str] = &[
     "mode",
     "flow-entries",
     "migrate-idle-us",
+    "udp-timeout-s",
 ];
 
 /// Options a running `steer run` applies on SIGHUP; the others need a restart.
@@ -266,6 +271,7 @@ impl RunArgs {
                     self.mode.unwrap_or(Mode::Rss),
                     self.flow_entries,
                     self.migrate_idle_us,
+                    self.udp_timeout_s,
                 )?;
                 EngineRun::Xdp(RunOptions::new(
                     &iface,

@@ -40,8 +40,11 @@ pub const CPUMAP_DROPS: &str = "cpumap_drops";
 /// RFS (`--mode rfs` only): the flow table and its counters.
 pub const FLOWS: &str = "flows";
 pub const RFS_STATS: &str = "rfs_stats";
+/// UDP entries the run's sweep expired (userspace's counter next to the per-CPU ones).
+pub const RFS_EXPIRED: &str = "rfs_expired";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 9] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS];
+pub const ALL: [&str; 10] =
+    [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS, RFS_EXPIRED];
 /// Where a foreign XDP program taken off by `--replace` waits to go back.
 pub const REPLACED: &str = "replaced_prog";
 
@@ -313,6 +316,8 @@ pub struct RunFile {
     pub qsize: u32,
     pub flow_entries: Option<u32>,
     pub migrate_idle_us: Option<u32>,
+    #[serde(default)]
+    pub udp_timeout_s: Option<u32>,
     /// The program `--replace` took off, put back on exit.
     pub replaced: Option<crate::xdp_owner::Attached>,
     /// Pin name -> map id, for processes that do not see the pins.

@@ -32,7 +32,10 @@ use steer::{
     rfs::{self, PinnedFlows, RfsSettings},
     testrun,
 };
-use steer_common::{tuple::IPPROTO_TCP, FlowEntry, FlowKey, RfsCounters, Tuple};
+use steer_common::{
+    tuple::{IPPROTO_TCP, IPPROTO_UDP},
+    FlowEntry, FlowKey, RfsCounters, Tuple,
+};
 use steer_tests::{in_ns, pin_to_cpu, require_root, Lab, SteerRun};
 
 /// Two CPUs at least, or the test cannot say anything about steering.
@@ -125,7 +128,13 @@ fn connect(lab: &Lab, listen: Listen, port: u16, n: usize) -> Result<Vec<Conn>> 
             .context("no accepted socket for a client")?;
         let (_, server) = accepted.swap_remove(i);
         let sl = server.local_addr()?;
-        let key = FlowKey::from_socket(&bytes16(sl.ip()), sl.port(), &bytes16(local.ip()), local.port());
+        let key = FlowKey::from_socket(
+            IPPROTO_TCP,
+            &bytes16(sl.ip()),
+            sl.port(),
+            &bytes16(local.ip()),
+            local.port(),
+        );
         let t = match (local.ip(), dst.ip()) {
             (s @ IpAddr::V4(_), d @ IpAddr::V4(_)) | (s @ IpAddr::V6(_), d @ IpAddr::V6(_)) => {
                 Tuple::new(s, local.port(), d, port, IPPROTO_TCP).context("tuple")?
@@ -622,8 +631,13 @@ fn rfs_tracks_an_address_added_while_running() {
     (&client).write_all(&[1u8; 3000]).expect("write");
     wait_for("data read", Duration::from_secs(5), || reader.bytes.load(Ordering::Relaxed) == 3000);
     let l = client.local_addr().expect("addr");
-    let key =
-        FlowKey::from_socket(&bytes16("198.18.0.3".parse().expect("ip")), 5007, &bytes16(l.ip()), l.port());
+    let key = FlowKey::from_socket(
+        IPPROTO_TCP,
+        &bytes16("198.18.0.3".parse().expect("ip")),
+        5007,
+        &bytes16(l.ip()),
+        l.port(),
+    );
     wait_for("flow to the new address recorded", Duration::from_secs(2), || entry(&flows, &key).is_some());
     drop(reader);
     let (ok, log) = run.stop().expect("stopping steer");
@@ -807,17 +821,30 @@ fn rfs_idle_gate_in_the_kernel() {
     let (_, cpu, d) = step(&mut ebpf, &frame);
     assert_eq!((cpu, d.moves), (Some(rss), 1), "idle flow follows");
 
-    // UDP is not tracked: a miss even with a TCP entry of the same ports.
+    // UDP: the protocol is part of the key, so a TCP entry of the same ports
+    // is not the UDP flow's (a miss); its own entry is a hit.
     let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
     let udp = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40000, 80).payload(10).build();
     let (_, _, d) = step(&mut ebpf, &udp);
-    assert_eq!((d.misses, d.hits), (1, 0), "UDP is a miss");
+    assert_eq!((d.misses, d.hits), (1, 0), "UDP with only a TCP entry is a miss");
+    let ut = Tuple::new(IpAddr::V4(a), 40000, IpAddr::V4(b), 80, IPPROTO_UDP).expect("tuple");
+    let ukey = FlowKey::from_tuple(&ut).expect("UDP flow key");
+    let urss = s.choose(&ut).cpu;
+    let uother = if urss == c0 { c1 } else { c0 };
+    set_flow(&mut ebpf, &ukey, FlowEntry { cpu: uother, want_cpu: uother, ..Default::default() });
+    let (v, cpu, d) = step(&mut ebpf, &udp);
+    assert_eq!((v, cpu, d.hits, d.misses), (XDP_REDIRECT, Some(uother), 1, 0), "UDP hit goes to its reader");
+    // A UDP fragment (the first, which still carries the ports) is hashed on
+    // addresses like every fragment of its datagram: never in the table.
+    let frag = Frame::eth(MAC_B, MAC_A).ipv4(a, b).fragment(0, true).udp(40000, 80).payload(10).build();
+    let (_, _, d) = step(&mut ebpf, &frag);
+    assert_eq!((d.misses, d.hits), (1, 0), "a fragment is a miss");
 
     // IPv6: the key is the addresses as they are.
     let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
         ("2001:db8::1".parse().expect("ip"), "2001:db8::2".parse().expect("ip"));
     let f6 = Frame::eth(MAC_B, MAC_A).ipv6(a6, b6).tcp(1234, 443).build();
-    let k6 = FlowKey::from_socket(&b6.octets(), 443, &a6.octets(), 1234);
+    let k6 = FlowKey::from_socket(IPPROTO_TCP, &b6.octets(), 443, &a6.octets(), 1234);
     set_flow(&mut ebpf, &k6, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
     let (v, cpu, d) = step(&mut ebpf, &f6);
     assert_eq!((v, cpu, d.hits), (XDP_REDIRECT, Some(other), 1), "IPv6 hit");
