@@ -141,9 +141,9 @@ pub struct FlowEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RfsCounters {
-    /// XDP: a TCP packet's flow was in the table and was redirected by it.
+    /// XDP: a TCP or UDP packet's flow was in the table and was redirected by it.
     pub hits: u64,
-    /// XDP: not in the table (or not TCP): RSS chose the CPU.
+    /// XDP: not in the table (or neither TCP nor UDP, or a fragment): RSS chose the CPU.
     pub misses: u64,
     /// XDP: a flow moved to its reader's new CPU after being idle long enough.
     pub moves: u64,
@@ -151,7 +151,7 @@ pub struct RfsCounters {
     pub deferred: u64,
     /// XDP: the recorded CPU has no CPUMAP queue (outside `--cpus`): RSS chose.
     pub not_steerable: u64,
-    /// Hook: a read recorded (tcp_rcv_space_adjust on a tracked address).
+    /// Hook: a read recorded (a TCP or connected UDP socket on a tracked address).
     pub hook_events: u64,
     /// Hook: reads of sockets whose local address is not on the interface.
     pub hook_filtered: u64,

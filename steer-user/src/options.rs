@@ -107,7 +107,8 @@ pub struct RunArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub replace: Option<bool>,
     /// rss: flow hash picks the CPU. rfs: the CPU where the application reads the flow
-    /// (recorded by socket tracepoints), the hash for flows not seen yet. [default: rss]
+    /// (TCP and connected UDP sockets, recorded by socket tracepoints), the hash for flows
+    /// not seen yet. [default: rss]
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// RFS flow table size (LRU; the kernel's rps_sock_flow_entries). [default: 65536]
