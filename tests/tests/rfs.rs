@@ -1343,10 +1343,14 @@ fn rfs_costs_for_the_note() {
     let (mut on, _) = load_rfs(vec![c0, c1], Some(RfsSettings::default()));
     let key = FlowKey::from_tuple(&t).expect("key");
     set_flow(&mut on, &key, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
-    let (miss_frame, _) = {
-        let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
-        (Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40001, 80).payload(10).build(), ())
-    };
+    let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
+    let miss_frame = Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40001, 80).payload(10).build();
+    // UDP: a flow in the table, and one not (every datagram of an unconnected socket).
+    let udp_frame = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40000, 443).payload(10).build();
+    let udp_miss = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40001, 443).payload(10).build();
+    let ut = Tuple::new(IpAddr::V4(a), 40000, IpAddr::V4(b), 443, IPPROTO_UDP).expect("tuple");
+    let ukey = FlowKey::from_tuple(&ut).expect("UDP key");
+    set_flow(&mut on, &ukey, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
     loader::program(&mut rss, PASS_PROG).expect("xdp_pass").load().expect("loading xdp_pass");
     let reps = 1_000_000;
     let mut cost: StdHashMap<&str, Vec<u32>> = StdHashMap::new();
@@ -1357,6 +1361,8 @@ fn rfs_costs_for_the_note() {
             ("rfs_miss", 1, STEER_PROG, &miss_frame),
             ("rfs_off", 0, STEER_PROG, &frame),
             ("rfs_hit", 1, STEER_PROG, &frame),
+            ("rfs_udp_miss", 1, STEER_PROG, &udp_miss),
+            ("rfs_udp_hit", 1, STEER_PROG, &udp_frame),
         ] {
             let p = loader::program(&mut objs[i], prog).expect("program");
             let out = testrun::run(p.fd().expect("loaded"), f, reps).expect("test run");
@@ -1369,14 +1375,18 @@ fn rfs_costs_for_the_note() {
         v[v.len() / 2]
     };
     eprintln!(
-        "XDP ns/packet (BPF_PROG_TEST_RUN, {reps} reps, median of 3): xdp_pass {} | rfs off {} | rfs on, miss {} | rfs on, hit {}",
+        "XDP ns/packet (BPF_PROG_TEST_RUN, {reps} reps, median of 3): xdp_pass {} | rfs off {} | rfs on, miss {} | rfs on, hit {} | rfs on, UDP miss {} | rfs on, UDP hit {}",
         med(&cost["xdp_pass"]),
         med(&cost["rfs_off"]),
         med(&cost["rfs_miss"]),
-        med(&cost["rfs_hit"])
+        med(&cost["rfs_hit"]),
+        med(&cost["rfs_udp_miss"]),
+        med(&cost["rfs_udp_hit"])
     );
-    let e = get_flow(&objs[1], &key).expect("entry");
-    assert!(e.pkts >= 3 * reps as u64, "the hit path ran: {e:?}");
+    for k in [key, ukey] {
+        let e = get_flow(&objs[1], &k).expect("entry");
+        assert!(e.pkts >= 3 * reps as u64, "the hit path ran: {e:?}");
+    }
 
     // Live: the lab workload with bpf stats on.
     let lab = Lab::new().expect("making the lab");
