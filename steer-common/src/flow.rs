@@ -6,8 +6,11 @@
 //! already hand out v4-mapped `saddr_v6`/`daddr_v6` for every TCP socket,
 //! AF_INET included, so the hook copies them as they are, and the XDP program
 //! maps an IPv4 packet's addresses the same way ([`FlowKey::from_tuple`]).
+//! UDP sockets carry no addresses in their tracepoint: the hook reads them from
+//! `struct sock` at offsets the loader takes from the kernel's BTF ([`SockOffsets`]),
+//! and writes them in the same shape.
 
-use crate::tuple::{Tuple, IPPROTO_TCP};
+use crate::tuple::{Tuple, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Default size of the flow table, the typical `rps_sock_flow_entries`.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 65536;
@@ -29,10 +32,10 @@ pub struct FlowKey {
 
 impl FlowKey {
     /// The key of a parsed packet, or `None` when RFS does not track it
-    /// (not TCP, or a fragment without ports).
+    /// (neither TCP nor UDP, or a fragment without ports).
     #[inline(always)]
     pub fn from_tuple(t: &Tuple) -> Option<Self> {
-        if t.proto != IPPROTO_TCP || t.has_ports == 0 {
+        if (t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP) || t.has_ports == 0 {
             return None;
         }
         let (saddr, daddr) = if t.family == 4 {
@@ -40,22 +43,27 @@ impl FlowKey {
         } else {
             (t.saddr, t.daddr)
         };
-        Some(Self { saddr, daddr, ports: t.ports, proto: IPPROTO_TCP as u32 })
+        Some(Self { saddr, daddr, ports: t.ports, proto: t.proto as u32 })
     }
 
-    /// The key of a socket as the tracepoints describe it: `local`/`remote`
-    /// are their `saddr_v6`/`daddr_v6` bytes, ports in host order. The packet
-    /// comes from the remote side, so the key is the mirror image.
+    /// The key of a `proto` socket as the tracepoints describe it: `local`/`remote`
+    /// are their `saddr_v6`/`daddr_v6` bytes (v4-mapped for IPv4), ports in host
+    /// order. The packet comes from the remote side, so the key is the mirror image.
     #[inline(always)]
-    pub fn from_socket(local: &[u8; 16], lport: u16, remote: &[u8; 16], rport: u16) -> Self {
+    pub fn from_socket(proto: u8, local: &[u8; 16], lport: u16, remote: &[u8; 16], rport: u16) -> Self {
         let r = rport.to_be_bytes();
         let l = lport.to_be_bytes();
         Self {
             saddr: words(remote),
             daddr: words(local),
             ports: u32::from_ne_bytes([r[0], r[1], l[0], l[1]]),
-            proto: IPPROTO_TCP as u32,
+            proto: proto as u32,
         }
+    }
+
+    /// Whether this is a UDP flow (no close event: it ages out instead).
+    pub fn is_udp(&self) -> bool {
+        self.proto == IPPROTO_UDP as u32
     }
 
     /// Source address as 16 bytes (v4-mapped for IPv4).
@@ -133,9 +141,9 @@ pub struct FlowEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RfsCounters {
-    /// XDP: a TCP packet's flow was in the table and was redirected by it.
+    /// XDP: a TCP or UDP packet's flow was in the table and was redirected by it.
     pub hits: u64,
-    /// XDP: not in the table (or not TCP): RSS chose the CPU.
+    /// XDP: not in the table (or neither TCP nor UDP, or a fragment): RSS chose the CPU.
     pub misses: u64,
     /// XDP: a flow moved to its reader's new CPU after being idle long enough.
     pub moves: u64,
@@ -143,7 +151,7 @@ pub struct RfsCounters {
     pub deferred: u64,
     /// XDP: the recorded CPU has no CPUMAP queue (outside `--cpus`): RSS chose.
     pub not_steerable: u64,
-    /// Hook: a read recorded (tcp_rcv_space_adjust on a tracked address).
+    /// Hook: a read recorded (a TCP or connected UDP socket on a tracked address).
     pub hook_events: u64,
     /// Hook: reads of sockets whose local address is not on the interface.
     pub hook_filtered: u64,
@@ -154,6 +162,13 @@ pub struct RfsCounters {
     /// Hook: reads on sockets already closed (a reset before the application
     /// read): not recorded, since no close event would ever remove them.
     pub hook_closed: u64,
+    /// Hook: reads on unconnected UDP sockets. Not recorded: such a socket
+    /// reads many flows, and the kernel's RFS records none for it either.
+    pub hook_unconnected: u64,
+    /// User side: UDP entries the `steer run` sweep deleted after
+    /// `--udp-timeout-s` without a read or a packet. Always 0 in the per-CPU
+    /// map; the run keeps it in its own map (`RFS_EXPIRED`).
+    pub expired: u64,
 }
 
 impl RfsCounters {
@@ -168,11 +183,13 @@ impl RfsCounters {
         self.inserts += o.inserts;
         self.removed += o.removed;
         self.hook_closed += o.hook_closed;
+        self.hook_unconnected += o.hook_unconnected;
+        self.expired += o.expired;
     }
 
-    /// Entries that left the table without a close: the LRU evicted them.
+    /// Entries that left the table without a close or an expiry: the LRU evicted them.
     pub fn evictions(&self, live_entries: u64) -> u64 {
-        self.inserts.saturating_sub(self.removed).saturating_sub(live_entries)
+        self.inserts.saturating_sub(self.removed).saturating_sub(self.expired).saturating_sub(live_entries)
     }
 }
 
@@ -196,8 +213,50 @@ pub mod tp {
         pub const SADDR_V6: usize = 40;
         pub const DADDR_V6: usize = 56;
     }
+    /// sock:sock_recv_length, after every recvmsg of every socket, in the reader.
+    pub mod recv_length {
+        pub const SK: usize = 8;
+        pub const FAMILY: usize = 16;
+        pub const PROTOCOL: usize = 18;
+        pub const RET: usize = 20;
+        pub const FLAGS: usize = 24;
+    }
     /// `TCP_CLOSE`: the socket is gone, drop its entry.
     pub const TCP_CLOSE: i32 = 7;
+    /// `TCP_ESTABLISHED`: what a connected UDP socket's `skc_state` holds
+    /// (the kernel's `sock_rps_record_flow` test).
+    pub const TCP_ESTABLISHED: u8 = 1;
+    /// recvmsg flags that read no datagram of the flow: a peek (the read
+    /// follows) and the error queue.
+    pub const MSG_PEEK: i32 = 2;
+    pub const MSG_ERRQUEUE: i32 = 0x2000;
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+}
+
+/// Where the UDP hook finds a socket's addresses in `struct sock`: byte
+/// offsets of `struct sock_common` members, from the kernel's BTF (they move
+/// between kernel versions and configurations). Written by the loader before
+/// the hook attaches; 0 in `size` means not filled, and the hook records nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `skc_daddr` (IPv4 remote address, network order).
+    pub daddr: u32,
+    /// `skc_rcv_saddr` (IPv4 local address, network order).
+    pub rcv_saddr: u32,
+    /// `skc_dport` (remote port, network order).
+    pub dport: u32,
+    /// `skc_num` (local port, host order).
+    pub num: u32,
+    /// `skc_state` (one byte).
+    pub state: u32,
+    /// `skc_v6_daddr` (16 bytes; v4-mapped for a dual-stack socket's IPv4 peer).
+    pub v6_daddr: u32,
+    /// `skc_v6_rcv_saddr` (16 bytes).
+    pub v6_rcv_saddr: u32,
+    /// `sizeof(struct sock)`, a sanity bound (0: not filled).
+    pub size: u32,
 }
 
 #[cfg(test)]
@@ -214,7 +273,7 @@ mod tests {
         let (remote, local) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
         let t = Tuple::new(IpAddr::V4(remote), 40000, IpAddr::V4(local), 80, IPPROTO_TCP).unwrap();
         let from_packet = FlowKey::from_tuple(&t).unwrap();
-        let from_socket = FlowKey::from_socket(&mapped(local), 80, &mapped(remote), 40000);
+        let from_socket = FlowKey::from_socket(IPPROTO_TCP, &mapped(local), 80, &mapped(remote), 40000);
         assert_eq!(from_packet, from_socket);
         assert_eq!((from_packet.sport(), from_packet.dport()), (40000, 80));
         assert_eq!(from_packet.src_bytes(), mapped(remote));
@@ -227,23 +286,40 @@ mod tests {
         let t = Tuple::new(IpAddr::V6(remote), 1234, IpAddr::V6(local), 443, IPPROTO_TCP).unwrap();
         assert_eq!(
             FlowKey::from_tuple(&t).unwrap(),
-            FlowKey::from_socket(&local.octets(), 443, &remote.octets(), 1234)
+            FlowKey::from_socket(IPPROTO_TCP, &local.octets(), 443, &remote.octets(), 1234)
         );
     }
 
     #[test]
-    fn udp_and_fragments_are_not_tracked() {
-        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        let u = Tuple::new(a, 1, a, 2, crate::tuple::IPPROTO_UDP).unwrap();
-        assert!(FlowKey::from_tuple(&u).is_none());
-        let f = Tuple::new(a, 1, a, 2, IPPROTO_TCP).unwrap().without_ports();
-        assert!(FlowKey::from_tuple(&f).is_none());
+    fn udp_is_tracked_with_its_protocol_in_the_key() {
+        let (remote, local) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+        let u = Tuple::new(IpAddr::V4(remote), 4433, IpAddr::V4(local), 443, IPPROTO_UDP).unwrap();
+        let k = FlowKey::from_tuple(&u).expect("UDP with ports is tracked");
+        assert_eq!(k, FlowKey::from_socket(IPPROTO_UDP, &mapped(local), 443, &mapped(remote), 4433));
+        assert!(k.is_udp());
+        // The same ports over TCP are another flow.
+        let t = Tuple::new(IpAddr::V4(remote), 4433, IpAddr::V4(local), 443, IPPROTO_TCP).unwrap();
+        assert_ne!(FlowKey::from_tuple(&t), Some(k));
+        assert!(!FlowKey::from_tuple(&t).unwrap().is_udp());
     }
 
     #[test]
-    fn evictions_are_what_left_without_a_close() {
+    fn fragments_and_other_protocols_are_not_tracked() {
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let f = Tuple::new(a, 1, a, 2, proto).unwrap().without_ports();
+            assert!(FlowKey::from_tuple(&f).is_none(), "fragment of {proto}");
+        }
+        let sctp = Tuple::new(a, 1, a, 2, 132).unwrap();
+        assert!(FlowKey::from_tuple(&sctp).is_none());
+    }
+
+    #[test]
+    fn evictions_are_what_left_without_a_close_or_an_expiry() {
         let c = RfsCounters { inserts: 100, removed: 10, ..Default::default() };
         assert_eq!(c.evictions(60), 30);
         assert_eq!(c.evictions(200), 0);
+        let c = RfsCounters { inserts: 100, removed: 10, expired: 25, ..Default::default() };
+        assert_eq!(c.evictions(60), 5);
     }
 }

@@ -13,7 +13,7 @@ pub mod names;
 pub mod tunnel;
 pub mod tuple;
 
-pub use flow::{FlowEntry, FlowKey, RfsCounters};
+pub use flow::{FlowEntry, FlowKey, RfsCounters, SockOffsets};
 pub use hash::{HashKind, ToeplitzTable, MS_RSS_KEY};
 pub use maps::{Counters, GenConfig, PassReason, SteerConfig};
 pub use tunnel::Encap;

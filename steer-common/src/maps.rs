@@ -142,4 +142,5 @@ mod pod {
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowEntry {}
     unsafe impl aya::Pod for crate::flow::RfsCounters {}
+    unsafe impl aya::Pod for crate::flow::SockOffsets {}
 }

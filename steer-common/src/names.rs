@@ -22,7 +22,9 @@ pub mod map {
     pub const CLOSED: &str = "CLOSED";
     pub const INNER_PROG: &str = "INNER_PROG";
     pub const TUNNEL_AT: &str = "TUNNEL_AT";
-    pub const ALL: [&str; 17] = [
+    pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+    pub const RFS_EXPIRED: &str = "RFS_EXPIRED";
+    pub const ALL: [&str; 19] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -40,6 +42,8 @@ pub mod map {
         CLOSED,
         INNER_PROG,
         TUNNEL_AT,
+        SOCK_OFFSETS,
+        RFS_EXPIRED,
     ];
 }
 
@@ -58,9 +62,20 @@ pub mod prog {
     /// RFS socket tracking.
     pub const RFS_READ: &str = "rfs_read";
     pub const RFS_STATE: &str = "rfs_state";
+    pub const RFS_UDP_READ: &str = "rfs_udp_read";
     /// CPUMAP drop counters.
     pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
-    pub const ALL: [&str; 9] =
-        [STEER, STEER_INNER, LAB_GEN, PASS, FLOOR, RFS_READ, RFS_STATE, CPUMAP_ENQUEUE, CPUMAP_KTHREAD];
+    pub const ALL: [&str; 10] = [
+        STEER,
+        STEER_INNER,
+        LAB_GEN,
+        PASS,
+        FLOOR,
+        RFS_READ,
+        RFS_STATE,
+        RFS_UDP_READ,
+        CPUMAP_ENQUEUE,
+        CPUMAP_KTHREAD,
+    ];
 }

@@ -10,7 +10,7 @@
 //! - `xdp_pass`: a bare XDP_PASS, the baseline for per-packet cost;
 //!   `redirect_floor`: a bare redirect into the CPUMAP, the floor of any steering.
 //! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues.
-//! - `rfs_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
+//! - `rfs_read`, `rfs_udp_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
 //!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
 #![no_std]
 #![no_main]
@@ -47,6 +47,12 @@ pub fn steer_inner(ctx: XdpContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_rcv_space_adjust")]
 pub fn rfs_read(ctx: TracePointContext) -> u32 {
     track::on_read(&ctx)
+}
+
+/// RFS: records the CPU a connected UDP socket is read on (sock:sock_recv_length).
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn rfs_udp_read(ctx: TracePointContext) -> u32 {
+    track::on_udp_read(&ctx)
 }
 
 /// RFS: drops a flow when its socket closes (sock:inet_sock_set_state).

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, CpuMap, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
-use steer_common::{Counters, FlowEntry, FlowKey, GenConfig, RfsCounters, SteerConfig, ToeplitzTable};
+use steer_common::{
+    Counters, FlowEntry, FlowKey, GenConfig, RfsCounters, SockOffsets, SteerConfig, ToeplitzTable,
+};
 
 use crate::parse::Tunnel;
 
@@ -77,3 +79,13 @@ pub static CLOSED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 /// one of these can receive packets through the interface.
 #[map]
 pub static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
+
+/// Offsets of `struct sock_common` members the UDP hook reads (from the
+/// kernel's BTF, written by the loader before the hook attaches).
+#[map]
+pub static SOCK_OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
+
+/// UDP entries the `steer run` sweep expired (index 0). Written by userspace
+/// only; here so that it is pinned with the table and read by `steer flows`.
+#[map]
+pub static RFS_EXPIRED: Array<u64> = Array::with_max_entries(1, 0);

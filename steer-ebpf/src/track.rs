@@ -6,26 +6,44 @@
 //!   and ignore reads on it from then on (a reset can close a socket before
 //!   the application reads it).
 //!
-//! Both carry the socket's addresses as `saddr_v6`/`daddr_v6`, v4-mapped for
-//! IPv4 (AF_INET and dual-stack sockets alike), local side first, ports in host
+//! - `sock:sock_recv_length` fires after every recvmsg of every socket, in the
+//!   reading thread: for a connected UDP socket, record `flow -> this CPU`.
+//!
+//! The TCP events carry the socket's addresses as `saddr_v6`/`daddr_v6`, v4-mapped
+//! for IPv4 (AF_INET and dual-stack sockets alike), local side first, ports in host
 //! order. Field offsets come from the events' `format` files (see
-//! `steer_common::flow::tp`; the loader checks them against this kernel). The tracepoints are global, so sockets whose
+//! `steer_common::flow::tp`; the loader checks them against this kernel).
+//! `sock_recv_length` carries only the socket: its addresses are read from
+//! `struct sock` at offsets the loader took from the kernel's BTF
+//! ([`steer_common::SockOffsets`]), and written in the same v4-mapped shape.
+//!
+//! UDP follows the kernel's RFS: only a connected socket (`skc_state` ==
+//! TCP_ESTABLISHED, the test of `sock_rps_record_flow`) has a flow; an
+//! unconnected one reads datagrams of any peer, records nothing and is
+//! counted (`hook_unconnected`). UDP has no close event: its entries age out
+//! (the `steer run` sweep). The tracepoints are global, so sockets whose
 //! local address is not on the steered interface are skipped first thing.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
     programs::TracePointContext,
     EbpfContext,
 };
 use steer_common::{
-    flow::tp::{self, rcv_space_adjust as rsa, set_state as ss},
-    tuple::IPPROTO_TCP,
-    FlowEntry, FlowKey, RfsCounters,
+    flow::{
+        tp::{self, rcv_space_adjust as rsa, recv_length as rl, set_state as ss},
+        V4_MAPPED_WORD,
+    },
+    tuple::{IPPROTO_TCP, IPPROTO_UDP},
+    FlowEntry, FlowKey, RfsCounters, SockOffsets,
 };
 
 use crate::{
-    maps::{CLOSED, FLOWS, LOCAL_ADDRS, RFS_STATS},
+    maps::{CLOSED, FLOWS, LOCAL_ADDRS, RFS_STATS, SOCK_OFFSETS},
     rfs::ON_RSS,
 };
 
@@ -72,10 +90,10 @@ fn word16(ctx: &TracePointContext, off: usize) -> u16 {
 fn key(ctx: &TracePointContext, sport: usize, dport: usize, saddr: usize, daddr: usize) -> Option<FlowKey> {
     let local = addr(ctx, saddr);
     LOCAL_ADDRS.get_ptr(&local)?;
-    Some(FlowKey::from_socket(&local, word16(ctx, sport), &addr(ctx, daddr), word16(ctx, dport)))
+    Some(FlowKey::from_socket(IPPROTO_TCP, &local, word16(ctx, sport), &addr(ctx, daddr), word16(ctx, dport)))
 }
 
-/// A read: the flow's reader is on this CPU now.
+/// A TCP read: the flow's reader is on this CPU now.
 pub fn on_read(ctx: &TracePointContext) -> u32 {
     let Some(r) = rfs_counters() else {
         return 0;
@@ -84,11 +102,120 @@ pub fn on_read(ctx: &TracePointContext) -> u32 {
         r.hook_filtered += 1;
         return 0;
     };
+    record(r, &key, Some(skaddr(ctx, rsa::SKADDR)))
+}
+
+/// `T` at byte `off` of the socket at `sk`: kernel memory, so a probe read,
+/// which fails cleanly (None) instead of faulting.
+#[inline(always)]
+fn sk_read<T>(sk: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address itself.
+    unsafe { bpf_probe_read_kernel((sk + off as u64) as *const T) }.ok()
+}
+
+#[inline(always)]
+fn v4_mapped(a: u32) -> [u8; 16] {
+    let w = V4_MAPPED_WORD.to_ne_bytes();
+    let b = a.to_ne_bytes();
+    [0, 0, 0, 0, 0, 0, 0, 0, w[0], w[1], w[2], w[3], b[0], b[1], b[2], b[3]]
+}
+
+/// The wildcard address (`::` or `::ffff:0.0.0.0`): a socket bound to every
+/// address, which packets through the interface can reach.
+#[inline(always)]
+fn is_any(a: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        // Bytes 10 and 11 are 0xff in a v4-mapped address.
+        if a[i] != 0 && !((i == 10 || i == 11) && a[i] == 0xff) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A UDP read (sock:sock_recv_length): a connected socket's flow is read on this CPU.
+pub fn on_udp_read(ctx: &TracePointContext) -> u32 {
+    // Every recvmsg of every socket on the host lands here: the cheapest test first.
+    if word16(ctx, rl::PROTOCOL) != IPPROTO_UDP as u16 {
+        return 0;
+    }
+    let p = ctx.as_ptr() as *const i32;
+    // SAFETY: inside the record (offsets from its format file), 4-byte aligned.
+    let (ret, flags) = unsafe { (*p.add(rl::RET / 4), *p.add(rl::FLAGS / 4)) };
+    if ret < 0 || flags & (tp::MSG_PEEK | tp::MSG_ERRQUEUE) != 0 {
+        return 0;
+    }
+    let (Some(r), Some(off)) = (rfs_counters(), SOCK_OFFSETS.get(0)) else {
+        return 0;
+    };
+    if off.size == 0 {
+        return 0;
+    }
+    match udp_key(skaddr(ctx, rl::SK), word16(ctx, rl::FAMILY), off) {
+        Udp::Flow(key) => record(r, &key, None),
+        Udp::Unconnected => {
+            r.hook_unconnected += 1;
+            0
+        }
+        Udp::Foreign => {
+            r.hook_filtered += 1;
+            0
+        }
+    }
+}
+
+enum Udp {
+    Flow(FlowKey),
+    /// Not connected (no peer): reads datagrams of many flows.
+    Unconnected,
+    /// Bound to an address that is not the interface's (or unreadable).
+    Foreign,
+}
+
+#[inline(always)]
+fn udp_key(sk: u64, family: u16, off: &SockOffsets) -> Udp {
+    let local = match family {
+        tp::AF_INET => sk_read::<u32>(sk, off.rcv_saddr).map(v4_mapped),
+        tp::AF_INET6 => sk_read::<[u8; 16]>(sk, off.v6_rcv_saddr),
+        _ => None,
+    };
+    let Some(local) = local else {
+        return Udp::Foreign;
+    };
+    let ours = LOCAL_ADDRS.get_ptr(&local).is_some();
+    if sk_read::<u8>(sk, off.state) != Some(tp::TCP_ESTABLISHED) {
+        return if ours || is_any(&local) { Udp::Unconnected } else { Udp::Foreign };
+    }
+    if !ours {
+        return Udp::Foreign;
+    }
+    let remote = match family {
+        tp::AF_INET => sk_read::<u32>(sk, off.daddr).map(v4_mapped),
+        _ => sk_read::<[u8; 16]>(sk, off.v6_daddr),
+    };
+    let (Some(remote), Some(rport), Some(lport)) =
+        (remote, sk_read::<u16>(sk, off.dport), sk_read::<u16>(sk, off.num))
+    else {
+        return Udp::Foreign;
+    };
+    let rport = u16::from_be(rport);
+    if rport == 0 {
+        return Udp::Unconnected;
+    }
+    Udp::Flow(FlowKey::from_socket(IPPROTO_UDP, &local, lport, &remote, rport))
+}
+
+/// Records that `key` is read on this CPU now. `sk`: the socket, checked
+/// against the closed ones before a new entry is made (TCP; UDP has no close).
+#[inline(always)]
+fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> u32 {
     r.hook_events += 1;
     // SAFETY: no preconditions.
     let (cpu, now) = unsafe { (bpf_get_smp_processor_id(), bpf_ktime_get_ns()) };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(e) = FLOWS.get_ptr_mut(&key) {
+    if let Some(e) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value; only the fields the hook owns are written, and
         // only when they change, to keep the line clean for the XDP side.
         let e = unsafe { &mut *e };
@@ -107,7 +234,7 @@ pub fn on_read(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     // Only new entries can be stale: a closed socket's entry is gone already.
-    if CLOSED.get_ptr(&skaddr(ctx, rsa::SKADDR)).is_some() {
+    if sk.is_some_and(|sk| CLOSED.get_ptr(&sk).is_some()) {
         r.hook_closed += 1;
         return 0;
     }
@@ -120,7 +247,7 @@ pub fn on_read(ctx: &TracePointContext) -> u32 {
         comm: bpf_get_current_comm().unwrap_or_default(),
         ..FlowEntry::default()
     };
-    if FLOWS.insert(&key, &entry, BPF_NOEXIST as u64).is_ok() {
+    if FLOWS.insert(key, &entry, BPF_NOEXIST as u64).is_ok() {
         r.inserts += 1;
     }
     0

@@ -196,7 +196,7 @@ impl Collector for SteerCollector {
             counter_family(
                 e,
                 "steer_rfs_events",
-                "RFS events: misses, moves, deferred moves, inserts, removals, evictions, hook events",
+                "RFS events: misses, moves, deferred moves, inserts, removals, UDP expiries, evictions, hook events",
                 events.map(|(k, v)| (vec![("event", k.to_string())], *v)).collect::<Vec<_>>(),
             )?;
             let flows = rfs.get("flows").copied().unwrap_or(0);

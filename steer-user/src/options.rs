@@ -117,7 +117,8 @@ pub struct RunArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub replace: Option<bool>,
     /// rss: flow hash picks the CPU. rfs: the CPU where the application reads the flow
-    /// (recorded by socket tracepoints), the hash for flows not seen yet. [default: rss]
+    /// (TCP and connected UDP sockets, recorded by socket tracepoints), the hash for flows
+    /// not seen yet. [default: rss]
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// RFS flow table size (LRU; the kernel's rps_sock_flow_entries). [default: 65536]
@@ -127,6 +128,10 @@ pub struct RunArgs {
     /// without a packet, so no packet overtakes another. [default: 500]
     #[arg(long)]
     pub migrate_idle_us: Option<u32>,
+    /// RFS: a UDP flow's entry goes after this many seconds without a read or a packet
+    /// (UDP has no close). [default: 30]
+    #[arg(long)]
+    pub udp_timeout_s: Option<u32>,
     /// Who steers: steer's XDP program, or the kernel's RPS/RFS/XPS configured over --cpus.
     /// [default: xdp]
     #[arg(long, value_enum)]
@@ -192,6 +197,7 @@ const XDP_ONLY: &[&str] = &[
     "mode",
     "flow-entries",
     "migrate-idle-us",
+    "udp-timeout-s",
 ];
 
 /// Options a running `steer run` applies on SIGHUP; the others need a restart.
@@ -289,6 +295,7 @@ impl RunArgs {
                     self.mode.unwrap_or(Mode::Rss),
                     self.flow_entries,
                     self.migrate_idle_us,
+                    self.udp_timeout_s,
                 )?;
                 EngineRun::Xdp(RunOptions::new(
                     &iface,

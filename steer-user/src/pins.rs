@@ -44,9 +44,11 @@ pub const RFS_STATS: &str = "rfs_stats";
 /// its entry when the run's process dies: the kernel empties a program array
 /// once no file descriptor or pin refers to it.
 pub const INNER_PROG: &str = "inner_prog";
+/// UDP entries the run's sweep expired (userspace's counter next to the per-CPU ones).
+pub const RFS_EXPIRED: &str = "rfs_expired";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 10] =
-    [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS, INNER_PROG];
+pub const ALL: [&str; 11] =
+    [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS, RFS_EXPIRED, INNER_PROG];
 /// Where a foreign XDP program taken off by `--replace` waits to go back.
 pub const REPLACED: &str = "replaced_prog";
 
@@ -318,6 +320,8 @@ pub struct RunFile {
     pub qsize: u32,
     pub flow_entries: Option<u32>,
     pub migrate_idle_us: Option<u32>,
+    #[serde(default)]
+    pub udp_timeout_s: Option<u32>,
     /// The program `--replace` took off, put back on exit.
     pub replaced: Option<crate::xdp_owner::Attached>,
     /// Pin name -> map id, for processes that do not see the pins.

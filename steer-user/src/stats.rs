@@ -132,6 +132,8 @@ pub struct RfsSample {
     pub per_cpu: Vec<steer_common::RfsCounters>,
     /// Entries in the flow table now.
     pub live_flows: u64,
+    /// UDP entries the run's sweep expired (not per CPU).
+    pub expired: u64,
 }
 
 /// RFS totals as exported (JSON `rfs`): counter name -> value, plus `flows`.
@@ -222,6 +224,7 @@ impl Sample {
         for c in &r.per_cpu {
             t.add(c);
         }
+        t.expired = r.expired;
         Some(
             crate::rfs::counter_fields(&t, r.live_flows)
                 .into_iter()
@@ -282,7 +285,8 @@ pub struct Report {
     /// Cumulative packets passed unsteered, by reason (null when not attached).
     pub passed_by_reason: Option<BTreeMap<&'static str, u64>>,
     /// Cumulative RFS counters (hits, misses, moves, deferred, not_steerable,
-    /// inserts, removed, evictions, hook_events, hook_filtered, hook_closed) and `flows`,
+    /// inserts, removed, expired, evictions, hook_events, hook_filtered, hook_closed,
+    /// hook_unconnected) and `flows`,
     /// the live table size; null unless `--mode rfs`.
     pub rfs: Option<RfsTotals>,
 }

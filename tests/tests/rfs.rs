@@ -1,4 +1,4 @@
-//! RFS on a real kernel: a TCP server in the lab's receiving namespace with
+//! RFS on a real kernel: TCP and UDP servers in the lab's receiving namespace with
 //! reader threads pinned to CPUs, clients in the sending namespace, and
 //! `steer run --mode rfs --xdp-mode skb` on the receiving veth (generic XDP is
 //! the mode that sees the peer's socket traffic on veth).
@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -25,6 +25,7 @@ use aya::{
     maps::{HashMap as AyaHashMap, PerCpuArray},
     Ebpf,
 };
+use socket2::{Domain, Protocol, Socket, Type};
 use steer::{
     config::{HashArg, HashSettings},
     loader::{self, PASS_PROG, STEER_PROG},
@@ -32,7 +33,10 @@ use steer::{
     rfs::{self, PinnedFlows, RfsSettings},
     testrun,
 };
-use steer_common::{tuple::IPPROTO_TCP, FlowEntry, FlowKey, RfsCounters, Tuple};
+use steer_common::{
+    tuple::{IPPROTO_TCP, IPPROTO_UDP},
+    FlowEntry, FlowKey, RfsCounters, Tuple,
+};
 use steer_tests::{in_ns, pin_to_cpu, require_root, Lab, SteerRun};
 
 /// Two CPUs at least, or the test cannot say anything about steering.
@@ -125,7 +129,13 @@ fn connect(lab: &Lab, listen: Listen, port: u16, n: usize) -> Result<Vec<Conn>> 
             .context("no accepted socket for a client")?;
         let (_, server) = accepted.swap_remove(i);
         let sl = server.local_addr()?;
-        let key = FlowKey::from_socket(&bytes16(sl.ip()), sl.port(), &bytes16(local.ip()), local.port());
+        let key = FlowKey::from_socket(
+            IPPROTO_TCP,
+            &bytes16(sl.ip()),
+            sl.port(),
+            &bytes16(local.ip()),
+            local.port(),
+        );
         let t = match (local.ip(), dst.ip()) {
             (s @ IpAddr::V4(_), d @ IpAddr::V4(_)) | (s @ IpAddr::V6(_), d @ IpAddr::V6(_)) => {
                 Tuple::new(s, local.port(), d, port, IPPROTO_TCP).context("tuple")?
@@ -549,6 +559,8 @@ fn rfs_bad_input_changes_nothing() {
         (vec!["--mode", "rss", "--flow-entries", "64"], "--flow-entries 64"),
         (vec!["--mode", "rfs", "--flow-entries", "0"], "--flow-entries 0"),
         (vec!["--mode", "rfs", "--migrate-idle-us", "9000000"], "--migrate-idle-us 9000000"),
+        (vec!["--mode", "rfs", "--udp-timeout-s", "0"], "--udp-timeout-s 0"),
+        (vec!["--mode", "rss", "--udp-timeout-s", "5"], "--udp-timeout-s 5"),
     ] {
         let mut all = vec!["run", "--iface", lab.rx_if.as_str(), "--xdp-mode", "skb"];
         all.extend(args.iter().copied());
@@ -622,10 +634,446 @@ fn rfs_tracks_an_address_added_while_running() {
     (&client).write_all(&[1u8; 3000]).expect("write");
     wait_for("data read", Duration::from_secs(5), || reader.bytes.load(Ordering::Relaxed) == 3000);
     let l = client.local_addr().expect("addr");
-    let key =
-        FlowKey::from_socket(&bytes16("198.18.0.3".parse().expect("ip")), 5007, &bytes16(l.ip()), l.port());
+    let key = FlowKey::from_socket(
+        IPPROTO_TCP,
+        &bytes16("198.18.0.3".parse().expect("ip")),
+        5007,
+        &bytes16(l.ip()),
+        l.port(),
+    );
     wait_for("flow to the new address recorded", Duration::from_secs(2), || entry(&flows, &key).is_some());
     drop(reader);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+// --- UDP ---------------------------------------------------------------------
+//
+// The kernel's RFS records connected UDP sockets only (their 4-tuple is the
+// flow); steer does the same. Where a datagram was processed is read back
+// from the kernel's UDP code, not from steer: SO_INCOMING_CPU of a connected
+// socket is the CPU that ran its latest datagram's receive (the cpumap kthread
+// or the CPU that passed it in place), and at the rates here each read finds
+// the queue empty behind the datagram it took.
+
+/// A UDP socket bound to `addr` with SO_REUSEPORT (a QUIC server shares its
+/// port between the listener and one connected socket per client), connected
+/// to `peer` when given. IPv6 sockets also take IPv4 (dual-stack).
+fn udp_socket(addr: SocketAddr, peer: Option<SocketAddr>) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    s.bind(&addr.into())?;
+    if let Some(p) = peer {
+        s.connect(&p.into())?;
+    }
+    Ok(s.into())
+}
+
+/// `a` as an AF_INET6 socket sees an IPv4 peer: `[::ffff:a.b.c.d]:port`.
+fn v4_mapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v) => SocketAddr::V6(SocketAddrV6::new(v.ip().to_ipv6_mapped(), v.port(), 0, 0)),
+        v6 => v6,
+    }
+}
+
+/// One client of a QUIC-style server: its connected socket in the sending
+/// namespace and the server's socket connected to it in the receiving one.
+struct UdpFlow {
+    server: Arc<UdpSocket>,
+    client: Arc<UdpSocket>,
+    key: FlowKey,
+    rss_cpu: u32,
+}
+
+/// A QUIC-style server on `port` of kind `listen`: an unconnected listener,
+/// and per client a socket on the same port connected to it. `per_cpu`
+/// clients for each CPU RSS picks (client ports chosen so), so that readers
+/// on the other CPU can only be reached through RFS.
+fn quic_flows(lab: &Lab, listen: Listen, port: u16, per_cpu: usize) -> Result<(UdpSocket, Vec<UdpFlow>)> {
+    let (rx4, rx6): (IpAddr, IpAddr) = (lab.rx_ip.parse()?, lab.rx_ip6.parse()?);
+    let (tx4, tx6): (IpAddr, IpAddr) = (lab.tx_ip.parse()?, lab.tx_ip6.parse()?);
+    let (bind, dst, client_ip) = match listen {
+        Listen::V4 => (SocketAddr::new(rx4, port), SocketAddr::new(rx4, port), tx4),
+        Listen::V6 => (SocketAddr::new(rx6, port), SocketAddr::new(rx6, port), tx6),
+        Listen::DualStack => ("[::]:0".parse::<SocketAddr>()?, SocketAddr::new(rx4, port), tx4),
+    };
+    let bind = SocketAddr::new(bind.ip(), port);
+    let listener = in_ns(&lab.rx_ns, move || udp_socket(bind, None))??;
+    let rss = HashSettings::new(HashArg::Fast, None, 0, false, 256, vec![0, 1])?;
+    let mut per = [0usize; 2];
+    let mut flows = Vec::new();
+    for cport in 41000..42000u16 {
+        if flows.len() == 2 * per_cpu {
+            break;
+        }
+        let t = Tuple::new(client_ip, cport, dst.ip(), port, IPPROTO_UDP).context("tuple")?;
+        let rss_cpu = rss.choose(&t).cpu;
+        if per[rss_cpu as usize] == per_cpu {
+            continue;
+        }
+        per[rss_cpu as usize] += 1;
+        let caddr = SocketAddr::new(client_ip, cport);
+        let client = in_ns(&lab.tx_ns, move || udp_socket(caddr, Some(dst)))??;
+        let peer = if matches!(listen, Listen::DualStack) { v4_mapped(caddr) } else { caddr };
+        let server = in_ns(&lab.rx_ns, move || udp_socket(bind, Some(peer)))??;
+        let local = server.local_addr()?;
+        let key = FlowKey::from_socket(IPPROTO_UDP, &bytes16(local.ip()), port, &bytes16(client_ip), cport);
+        flows.push(UdpFlow { server: Arc::new(server), client: Arc::new(client), key, rss_cpu });
+    }
+    if flows.len() != 2 * per_cpu {
+        bail!("no client ports that RSS splits {per_cpu} and {per_cpu} over CPUs 0 and 1");
+    }
+    Ok((listener, flows))
+}
+
+/// A thread reading UDP sockets, pinned to `cpu`. Per socket: datagrams read,
+/// and how many of them SO_INCOMING_CPU says were processed on `cpu`.
+struct UdpReader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<Vec<AtomicU64>>,
+    on_cpu: Arc<Vec<AtomicU64>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl UdpReader {
+    fn start(name: &str, cpu: u32, socks: Vec<Arc<UdpSocket>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads: Arc<Vec<AtomicU64>> = Arc::new(socks.iter().map(|_| AtomicU64::new(0)).collect());
+        let on_cpu: Arc<Vec<AtomicU64>> = Arc::new(socks.iter().map(|_| AtomicU64::new(0)).collect());
+        let (s, r, o) = (stop.clone(), reads.clone(), on_cpu.clone());
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                pin_to_cpu(cpu as usize);
+                let mut buf = [0u8; 2048];
+                for sk in &socks {
+                    let _ = sk.set_nonblocking(true);
+                }
+                while !s.load(Ordering::Relaxed) {
+                    let mut fds: Vec<libc::pollfd> = socks
+                        .iter()
+                        .map(|c| libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                        .collect();
+                    // SAFETY: a valid array of pollfd.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+                    for (i, sk) in socks.iter().enumerate() {
+                        while sk.recv(&mut buf).is_ok() {
+                            r[i].fetch_add(1, Ordering::Relaxed);
+                            if incoming_cpu(sk) == Some(cpu) {
+                                o[i].fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawning a reader");
+        Self { stop, reads, on_cpu, handle: Some(handle) }
+    }
+
+    /// (datagrams read, of which processed on the reader's CPU) of socket `i`.
+    fn counts(&self, i: usize) -> (u64, u64) {
+        (self.reads[i].load(Ordering::Relaxed), self.on_cpu[i].load(Ordering::Relaxed))
+    }
+
+    fn total(&self) -> u64 {
+        self.reads.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Drop for UdpReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// SO_INCOMING_CPU: the CPU that processed the socket's latest datagram.
+fn incoming_cpu(s: &UdpSocket) -> Option<u32> {
+    let mut v: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into an int of the size we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            &mut v as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0 && v >= 0).then_some(v as u32)
+}
+
+/// Clients each sending a 200-byte datagram every `gap`, pinned to `cpu`
+/// (on veth the sender's CPU is where the frame enters the receive path).
+struct UdpSenders {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<u64>>,
+}
+
+impl UdpSenders {
+    fn start(clients: Vec<Arc<UdpSocket>>, cpu: u32, gap: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = clients
+            .into_iter()
+            .map(|c| {
+                let s = stop.clone();
+                std::thread::spawn(move || {
+                    pin_to_cpu(cpu as usize);
+                    let mut sent = 0;
+                    while !s.load(Ordering::Relaxed) {
+                        if c.send(&[0x5au8; 200]).is_ok() {
+                            sent += 1;
+                        }
+                        std::thread::sleep(gap);
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Self { stop, handles }
+    }
+
+    /// Datagrams each client sent.
+    fn stop(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handles.drain(..).map(|h| h.join().unwrap_or(0)).collect()
+    }
+}
+
+impl Drop for UdpSenders {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Readers on both CPUs, one connected UDP socket per client; each flow is
+/// read on the CPU RSS does NOT pick for it, so only RFS can put its
+/// datagrams there. Counted from the first datagram on (the ones before the
+/// first read and the first pause go by RSS), per flow, by SO_INCOMING_CPU.
+fn udp_steers_each_flow_to_its_reader(listen: Listen, port: u16) {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &[]);
+    let k0 = flows.counters().expect("counters");
+    let (_listener, conns) = quic_flows(&lab, listen, port, 2).expect("connecting");
+    let reader_cpu: Vec<u32> = conns.iter().map(|c| if c.rss_cpu == c0 { c1 } else { c0 }).collect();
+    // (reader, index in it) of each flow.
+    let mut at = vec![(0usize, 0usize); conns.len()];
+    let mut readers = Vec::new();
+    for cpu in [c0, c1] {
+        let mine: Vec<usize> = (0..conns.len()).filter(|i| reader_cpu[*i] == cpu).collect();
+        for (j, i) in mine.iter().enumerate() {
+            at[*i] = (readers.len(), j);
+        }
+        let socks = mine.iter().map(|i| conns[*i].server.clone()).collect();
+        readers.push(UdpReader::start(&format!("udp-reader-{cpu}"), cpu, socks));
+    }
+    let senders =
+        UdpSenders::start(conns.iter().map(|c| c.client.clone()).collect(), c0, Duration::from_millis(1));
+    for (c, cpu) in conns.iter().zip(&reader_cpu) {
+        wait_for(
+            &format!("UDP flow {:?} steered to its reader's CPU {cpu}", c.key),
+            Duration::from_secs(5),
+            || entry(&flows, &c.key).is_some_and(|e| e.cpu == *cpu),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = senders.stop();
+    let counts = |i: usize| readers[at[i].0].counts(at[i].1);
+    wait_for("every datagram sent was read", Duration::from_secs(3), || {
+        (0..conns.len()).all(|i| counts(i).0 == sent[i])
+    });
+    let k = flows.counters().expect("counters");
+    for (i, c) in conns.iter().enumerate() {
+        let (read, on_cpu) = counts(i);
+        let e = entry(&flows, &c.key).expect("flow still in the table");
+        let share = on_cpu as f64 / read as f64;
+        eprintln!(
+            "{listen:?} UDP flow {i}: reader CPU {} (RSS would pick {}): {on_cpu} of {read} datagrams \
+             processed there ({:.1} %); steer's entry: cpu {} reader {} packets {} moves {}",
+            reader_cpu[i],
+            c.rss_cpu,
+            share * 100.0,
+            e.cpu,
+            e.want_cpu,
+            e.pkts,
+            e.moves
+        );
+        assert!(read >= 1000, "flow {i}: only {read} datagrams in 3 s");
+        assert_eq!((e.cpu, e.want_cpu), (reader_cpu[i], reader_cpu[i]), "flow {i}: {e:?}");
+        assert!(
+            share >= 0.9,
+            "flow {i}: only {:.1} % of its datagrams were processed on its reader's CPU",
+            share * 100.0
+        );
+        assert!(
+            e.pkts as f64 >= 0.9 * read as f64,
+            "flow {i}: steer counted {} hits for {read} datagrams",
+            e.pkts
+        );
+    }
+    assert!(
+        k.hook_events > k0.hook_events && k.inserts >= k0.inserts + conns.len() as u64,
+        "hook counters: {k0:?} -> {k:?}"
+    );
+    // `steer flows` names the protocol.
+    let out = lab.steer(&["flows", "--iface", &lab.rx_if, "--json"]).output().expect("running steer flows");
+    assert!(out.status.success(), "steer flows: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("steer flows --json is JSON");
+    for (c, cpu) in conns.iter().zip(&reader_cpu) {
+        let src = c.client.local_addr().expect("client address");
+        let src = src.to_string();
+        let row = v["flows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["src"] == src.as_str()))
+            .unwrap_or_else(|| panic!("no row for {src}: {v}"));
+        assert_eq!((row["proto"].as_str(), row["cpu"].as_u64()), (Some("udp"), Some(*cpu as u64)), "{row}");
+    }
+    let out = lab.steer(&["flows", "--iface", &lab.rx_if]).output().expect("running steer flows");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("udp ") && l.contains(&port.to_string())), "{text}");
+    drop(readers);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+#[test]
+fn rfs_steers_connected_udp_flows_to_their_readers() {
+    udp_steers_each_flow_to_its_reader(Listen::V4, 5101);
+}
+
+#[test]
+fn rfs_steers_connected_udp_ipv6_flows_to_their_readers() {
+    udp_steers_each_flow_to_its_reader(Listen::V6, 5102);
+}
+
+#[test]
+fn rfs_steers_connected_udp_dual_stack_flows_to_their_readers() {
+    udp_steers_each_flow_to_its_reader(Listen::DualStack, 5103);
+}
+
+/// Unconnected UDP sockets (a DNS-style server, on the interface's address and
+/// on the wildcard) read datagrams of many peers: like the kernel's RFS, steer
+/// records none of them and counts the reads; every datagram still arrives (by
+/// RSS). Once one of them connects, its reads are recorded as its flow.
+#[test]
+fn rfs_counts_unconnected_udp_reads_and_records_none() {
+    require_root();
+    let (_, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &[]);
+    let rx_ip: IpAddr = lab.rx_ip.parse().expect("ip");
+    let servers: Vec<Arc<UdpSocket>> = [SocketAddr::new(rx_ip, 5301), "0.0.0.0:5302".parse().expect("addr")]
+        .into_iter()
+        .map(|a| Arc::new(in_ns(&lab.rx_ns, move || udp_socket(a, None)).expect("ns").expect("binding")))
+        .collect();
+    let reader = UdpReader::start("udp-unconnected", c1, servers.clone());
+    let clients: Vec<UdpSocket> = (0..8)
+        .map(|_| in_ns(&lab.tx_ns, || UdpSocket::bind("198.18.0.1:0")).expect("ns").expect("binding"))
+        .collect();
+    let snmp0 = steer_tests::snmp(&lab.rx_ns).expect("snmp");
+    let k0 = flows.counters().expect("counters");
+    const PER: u64 = 50;
+    for _ in 0..PER {
+        for c in &clients {
+            for port in [5301, 5302] {
+                c.send_to(&[1u8; 100], SocketAddr::new(rx_ip, port)).expect("sending");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let sent = PER * clients.len() as u64 * 2;
+    wait_for("every datagram read", Duration::from_secs(5), || reader.total() == sent);
+    let k = flows.counters().expect("counters");
+    let snmp1 = steer_tests::snmp(&lab.rx_ns).expect("snmp");
+    let ours: Vec<(FlowKey, FlowEntry)> = rfs::entries(&flows.flows)
+        .into_iter()
+        .filter(|(key, _)| key.is_udp() && [5301, 5302].contains(&key.dport()))
+        .collect();
+    eprintln!(
+        "unconnected: {sent} datagrams read; hook_unconnected +{}, rfs misses +{}, entries {ours:?}",
+        k.hook_unconnected - k0.hook_unconnected,
+        k.misses - k0.misses
+    );
+    assert!(ours.is_empty(), "unconnected sockets were recorded: {ours:?}");
+    assert!(k.hook_unconnected >= k0.hook_unconnected + sent, "reads not counted: {k0:?} -> {k:?}");
+    assert!(k.misses >= k0.misses + sent, "the datagrams were not looked up (and missed): {k0:?} -> {k:?}");
+    for f in ["Udp.InErrors", "Udp.RcvbufErrors", "Udp.NoPorts"] {
+        assert_eq!(snmp0.get(f), snmp1.get(f), "{f} changed: datagrams were dropped");
+    }
+    // The socket on the interface's address connects to one client: now it is a flow.
+    let peer = clients[0].local_addr().expect("client address");
+    servers[0].connect(peer).expect("connecting the server socket");
+    let key = FlowKey::from_socket(IPPROTO_UDP, &bytes16(rx_ip), 5301, &bytes16(peer.ip()), peer.port());
+    for _ in 0..5 {
+        clients[0].send_to(&[2u8; 100], SocketAddr::new(rx_ip, 5301)).expect("sending");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    wait_for("the connected socket's flow recorded", Duration::from_secs(2), || {
+        entry(&flows, &key).is_some_and(|e| e.want_cpu == c1)
+    });
+    drop(reader);
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
+/// UDP has no close: an entry goes after `--udp-timeout-s` without a read or
+/// a packet (counted as `expired`, not as an eviction); a flow that keeps
+/// going stays, and so does an idle TCP connection (it leaves on close).
+#[test]
+fn rfs_udp_entries_age_out() {
+    require_root();
+    let (c0, _) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    let (run, flows) = start_rfs(&lab, &["--udp-timeout-s", "1", "--interval", "0.2"]);
+    let k0 = flows.counters().expect("counters");
+    let (_listener, conns) = quic_flows(&lab, Listen::V4, 5311, 1).expect("connecting");
+    let (quiet, busy) = (&conns[0], &conns[1]);
+    let reader = UdpReader::start("udp-ageing", c0, conns.iter().map(|c| c.server.clone()).collect());
+    let tcp = connect(&lab, Listen::V4, 5312, 1).expect("connecting TCP");
+    let tcp_reader = Reader::start("tcp-ageing", c0, vec![tcp[0].server.clone()]);
+    (&*tcp[0].client).write_all(&[1u8; 3000]).expect("TCP write");
+    // The busy flow: a datagram every 200 ms, well inside the timeout.
+    let senders = UdpSenders::start(vec![busy.client.clone()], c0, Duration::from_millis(200));
+    for _ in 0..5 {
+        quiet.client.send(&[3u8; 200]).expect("sending");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    wait_for("the quiet flow's datagrams read", Duration::from_secs(2), || reader.counts(0).0 == 5);
+    let last_read = Instant::now();
+    for key in [quiet.key, busy.key, tcp[0].key] {
+        wait_for(&format!("{key:?} recorded"), Duration::from_secs(2), || entry(&flows, &key).is_some());
+    }
+    wait_for("the quiet UDP entry expired", Duration::from_secs(5), || entry(&flows, &quiet.key).is_none());
+    let gone_after = last_read.elapsed();
+    let k = flows.counters().expect("counters");
+    let live = rfs::entries(&flows.flows).len() as u64;
+    eprintln!("quiet UDP entry gone {gone_after:?} after its last read; counters {k:?}");
+    assert!(gone_after >= Duration::from_secs(1), "expired after {gone_after:?}, before the 1 s timeout");
+    assert!(entry(&flows, &busy.key).is_some(), "a UDP flow with a datagram every 200 ms expired");
+    assert!(entry(&flows, &tcp[0].key).is_some(), "an idle TCP entry expired");
+    assert!(k.expired > k0.expired, "expiry not counted: {k0:?} -> {k:?}");
+    assert_eq!(k.evictions(live), 0, "an expiry was counted as an eviction: {k:?}, {live} live");
+    let out = lab.steer(&["flows", "--iface", &lab.rx_if, "--json"]).output().expect("running steer flows");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("steer flows --json is JSON");
+    assert!(v["counters"]["expired"].as_u64().unwrap_or(0) >= 1, "{v}");
+    // The busy flow stops: it goes too.
+    senders.stop();
+    wait_for("the busy UDP entry expired once idle", Duration::from_secs(5), || {
+        entry(&flows, &busy.key).is_none()
+    });
+    drop((reader, tcp_reader));
     let (ok, log) = run.stop().expect("stopping steer");
     assert!(ok, "steer run failed: {log}");
 }
@@ -807,17 +1255,30 @@ fn rfs_idle_gate_in_the_kernel() {
     let (_, cpu, d) = step(&mut ebpf, &frame);
     assert_eq!((cpu, d.moves), (Some(rss), 1), "idle flow follows");
 
-    // UDP is not tracked: a miss even with a TCP entry of the same ports.
+    // UDP: the protocol is part of the key, so a TCP entry of the same ports
+    // is not the UDP flow's (a miss); its own entry is a hit.
     let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
     let udp = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40000, 80).payload(10).build();
     let (_, _, d) = step(&mut ebpf, &udp);
-    assert_eq!((d.misses, d.hits), (1, 0), "UDP is a miss");
+    assert_eq!((d.misses, d.hits), (1, 0), "UDP with only a TCP entry is a miss");
+    let ut = Tuple::new(IpAddr::V4(a), 40000, IpAddr::V4(b), 80, IPPROTO_UDP).expect("tuple");
+    let ukey = FlowKey::from_tuple(&ut).expect("UDP flow key");
+    let urss = s.choose(&ut).cpu;
+    let uother = if urss == c0 { c1 } else { c0 };
+    set_flow(&mut ebpf, &ukey, FlowEntry { cpu: uother, want_cpu: uother, ..Default::default() });
+    let (v, cpu, d) = step(&mut ebpf, &udp);
+    assert_eq!((v, cpu, d.hits, d.misses), (XDP_REDIRECT, Some(uother), 1, 0), "UDP hit goes to its reader");
+    // A UDP fragment (the first, which still carries the ports) is hashed on
+    // addresses like every fragment of its datagram: never in the table.
+    let frag = Frame::eth(MAC_B, MAC_A).ipv4(a, b).fragment(0, true).udp(40000, 80).payload(10).build();
+    let (_, _, d) = step(&mut ebpf, &frag);
+    assert_eq!((d.misses, d.hits), (1, 0), "a fragment is a miss");
 
     // IPv6: the key is the addresses as they are.
     let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
         ("2001:db8::1".parse().expect("ip"), "2001:db8::2".parse().expect("ip"));
     let f6 = Frame::eth(MAC_B, MAC_A).ipv6(a6, b6).tcp(1234, 443).build();
-    let k6 = FlowKey::from_socket(&b6.octets(), 443, &a6.octets(), 1234);
+    let k6 = FlowKey::from_socket(IPPROTO_TCP, &b6.octets(), 443, &a6.octets(), 1234);
     set_flow(&mut ebpf, &k6, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
     let (v, cpu, d) = step(&mut ebpf, &f6);
     assert_eq!((v, cpu, d.hits), (XDP_REDIRECT, Some(other), 1), "IPv6 hit");
@@ -882,10 +1343,14 @@ fn rfs_costs_for_the_note() {
     let (mut on, _) = load_rfs(vec![c0, c1], Some(RfsSettings::default()));
     let key = FlowKey::from_tuple(&t).expect("key");
     set_flow(&mut on, &key, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
-    let (miss_frame, _) = {
-        let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
-        (Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40001, 80).payload(10).build(), ())
-    };
+    let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
+    let miss_frame = Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40001, 80).payload(10).build();
+    // UDP: a flow in the table, and one not (every datagram of an unconnected socket).
+    let udp_frame = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40000, 443).payload(10).build();
+    let udp_miss = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40001, 443).payload(10).build();
+    let ut = Tuple::new(IpAddr::V4(a), 40000, IpAddr::V4(b), 443, IPPROTO_UDP).expect("tuple");
+    let ukey = FlowKey::from_tuple(&ut).expect("UDP key");
+    set_flow(&mut on, &ukey, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
     loader::program(&mut rss, PASS_PROG).expect("xdp_pass").load().expect("loading xdp_pass");
     let reps = 1_000_000;
     let mut cost: StdHashMap<&str, Vec<u32>> = StdHashMap::new();
@@ -896,6 +1361,8 @@ fn rfs_costs_for_the_note() {
             ("rfs_miss", 1, STEER_PROG, &miss_frame),
             ("rfs_off", 0, STEER_PROG, &frame),
             ("rfs_hit", 1, STEER_PROG, &frame),
+            ("rfs_udp_miss", 1, STEER_PROG, &udp_miss),
+            ("rfs_udp_hit", 1, STEER_PROG, &udp_frame),
         ] {
             let p = loader::program(&mut objs[i], prog).expect("program");
             let out = testrun::run(p.fd().expect("loaded"), f, reps).expect("test run");
@@ -908,20 +1375,47 @@ fn rfs_costs_for_the_note() {
         v[v.len() / 2]
     };
     eprintln!(
-        "XDP ns/packet (BPF_PROG_TEST_RUN, {reps} reps, median of 3): xdp_pass {} | rfs off {} | rfs on, miss {} | rfs on, hit {}",
+        "XDP ns/packet (BPF_PROG_TEST_RUN, {reps} reps, median of 3): xdp_pass {} | rfs off {} | rfs on, miss {} | rfs on, hit {} | rfs on, UDP miss {} | rfs on, UDP hit {}",
         med(&cost["xdp_pass"]),
         med(&cost["rfs_off"]),
         med(&cost["rfs_miss"]),
-        med(&cost["rfs_hit"])
+        med(&cost["rfs_hit"]),
+        med(&cost["rfs_udp_miss"]),
+        med(&cost["rfs_udp_hit"])
     );
-    let e = get_flow(&objs[1], &key).expect("entry");
-    assert!(e.pkts >= 3 * reps as u64, "the hit path ran: {e:?}");
+    for k in [key, ukey] {
+        let e = get_flow(&objs[1], &k).expect("entry");
+        assert!(e.pkts >= 3 * reps as u64, "the hit path ran: {e:?}");
+    }
 
     // Live: the lab workload with bpf stats on.
     let lab = Lab::new().expect("making the lab");
     one_segment_per_write(&lab);
     let (run, flows) = start_rfs(&lab, &[]);
     let stats = BpfStats::enable();
+    let per_run = |p0: &StdHashMap<String, (u64, u64)>, p1: &StdHashMap<String, (u64, u64)>, name: &str| {
+        let (Some(a), Some(b)) = (p0.get(name), p1.get(name)) else {
+            panic!("no bpf stats for {name} in steer's fds: {p1:?}");
+        };
+        let (ns, cnt) = (b.0 - a.0, b.1 - a.1);
+        assert!(cnt > 0, "{name} did not run");
+        (cnt, ns as f64 / cnt as f64)
+    };
+    // Connected UDP flows alone first: the UDP hook also runs (and returns at
+    // once) on every TCP recvmsg, so its cost on UDP reads is measured without them.
+    {
+        let (_listener, udp) = quic_flows(&lab, Listen::V4, 5013, 1).expect("UDP flows");
+        let _ur = UdpReader::start("rfs-cost-udp", c1, udp.iter().map(|c| c.server.clone()).collect());
+        let senders =
+            UdpSenders::start(udp.iter().map(|c| c.client.clone()).collect(), c0, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_secs(1));
+        let p0 = prog_stats(run.child.id());
+        std::thread::sleep(Duration::from_secs(2));
+        let p1 = prog_stats(run.child.id());
+        senders.stop();
+        let (cnt, ns) = per_run(&p0, &p1, "rfs_udp_read");
+        eprintln!("live rfs_udp_read on connected UDP reads: {cnt} runs, {ns:.0} ns/run (bpf_stats)");
+    }
     let conns = connect(&lab, Listen::DualStack, 5005, 4).expect("connecting");
     let _r0 = Reader::start("rfs-cost-a", c0, conns[..2].iter().map(|c| c.server.clone()).collect());
     let _r1 = Reader::start("rfs-cost-b", c1, conns[2..].iter().map(|c| c.server.clone()).collect());
@@ -932,16 +1426,9 @@ fn rfs_costs_for_the_note() {
     let (p1, k1) = (prog_stats(run.child.id()), counters(&flows));
     senders.stop();
     drop(stats);
-    for name in ["rfs_read", "steer_xdp"] {
-        let (Some(a), Some(b)) = (p0.get(name), p1.get(name)) else {
-            panic!("no bpf stats for {name} in steer's fds: {p1:?}");
-        };
-        let (ns, cnt) = (b.0 - a.0, b.1 - a.1);
-        assert!(cnt > 0, "{name} did not run");
-        eprintln!(
-            "live {name}: {cnt} runs, {:.0} ns/run (bpf_stats run_time_ns/run_cnt)",
-            ns as f64 / cnt as f64
-        );
+    for name in ["rfs_read", "rfs_udp_read", "steer_xdp"] {
+        let (cnt, ns) = per_run(&p0, &p1, name);
+        eprintln!("live {name} (TCP workload): {cnt} runs, {ns:.0} ns/run (bpf_stats run_time_ns/run_cnt)");
     }
     let (hits, misses) = (k1.hits - k0.hits, k1.misses - k0.misses);
     eprintln!(

@@ -1,4 +1,5 @@
-//! `steer flows`: the RFS flow table of a `steer run --mode rfs`.
+//! `steer flows`: the RFS flow table of a `steer run --mode rfs`: TCP flows and
+//! connected UDP flows, each with its protocol.
 
 use anyhow::Result;
 use clap::Args;
@@ -20,7 +21,7 @@ pub struct FlowsArgs {
 pub fn run(a: FlowsArgs) -> Result<()> {
     let pinned = rfs::PinnedFlows::open(&a.iface)?;
     let entries = rfs::entries(&pinned.flows);
-    let counters = rfs::counters(&pinned.stats)?;
+    let counters = pinned.counters()?;
     let rows = rfs::rows(&entries, rfs::now_ns(), a.top);
     if a.json {
         println!("{}", rfs::to_json(&rows, entries.len(), &counters));

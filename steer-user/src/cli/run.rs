@@ -130,12 +130,13 @@ struct Live<'a> {
 
 impl Live<'_> {
     /// Prints the table every `period` until SIGINT/SIGTERM, follows the
-    /// interface's addresses for RFS, and watches for the veth traps.
+    /// interface's addresses for RFS, ages out idle UDP flows, and watches for the veth traps.
     async fn monitor(&mut self, period: Duration, mut quiet: bool, sig: &mut Signals) -> Result<()> {
         let first = self.steering.snapshot()?;
         let mut watch = veth::Watch::new(self.steering, &self.opts, &first);
         // The same table as `steer stats`, read through the pins this run made.
         let mut table = Table::open(&self.opts.iface)?;
+        let mut sweep = self.opts.hash.rfs.map(|r| rfs::UdpSweep::new(r.udp_timeout_s));
         let mut ticker = ticker(period).await;
         loop {
             match sig.next(&mut ticker).await {
@@ -160,6 +161,10 @@ impl Live<'_> {
             if self.opts.hash.rfs.is_some() {
                 // RFS records sockets by local address: follow address changes on the interface.
                 rfs::refresh_local_addrs(&mut self.steering.ebpf, &self.opts.iface)?;
+            }
+            if let Some(s) = sweep.as_mut() {
+                // UDP has no close event: idle UDP entries age out.
+                s.tick(&mut self.steering.ebpf)?;
             }
             if let Some(w) = watch.as_mut() {
                 w.check(&self.opts.iface, &self.steering.driver, &now);

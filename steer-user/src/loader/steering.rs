@@ -40,7 +40,7 @@ fn attach_hint(e: &ProgramError, driver: &str, opts: &RunOptions) -> String {
 }
 
 /// Object map name -> pin name, for the maps every run pins.
-const PINNED_MAPS: [(&str, &str); 8] = [
+const PINNED_MAPS: [(&str, &str); 9] = [
     (map::STATS, pins::STATS),
     (map::TARGETS, pins::TARGETS),
     (map::CONFIG, pins::CONFIG),
@@ -49,6 +49,7 @@ const PINNED_MAPS: [(&str, &str); 8] = [
     (map::FLOWS, pins::FLOWS),
     (map::RFS_STATS, pins::RFS_STATS),
     (map::INNER_PROG, pins::INNER_PROG),
+    (map::RFS_EXPIRED, pins::RFS_EXPIRED),
 ];
 
 /// Attach mode actually in use.
@@ -174,7 +175,8 @@ impl Steering {
             let mut maps = std::collections::BTreeMap::new();
             for (map, pin) in PINNED_MAPS {
                 // RFS maps are pinned only when RFS runs, so `steer flows` can tell.
-                if (pin == pins::FLOWS || pin == pins::RFS_STATS) && opts.hash.rfs.is_none() {
+                if [pins::FLOWS, pins::RFS_STATS, pins::RFS_EXPIRED].contains(&pin) && opts.hash.rfs.is_none()
+                {
                     continue;
                 }
                 let m = self.ebpf.map(map).ok_or_else(|| Error::Ebpf(format!("map {map} missing")))?;
@@ -205,6 +207,7 @@ impl Steering {
                 qsize: opts.qsize,
                 flow_entries: opts.hash.rfs.map(|r| r.flow_entries),
                 migrate_idle_us: opts.hash.rfs.map(|r| r.migrate_idle_us),
+                udp_timeout_s: opts.hash.rfs.map(|r| r.udp_timeout_s),
                 replaced: self.replaced.as_ref().map(|r| r.was),
                 maps,
                 link_id,

@@ -32,6 +32,7 @@ fn sample(key: &str) -> Option<(&'static str, Engine)> {
         "mode" => ("\"rfs\"", Engine::Xdp),
         "flow-entries" => ("1024", Engine::Xdp),
         "migrate-idle-us" => ("250", Engine::Xdp),
+        "udp-timeout-s" => ("5", Engine::Xdp),
         "engine" => ("\"kernel\"", Engine::Kernel),
         "profile" => ("\"latency\"", Engine::Xdp),
         "rfs-entries" => ("4096", Engine::Kernel),
@@ -53,7 +54,7 @@ fn base(key: &str, engine: Engine) -> String {
     }
     match key {
         "key" => t.push_str("hash = \"toeplitz\"\n"),
-        "flow-entries" | "migrate-idle-us" => t.push_str("mode = \"rfs\"\n"),
+        "flow-entries" | "migrate-idle-us" | "udp-timeout-s" => t.push_str("mode = \"rfs\"\n"),
         _ => {}
     }
     t

@@ -1,25 +1,32 @@
 //! RFS, user side: settings, attaching the socket-tracking tracepoints, the
-//! interface's local addresses the hook filters on, and reading the flow table
-//! for `steer flows` (table.rs: its rows, table and JSON).
+//! interface's local addresses the hook filters on, ageing out UDP entries,
+//! and reading the flow table for `steer flows` (table.rs: its rows, table and
+//! JSON; sock.rs: where the UDP hook finds a socket's addresses, from BTF).
 //!
 //! The data path is in steer-ebpf (track.rs records, rfs.rs steers); the key
 //! layout is in steer-common's flow.rs.
 
+pub mod sock;
 mod table;
 
 pub use table::{counter_fields, now_ns, render, rows, show_addr, to_json, FlowRow};
 
-use std::{borrow::Borrow, collections::BTreeSet, ffi::CStr};
+use std::{
+    borrow::Borrow,
+    collections::BTreeSet,
+    ffi::CStr,
+    time::{Duration, Instant},
+};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::TracePoint,
     Ebpf,
 };
 use steer_common::{
     flow::DEFAULT_FLOW_ENTRIES,
     names::{map, prog},
-    FlowEntry, FlowKey, RfsCounters,
+    FlowEntry, FlowKey, RfsCounters, SockOffsets,
 };
 
 use crate::{
@@ -38,10 +45,19 @@ pub const MAX_FLOW_ENTRIES: u32 = 1 << 22;
 pub const MAX_MIGRATE_IDLE_US: u32 = 1_000_000;
 /// Flow table size when RFS is off: the map exists but stays unused.
 pub const UNUSED_FLOW_ENTRIES: u32 = 16;
+/// Default `--udp-timeout-s`: a UDP flow has no close, so its entry goes after
+/// this long without a read or a packet; conntrack's UDP timeout
+/// (`nf_conntrack_udp_timeout`).
+pub const DEFAULT_UDP_TIMEOUT_S: u32 = 30;
+/// Largest `--udp-timeout-s`: a day.
+pub const MAX_UDP_TIMEOUT_S: u32 = 86_400;
 
 /// Tracepoint programs and where they attach.
-pub const TRACEPOINTS: [(&str, &str, &str); 2] =
-    [(prog::RFS_READ, "tcp", "tcp_rcv_space_adjust"), (prog::RFS_STATE, "sock", "inet_sock_set_state")];
+pub const TRACEPOINTS: [(&str, &str, &str); 3] = [
+    (prog::RFS_READ, "tcp", "tcp_rcv_space_adjust"),
+    (prog::RFS_UDP_READ, "sock", "sock_recv_length"),
+    (prog::RFS_STATE, "sock", "inet_sock_set_state"),
+];
 
 /// How the XDP program chooses a CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -58,16 +74,26 @@ pub enum Mode {
 pub struct RfsSettings {
     pub flow_entries: u32,
     pub migrate_idle_us: u32,
+    /// UDP entries go after this many seconds without a read or a packet.
+    pub udp_timeout_s: u32,
 }
 
 impl Default for RfsSettings {
     fn default() -> Self {
-        Self { flow_entries: DEFAULT_FLOW_ENTRIES, migrate_idle_us: DEFAULT_MIGRATE_IDLE_US }
+        Self {
+            flow_entries: DEFAULT_FLOW_ENTRIES,
+            migrate_idle_us: DEFAULT_MIGRATE_IDLE_US,
+            udp_timeout_s: DEFAULT_UDP_TIMEOUT_S,
+        }
     }
 }
 
 impl RfsSettings {
     pub fn new(flow_entries: u32, migrate_idle_us: u32) -> Result<Self> {
+        Self::with_udp_timeout(flow_entries, migrate_idle_us, DEFAULT_UDP_TIMEOUT_S)
+    }
+
+    pub fn with_udp_timeout(flow_entries: u32, migrate_idle_us: u32, udp_timeout_s: u32) -> Result<Self> {
         if !(1..=MAX_FLOW_ENTRIES).contains(&flow_entries) {
             return Err(Error::BadValue {
                 what: "--flow-entries",
@@ -84,7 +110,14 @@ impl RfsSettings {
                 ),
             });
         }
-        Ok(Self { flow_entries, migrate_idle_us })
+        if !(1..=MAX_UDP_TIMEOUT_S).contains(&udp_timeout_s) {
+            return Err(Error::BadValue {
+                what: "--udp-timeout-s",
+                value: udp_timeout_s.to_string(),
+                why: format!("must be between 1 and {MAX_UDP_TIMEOUT_S} (a day)"),
+            });
+        }
+        Ok(Self { flow_entries, migrate_idle_us, udp_timeout_s })
     }
 
     /// Settings from the command line: `None` unless `mode` is RFS. RFS-only
@@ -93,6 +126,7 @@ impl RfsSettings {
         mode: Mode,
         flow_entries: Option<u32>,
         migrate_idle_us: Option<u32>,
+        udp_timeout_s: Option<u32>,
     ) -> Result<Option<Self>> {
         if mode == Mode::Rss {
             if let Some(n) = flow_entries {
@@ -109,23 +143,37 @@ impl RfsSettings {
                     why: "only applies to --mode rfs".into(),
                 });
             }
+            if let Some(n) = udp_timeout_s {
+                return Err(Error::BadValue {
+                    what: "--udp-timeout-s",
+                    value: n.to_string(),
+                    why: "only applies to --mode rfs".into(),
+                });
+            }
             return Ok(None);
         }
-        Self::new(
+        Self::with_udp_timeout(
             flow_entries.unwrap_or(DEFAULT_FLOW_ENTRIES),
             migrate_idle_us.unwrap_or(DEFAULT_MIGRATE_IDLE_US),
+            udp_timeout_s.unwrap_or(DEFAULT_UDP_TIMEOUT_S),
         )
         .map(Some)
     }
 }
 
 /// Starts socket tracking on a loaded object: fills the interface's local
-/// addresses, loads and attaches the tracepoint programs. The links belong to
-/// `ebpf`; dropping it detaches them. Call before attaching XDP, so that a
-/// failure here leaves nothing changed.
+/// addresses and the UDP hook's `struct sock` offsets, loads and attaches the
+/// tracepoint programs. The links belong to `ebpf`; dropping it detaches
+/// them. Call before attaching XDP, so that a failure here leaves nothing changed.
 pub fn start(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
     mounts::ensure_tracefs()?;
     check_formats()?;
+    // Before the UDP hook attaches: without them it would record nothing, silently.
+    let offsets = sock::offsets(std::path::Path::new(sock::VMLINUX_BTF))?;
+    let m = ebpf.map_mut(map::SOCK_OFFSETS).ok_or_else(|| Error::Ebpf("map SOCK_OFFSETS missing".into()))?;
+    Array::<_, SockOffsets>::try_from(m)
+        .and_then(|mut a| a.set(0, offsets, 0))
+        .map_err(|e| Error::Ebpf(format!("writing SOCK_OFFSETS: {e}")))?;
     let n = refresh_local_addrs(ebpf, iface)?;
     if n == 0 {
         log::warn!("{iface} has no IP address yet: RFS records nothing until it has one");
@@ -148,8 +196,8 @@ type Field = (&'static str, usize, usize);
 
 /// Checks that the tracepoints' fields sit where the hook reads them.
 fn check_formats() -> Result<()> {
-    use steer_common::flow::tp::{rcv_space_adjust as r, set_state as s};
-    let want: [(&str, &[Field]); 2] = [
+    use steer_common::flow::tp::{rcv_space_adjust as r, recv_length as l, set_state as s};
+    let want: [(&str, &[Field]); 3] = [
         (
             "tcp/tcp_rcv_space_adjust",
             &[
@@ -170,6 +218,16 @@ fn check_formats() -> Result<()> {
                 ("protocol", s::PROTOCOL, 2),
                 ("saddr_v6", s::SADDR_V6, 16),
                 ("daddr_v6", s::DADDR_V6, 16),
+            ],
+        ),
+        (
+            "sock/sock_recv_length",
+            &[
+                ("sk", l::SK, 8),
+                ("family", l::FAMILY, 2),
+                ("protocol", l::PROTOCOL, 2),
+                ("ret", l::RET, 4),
+                ("flags", l::FLAGS, 4),
             ],
         ),
     ];
@@ -259,7 +317,7 @@ pub fn refresh_local_addrs(ebpf: &mut Ebpf, iface: &str) -> Result<usize> {
     Ok(want.len())
 }
 
-/// Summed RFS counters.
+/// Summed RFS counters (the kernel side's; `expired` is the sweep's, see [`PinnedFlows::counters`]).
 pub fn counters<M: Borrow<MapData>>(map: &PerCpuArray<M, RfsCounters>) -> Result<RfsCounters> {
     let mut t = RfsCounters::default();
     for c in map.get(&0, 0).map_err(Error::ebpf)?.iter() {
@@ -273,10 +331,83 @@ pub fn entries<M: Borrow<MapData>>(map: &HashMap<M, FlowKey, FlowEntry>) -> Vec<
     map.iter().filter_map(|r| r.ok()).collect()
 }
 
+/// Whether UDP entry `e` has had neither a read nor a packet for longer than
+/// `timeout_ns` at `now_ns` (TCP entries never: they leave on close).
+pub fn is_stale(k: &FlowKey, e: &FlowEntry, now_ns: u64, timeout_ns: u64) -> bool {
+    k.is_udp() && now_ns.saturating_sub(e.last_read_ns.max(e.last_pkt_ns)) > timeout_ns
+}
+
+/// Deletes the UDP entries of `flows` that have been idle longer than
+/// `timeout`, adds them to the `expired` counter in `expired` and returns how
+/// many went. Each is looked at again just before it goes, so that a flow that
+/// resumed while the sweep ran stays (one that resumes between that look and
+/// the delete loses its entry: the next read records it again, on RSS until
+/// it pauses, so nothing is reordered).
+pub fn expire_udp<F, X>(
+    flows: &mut HashMap<F, FlowKey, FlowEntry>,
+    expired: &mut Array<X, u64>,
+    timeout: Duration,
+) -> Result<u64>
+where
+    F: std::borrow::BorrowMut<MapData>,
+    X: std::borrow::BorrowMut<MapData>,
+{
+    let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let stale: Vec<FlowKey> = flows
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(k, e)| is_stale(k, e, now_ns(), timeout_ns))
+        .map(|(k, _)| k)
+        .collect();
+    let mut n = 0;
+    for k in stale {
+        let still = flows.get(&k, 0).is_ok_and(|e| is_stale(&k, &e, now_ns(), timeout_ns));
+        // ENOENT: the LRU or a close took it first; it is theirs to count.
+        if still && flows.remove(&k).is_ok() {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        let total = expired.get(&0, 0).unwrap_or(0) + n;
+        expired.set(0, total, 0).map_err(|e| Error::Ebpf(format!("writing RFS_EXPIRED: {e}")))?;
+    }
+    Ok(n)
+}
+
+/// `steer run`'s UDP sweep: every half timeout, the UDP entries idle longer than
+/// the timeout go, so an entry leaves between one and one and a half timeouts
+/// (plus one `--interval`) after its flow's last read or packet.
+pub struct UdpSweep {
+    timeout: Duration,
+    last: Instant,
+}
+
+impl UdpSweep {
+    pub fn new(timeout_s: u32) -> Self {
+        Self { timeout: Duration::from_secs(timeout_s.into()), last: Instant::now() }
+    }
+
+    /// Sweeps when half a timeout has passed since the last sweep. Returns how many entries went.
+    pub fn tick(&mut self, ebpf: &mut Ebpf) -> Result<u64> {
+        if self.last.elapsed() < self.timeout / 2 {
+            return Ok(0);
+        }
+        self.last = Instant::now();
+        let [Some(flows), Some(expired)] = ebpf.maps_disjoint_mut([map::FLOWS, map::RFS_EXPIRED]) else {
+            return Err(Error::Ebpf("map FLOWS or RFS_EXPIRED missing".into()));
+        };
+        let mut flows: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(flows).map_err(Error::ebpf)?;
+        let mut expired: Array<_, u64> = Array::try_from(expired).map_err(Error::ebpf)?;
+        expire_udp(&mut flows, &mut expired, self.timeout)
+    }
+}
+
 /// The flow table and RFS counters of a running steer, opened from their pins.
 pub struct PinnedFlows {
     pub flows: HashMap<MapData, FlowKey, FlowEntry>,
     pub stats: PerCpuArray<MapData, RfsCounters>,
+    /// The sweep's `expired` count; `None` for a run started before it existed.
+    pub expired: Option<Array<MapData, u64>>,
 }
 
 impl PinnedFlows {
@@ -299,7 +430,21 @@ impl PinnedFlows {
             HashMap::try_from(aya::maps::Map::LruHashMap(id.open_map(pins::FLOWS)?)).map_err(Error::ebpf)?;
         let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(id.open_map(pins::RFS_STATS)?))
             .map_err(Error::ebpf)?;
-        Ok(Self { flows, stats })
+        let expired = match id.has_map(pins::RFS_EXPIRED) {
+            true => Some(
+                Array::try_from(aya::maps::Map::Array(id.open_map(pins::RFS_EXPIRED)?))
+                    .map_err(Error::ebpf)?,
+            ),
+            false => None,
+        };
+        Ok(Self { flows, stats, expired })
+    }
+
+    /// Every RFS counter: the kernel side's and the sweep's `expired`.
+    pub fn counters(&self) -> Result<RfsCounters> {
+        let mut c = counters(&self.stats)?;
+        c.expired = self.expired.as_ref().and_then(|m| m.get(&0, 0).ok()).unwrap_or(0);
+        Ok(c)
     }
 }
 
@@ -309,14 +454,47 @@ mod tests {
 
     #[test]
     fn settings_are_checked_with_the_value_in_the_message() {
-        assert_eq!(RfsSettings::from_args(Mode::Rfs, None, None).unwrap(), Some(RfsSettings::default()));
-        let e = RfsSettings::from_args(Mode::Rfs, Some(0), None).unwrap_err().to_string();
+        assert_eq!(
+            RfsSettings::from_args(Mode::Rfs, None, None, None).unwrap(),
+            Some(RfsSettings::default())
+        );
+        let e = RfsSettings::from_args(Mode::Rfs, Some(0), None, None).unwrap_err().to_string();
         assert!(e.contains("--flow-entries 0"), "{e}");
-        let e = RfsSettings::from_args(Mode::Rfs, None, Some(5_000_000)).unwrap_err().to_string();
+        let e = RfsSettings::from_args(Mode::Rfs, None, Some(5_000_000), None).unwrap_err().to_string();
         assert!(e.contains("--migrate-idle-us 5000000"), "{e}");
-        let e = RfsSettings::from_args(Mode::Rss, Some(1024), None).unwrap_err().to_string();
+        let e = RfsSettings::from_args(Mode::Rss, Some(1024), None, None).unwrap_err().to_string();
         assert!(e.contains("only applies to --mode rfs"), "{e}");
-        assert_eq!(RfsSettings::from_args(Mode::Rss, None, None).unwrap(), None);
+        for bad in [0, MAX_UDP_TIMEOUT_S + 1] {
+            let e = RfsSettings::from_args(Mode::Rfs, None, None, Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(&format!("--udp-timeout-s {bad}")), "{e}");
+        }
+        let e = RfsSettings::from_args(Mode::Rss, None, None, Some(5)).unwrap_err().to_string();
+        assert!(e.contains("--udp-timeout-s 5") && e.contains("only applies to --mode rfs"), "{e}");
+        assert_eq!(RfsSettings::from_args(Mode::Rfs, None, None, Some(5)).unwrap().unwrap().udp_timeout_s, 5);
+        assert_eq!(RfsSettings::from_args(Mode::Rss, None, None, None).unwrap(), None);
+    }
+
+    #[test]
+    fn only_udp_entries_idle_past_the_timeout_are_stale() {
+        use steer_common::tuple::{IPPROTO_TCP, IPPROTO_UDP};
+        let a = std::net::Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
+        let (udp, tcp) = (
+            FlowKey::from_socket(IPPROTO_UDP, &a, 443, &a, 1),
+            FlowKey::from_socket(IPPROTO_TCP, &a, 443, &a, 1),
+        );
+        let s = 1_000_000_000;
+        let e =
+            |read: u64, pkt: u64| FlowEntry { last_read_ns: read, last_pkt_ns: pkt, ..Default::default() };
+        // At t = 100 s, timeout 30 s.
+        let (now, t) = (100 * s, 30 * s);
+        assert!(is_stale(&udp, &e(60 * s, 0), now, t), "read 40 s ago, never a packet");
+        assert!(is_stale(&udp, &e(60 * s, 69 * s), now, t), "read 40 s ago, last packet 31 s ago");
+        assert!(!is_stale(&udp, &e(60 * s, 71 * s), now, t), "a packet 29 s ago keeps it");
+        assert!(!is_stale(&udp, &e(71 * s, 0), now, t), "a read 29 s ago keeps it");
+        assert!(!is_stale(&udp, &e(70 * s, 0), now, t), "exactly the timeout: not yet");
+        assert!(!is_stale(&tcp, &e(0, 0), now, t), "TCP entries leave on close, never by age");
+        // Clocks only go forward, but an entry written after `now` was read is not stale.
+        assert!(!is_stale(&udp, &e(101 * s, 0), now, t));
     }
 
     #[test]

@@ -34,6 +34,8 @@ fn endpoint(b: &[u8; 16], port: u16) -> String {
 /// One row of `steer flows`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FlowRow {
+    /// "tcp" or "udp".
+    pub proto: &'static str,
     /// Remote endpoint (the packets' source).
     pub src: String,
     /// Local endpoint (the reading socket).
@@ -59,6 +61,7 @@ impl FlowRow {
         let ms = |t: u64| now_ns.saturating_sub(t) / 1_000_000;
         let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
         Self {
+            proto: if k.is_udp() { "udp" } else { "tcp" },
             src: endpoint(&k.src_bytes(), k.sport()),
             dst: endpoint(&k.dst_bytes(), k.dport()),
             cpu: (e.cpu != u32::MAX).then_some(e.cpu),
@@ -85,7 +88,7 @@ pub fn rows(entries: &[(FlowKey, FlowEntry)], now_ns: u64, top: usize) -> Vec<Fl
 }
 
 /// The counters as `name value` pairs, in the order tables and JSON show them.
-pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 11] {
+pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 13] {
     [
         ("hits", c.hits),
         ("misses", c.misses),
@@ -94,10 +97,12 @@ pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 11] {
         ("not_steerable", c.not_steerable),
         ("inserts", c.inserts),
         ("removed", c.removed),
+        ("expired", c.expired),
         ("evictions", c.evictions(live)),
         ("hook_events", c.hook_events),
         ("hook_filtered", c.hook_filtered),
         ("hook_closed", c.hook_closed),
+        ("hook_unconnected", c.hook_unconnected),
     ]
 }
 
@@ -106,13 +111,14 @@ pub fn render(rows: &[FlowRow], total: usize, c: &RfsCounters) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  COMM",
-        "FLOW (remote)", "LOCAL", "CPU", "READER", "PACKETS", "MOVES", "AGE ms", "IDLE ms", "PID"
+        "{:<5} {:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  COMM",
+        "PROTO", "FLOW (remote)", "LOCAL", "CPU", "READER", "PACKETS", "MOVES", "AGE ms", "IDLE ms", "PID"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  {}",
+            "{:<5} {:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  {}",
+            r.proto,
             r.src,
             r.dst,
             r.cpu.map_or("rss".to_string(), |c| c.to_string()),
@@ -146,7 +152,7 @@ mod tests {
     fn rows_show_v4_mapped_as_ipv4() {
         let local = std::net::Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
         let remote = std::net::Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets();
-        let k = FlowKey::from_socket(&local, 80, &remote, 40000);
+        let k = FlowKey::from_socket(steer_common::tuple::IPPROTO_TCP, &local, 80, &remote, 40000);
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"nginx"[..4].as_ref());
         let e = FlowEntry { cpu: 1, want_cpu: 1, pkts: 7, created_ns: 1_000_000, comm, ..Default::default() };
@@ -155,5 +161,25 @@ mod tests {
         assert_eq!((r.cpu, r.age_ms, r.idle_ms, r.comm.as_str()), (Some(1), 2, None, "ngin"));
         let unmoved = FlowEntry { cpu: u32::MAX, ..e };
         assert_eq!(FlowRow::new(&k, &unmoved, 3_000_000).cpu, None);
+        assert_eq!(r.proto, "tcp");
+    }
+
+    #[test]
+    fn udp_rows_say_udp_in_the_table_and_the_json() {
+        let local = std::net::Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
+        let remote: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let k = FlowKey::from_socket(steer_common::tuple::IPPROTO_UDP, &local, 443, &remote.octets(), 4433);
+        let rows = rows(&[(k, FlowEntry { cpu: 0, pkts: 3, ..Default::default() })], 0, 0);
+        assert_eq!((rows[0].proto, rows[0].src.as_str()), ("udp", "[2001:db8::1]:4433"));
+        let c = RfsCounters { inserts: 5, expired: 2, hook_unconnected: 9, ..Default::default() };
+        let text = render(&rows, 1, &c);
+        assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("udp ")), "{text}");
+        assert!(text.contains("expired 2, evictions 2") && text.contains("hook_unconnected 9"), "{text}");
+        let v = to_json(&rows, 1, &c);
+        assert_eq!(v["flows"][0]["proto"], "udp", "{v}");
+        assert_eq!(
+            (v["counters"]["expired"].as_u64(), v["counters"]["evictions"].as_u64()),
+            (Some(2), Some(2))
+        );
     }
 }

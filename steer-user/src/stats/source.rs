@@ -65,6 +65,7 @@ impl Source {
             Some(f) => Some(RfsSample {
                 per_cpu: f.stats.get(&0, 0).map_err(Error::ebpf)?.iter().copied().collect(),
                 live_flows: f.flows.keys().count() as u64,
+                expired: f.counters()?.expired,
             }),
             None => None,
         };
