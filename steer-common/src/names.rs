@@ -20,7 +20,11 @@ pub mod map {
     pub const CPUMAP_ID: &str = "CPUMAP_ID";
     pub const CPUMAP_DROPS: &str = "CPUMAP_DROPS";
     pub const CLOSED: &str = "CLOSED";
-    pub const ALL: [&str; 15] = [
+    pub const BUCKETS: &str = "BUCKETS";
+    pub const MOVES: &str = "MOVES";
+    pub const REBALANCE: &str = "REBALANCE";
+    pub const GEN_SCHED: &str = "GEN_SCHED";
+    pub const ALL: [&str; 19] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -36,6 +40,10 @@ pub mod map {
         CPUMAP_ID,
         CPUMAP_DROPS,
         CLOSED,
+        BUCKETS,
+        MOVES,
+        REBALANCE,
+        GEN_SCHED,
     ];
 }
 

@@ -5,7 +5,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, CpuMap, HashMap, LruHashMap, PerCpuArray},
 };
-use steer_common::{Counters, FlowEntry, FlowKey, GenConfig, RfsCounters, SteerConfig, ToeplitzTable};
+use steer_common::{
+    BucketLoad, BucketMove, Counters, FlowEntry, FlowKey, GenConfig, RebalanceState, RfsCounters, SteerConfig,
+    ToeplitzTable,
+};
 
 /// Upper bound for CPU indices; the loader sets the real number of possible CPUs.
 pub const MAX_CPUS: u32 = 64;
@@ -34,12 +37,30 @@ pub static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static TARGETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CPUS, 0);
 
+// --- rebalancing (steer-common's balance.rs) -----------------------------------
+
+/// Bucket -> packets and bytes the hash steered through it, per CPU. Size set by the loader.
+#[map]
+pub static BUCKETS: PerCpuArray<BucketLoad> = PerCpuArray::with_max_entries(256, 0);
+
+/// Bucket -> where it is moving, read only for INDIR entries marked moving. Size set by the loader.
+#[map]
+pub static MOVES: Array<BucketMove> = Array::with_max_entries(256, 0);
+
+/// What the balancer last did: written by userspace, read by `steer stats`.
+#[map]
+pub static REBALANCE: Array<RebalanceState> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 
 /// Frames the generator has produced on each CPU: also its sequence number.
 #[map]
 pub static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The generator's flow schedule (`GenConfig::sched_len` entries used).
+#[map]
+pub static GEN_SCHED: Array<u32> = Array::with_max_entries(65536, 0);
 
 /// When the paced generator may send its next frame (bpf_ktime_get_ns), per CPU.
 #[map]

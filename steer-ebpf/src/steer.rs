@@ -2,11 +2,15 @@
 //! then a redirect into that CPU's CPUMAP queue, or XDP_PASS when that CPU is
 //! the one the packet is already on.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_get_smp_processor_id, programs::XdpContext};
-use steer_common::{hash, Counters, HashKind, PassReason, SteerConfig, Tuple};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
+use steer_common::{balance, hash, Counters, HashKind, PassReason, SteerConfig, Tuple, INDIR_MOVING};
 
 use crate::{
-    maps::{CONFIG, CPUS, INDIR, STATS, TARGETS, TOEPLITZ},
+    maps::{BUCKETS, CONFIG, CPUS, INDIR, MOVES, STATS, TARGETS, TOEPLITZ},
     parse::parse,
 };
 
@@ -46,13 +50,49 @@ pub fn steered(c: &mut Counters, cpu: u32, verdict: u32, in_place: bool) -> u32 
     verdict
 }
 
-/// The CPU the hash and the indirection table choose for `tuple` (RSS).
+/// The CPU the hash and the indirection table choose for `tuple` (RSS), with
+/// the packet (`len` bytes) counted in its bucket's load. Every packet steered
+/// by the hash comes through here once, RFS-steered ones never.
 #[inline(always)]
-pub fn rss_cpu(cfg: &SteerConfig, tuple: &Tuple) -> Option<u32> {
+pub fn rss_cpu(cfg: &SteerConfig, tuple: &Tuple, len: u64) -> Option<u32> {
     let kind = if cfg.hash == HashKind::Toeplitz as u32 { HashKind::Toeplitz } else { HashKind::Fast };
     let table = if kind == HashKind::Toeplitz { TOEPLITZ.get(0) } else { None };
     let h = hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, tuple)?;
-    INDIR.get(h & cfg.table_mask).copied()
+    let bucket = h & cfg.table_mask;
+    if let Some(load) = BUCKETS.get_ptr_mut(bucket) {
+        // SAFETY: per-CPU slot, as above.
+        unsafe {
+            (*load).packets += 1;
+            (*load).bytes += len;
+        }
+    }
+    let cpu = *INDIR.get(bucket)?;
+    if cpu & INDIR_MOVING == 0 {
+        return Some(cpu);
+    }
+    Some(moving(cfg, bucket, cpu & !INDIR_MOVING))
+}
+
+/// A bucket the balancer is moving (balance.rs): it stays on `old` until one
+/// of its packets follows a gap longer than `--migrate-idle-us`, then INDIR
+/// points at the target for good. Only moving buckets read the clock.
+#[inline(never)]
+fn moving(cfg: &SteerConfig, bucket: u32, old: u32) -> u32 {
+    let Some(m) = MOVES.get_ptr_mut(bucket) else { return old };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value; each field is an aligned word, so racing writers store whole values.
+    let m = unsafe { &mut *m };
+    if balance::may_switch(m.last_ns, now, cfg.migrate_idle_us as u64 * 1000) {
+        let want = m.want;
+        if let Some(e) = INDIR.get_ptr_mut(bucket) {
+            // SAFETY: an aligned u32 of an array map; the balancer writes a moving entry never.
+            unsafe { *e = want };
+        }
+        return want;
+    }
+    m.last_ns = now;
+    old
 }
 
 pub fn steer(ctx: &XdpContext) -> u32 {
@@ -68,13 +108,14 @@ pub fn steer(ctx: &XdpContext) -> u32 {
         return pass(c, PassReason::NoConfig);
     };
     // RFS first: a flow whose reader is known goes to the reader's CPU.
+    let len = (ctx.data_end() - ctx.data()) as u64;
     let mut rss = None;
     if cfg.rfs != 0 {
-        if let Some(verdict) = crate::rfs::steer(&tuple, cfg, c, &mut rss) {
+        if let Some(verdict) = crate::rfs::steer(&tuple, cfg, c, &mut rss, len) {
             return verdict;
         }
     }
-    let Some(cpu) = rss.or_else(|| rss_cpu(cfg, &tuple)) else {
+    let Some(cpu) = rss.or_else(|| rss_cpu(cfg, &tuple, len)) else {
         return pass(c, PassReason::NoConfig);
     };
     // The low bits of the flags are the verdict when the CPU has no queue: pass.

@@ -61,6 +61,9 @@ pub struct HashSettings {
     pub cpus: Vec<u32>,
     /// RFS (`--mode rfs`): look flows up in the flow table before hashing.
     pub rfs: Option<crate::rfs::RfsSettings>,
+    /// `--migrate-idle-us` for bucket moves (`--rebalance`) when RFS is off;
+    /// with RFS its setting serves both.
+    pub move_idle_us: Option<u32>,
 }
 
 /// What `steer hash` prints for a flow.
@@ -91,7 +94,7 @@ impl HashSettings {
             None => MS_RSS_KEY,
         };
         check_table_size(table_size)?;
-        Ok(Self { kind: hash.into(), key, seed, symmetric, table_size, cpus, rfs: None })
+        Ok(Self { kind: hash.into(), key, seed, symmetric, table_size, cpus, rfs: None, move_idle_us: None })
     }
 
     pub fn steer_config(&self) -> SteerConfig {
@@ -101,13 +104,19 @@ impl HashSettings {
             table_mask: self.table_size - 1,
             symmetric: self.symmetric as u32,
             rfs: self.rfs.is_some() as u32,
-            migrate_idle_us: self.rfs.map_or(0, |r| r.migrate_idle_us),
+            migrate_idle_us: self.rfs.map(|r| r.migrate_idle_us).or(self.move_idle_us).unwrap_or(0),
         }
     }
 
     /// The same settings with RFS on (`Some`) or off.
     pub fn with_rfs(mut self, rfs: Option<crate::rfs::RfsSettings>) -> Self {
         self.rfs = rfs;
+        self
+    }
+
+    /// The same settings with the idle time of bucket moves (without RFS).
+    pub fn with_move_idle_us(mut self, us: Option<u32>) -> Self {
+        self.move_idle_us = us;
         self
     }
 

@@ -1,0 +1,215 @@
+//! Load-aware rebalancing in the kernel: the per-bucket counters of the XDP
+//! program (BPF_PROG_TEST_RUN on crafted frames), the idle gate of a moving
+//! bucket, and the balancer driving both; then in the lab, buckets moving off
+//! the hot CPU under a skewed flood.
+
+use std::time::Duration;
+
+use aya::{
+    maps::{Array, HashMap as AyaHashMap, PerCpuArray},
+    Ebpf,
+};
+use steer::{
+    config::{HashArg, HashSettings},
+    loader::{self, STEER_PROG},
+    packet::Frame,
+    rebalance::{Maps, Rebalancer, Settings},
+    rfs::RfsSettings,
+    stats::Snapshot,
+    testrun,
+};
+use steer_common::{
+    tuple::{IPPROTO_TCP, IPPROTO_UDP},
+    BucketLoad, BucketMove, FlowEntry, FlowKey, RebalanceState, Tuple, INDIR_MOVING,
+};
+use steer_tests::{pin_to_cpu, require_root};
+
+fn cpus() -> Vec<u32> {
+    let c = steer::cpus::online().unwrap();
+    assert!(c.len() >= 2, "needs two online CPUs, this machine has {c:?}");
+    c
+}
+
+/// UDP or TCP 198.18.0.1:port -> 198.18.0.2:9 with `payload` bytes: frame and tuple.
+fn flow(port: u16, proto: u8, payload: usize) -> (Vec<u8>, Tuple) {
+    let t = Tuple::new(
+        "198.18.0.1".parse().unwrap(),
+        port,
+        "198.18.0.2".parse().unwrap(),
+        9,
+        proto,
+    )
+    .unwrap();
+    let f = Frame::eth([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]).ipv4("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+    let f = if proto == IPPROTO_TCP { f.tcp(port, 9) } else { f.udp(port, 9) };
+    (f.payload(payload).build(), t)
+}
+
+fn run(ebpf: &mut Ebpf, frame: &[u8], repeat: u32) -> Snapshot {
+    let before = loader::snapshot(ebpf).unwrap();
+    let prog = loader::program(ebpf, STEER_PROG).unwrap();
+    testrun::run(prog.fd().unwrap(), frame, repeat).expect("BPF_PROG_TEST_RUN");
+    loader::snapshot(ebpf).unwrap().since(&before)
+}
+
+/// The one CPU the frames of a run were steered to.
+fn got(d: &Snapshot) -> Option<u32> {
+    let v: Vec<u32> = d.steered_in.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, _)| c as u32).collect();
+    match v[..] {
+        [c] => Some(c),
+        _ => None,
+    }
+}
+
+fn bucket_load(ebpf: &Ebpf, b: u32) -> BucketLoad {
+    let m: PerCpuArray<_, BucketLoad> = PerCpuArray::try_from(ebpf.map("BUCKETS").unwrap()).unwrap();
+    m.get(&b, 0).unwrap().iter().fold(BucketLoad::default(), |a, l| BucketLoad {
+        packets: a.packets + l.packets,
+        bytes: a.bytes + l.bytes,
+    })
+}
+
+fn indir(ebpf: &Ebpf, b: u32) -> u32 {
+    Array::<_, u32>::try_from(ebpf.map("INDIR").unwrap()).unwrap().get(&b, 0).unwrap()
+}
+
+fn set_move(ebpf: &mut Ebpf, b: u32, from: u32, to: u32) {
+    Array::<_, BucketMove>::try_from(ebpf.map_mut("MOVES").unwrap())
+        .unwrap()
+        .set(b, BucketMove { want: to, _pad: 0, last_ns: 0 }, 0)
+        .unwrap();
+    Array::<_, u32>::try_from(ebpf.map_mut("INDIR").unwrap()).unwrap().set(b, from | INDIR_MOVING, 0).unwrap();
+}
+
+fn last_ns(ebpf: &Ebpf, b: u32) -> u64 {
+    Array::<_, BucketMove>::try_from(ebpf.map("MOVES").unwrap()).unwrap().get(&b, 0).unwrap().last_ns
+}
+
+#[test]
+fn bucket_counters_count_hash_steered_packets_and_bytes_and_not_rfs_hits() {
+    require_root();
+    let cpus = cpus();
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_rfs(Some(RfsSettings::default()));
+    let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
+    let (udp, ut) = flow(1000, IPPROTO_UDP, 100);
+    let (tcp, tt) = flow(2000, IPPROTO_TCP, 0);
+    let (bu, bt) = (settings.choose(&ut).bucket, settings.choose(&tt).bucket);
+    assert_ne!(bu, bt, "pick ports in different buckets");
+    // The TCP flow is in the RFS table: steered by its reader, not by its bucket.
+    let key = FlowKey::from_tuple(&tt).unwrap();
+    AyaHashMap::<_, FlowKey, FlowEntry>::try_from(ebpf.map_mut("FLOWS").unwrap())
+        .unwrap()
+        .insert(key, FlowEntry { cpu: cpus[1], want_cpu: cpus[1], ..Default::default() }, 0)
+        .unwrap();
+    run(&mut ebpf, &udp, 7);
+    let d = run(&mut ebpf, &tcp, 5);
+    assert_eq!(got(&d), Some(cpus[1]), "the TCP flow followed its reader");
+    let (lu, lt) = (bucket_load(&ebpf, bu), bucket_load(&ebpf, bt));
+    println!("udp bucket {bu}: {lu:?} (frame {} bytes); rfs-hit bucket {bt}: {lt:?}", udp.len());
+    assert_eq!(lu, BucketLoad { packets: 7, bytes: 7 * udp.len() as u64 });
+    assert_eq!(lt, BucketLoad::default(), "RFS hits are not counted in their bucket");
+    let all: u64 = (0..256).map(|b| bucket_load(&ebpf, b).packets).sum();
+    assert_eq!(all, 7);
+}
+
+#[test]
+fn a_moving_bucket_switches_only_after_an_idle_gap() {
+    require_root();
+    let cpus = cpus();
+    // 200 ms: far longer than the gaps between the back-to-back runs below.
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_move_idle_us(Some(200_000));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to_cpu(cpus[0] as usize);
+            let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
+            let (frame, t) = flow(3000, IPPROTO_UDP, 18);
+            let c = settings.choose(&t);
+            let to = cpus.iter().copied().find(|x| *x != c.cpu).unwrap();
+            set_move(&mut ebpf, c.bucket, c.cpu, to);
+            // The first packet after the mark never switches: it only stamps the time.
+            let d = run(&mut ebpf, &frame, 1);
+            assert_eq!(got(&d), Some(c.cpu), "first packet stays on the old CPU");
+            assert!(last_ns(&ebpf, c.bucket) > 0, "its time is stamped");
+            for _ in 0..20 {
+                let d = run(&mut ebpf, &frame, 3);
+                assert_eq!(got(&d), Some(c.cpu), "not idle: stays on CPU {}", c.cpu);
+            }
+            assert_eq!(indir(&ebpf, c.bucket), c.cpu | INDIR_MOVING, "still marked");
+            std::thread::sleep(Duration::from_millis(300));
+            let d = run(&mut ebpf, &frame, 1);
+            assert_eq!(got(&d), Some(to), "after an idle gap the bucket switched");
+            assert_eq!(indir(&ebpf, c.bucket), to, "the mark is gone, INDIR points at the new CPU");
+            let d = run(&mut ebpf, &frame, 10);
+            assert_eq!(got(&d), Some(to));
+        })
+        .join()
+        .unwrap()
+    });
+}
+
+#[test]
+fn the_balancer_moves_buckets_off_the_hot_cpu_once_they_are_idle() {
+    require_root();
+    let cpus: Vec<u32> = cpus().into_iter().take(2).collect();
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_move_idle_us(Some(20_000));
+    let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
+    // 8 flows in 8 buckets, all on the first CPU: max/mean 2.0.
+    let mut flows = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 1000..9000u16 {
+        let (f, t) = flow(port, IPPROTO_UDP, 18);
+        let c = settings.choose(&t);
+        if c.cpu == cpus[0] && seen.insert(c.bucket) {
+            flows.push((f, c.bucket));
+        }
+        if flows.len() == 8 {
+            break;
+        }
+    }
+    let maps = Maps::of(&ebpf).unwrap();
+    let s = Settings::new(Some(100), Some(1.10), Some(16)).unwrap();
+    let mut r = Rebalancer::new(maps, s);
+    r.step(&cpus).unwrap();
+    for (f, _) in &flows {
+        run(&mut ebpf, f, 1000);
+    }
+    r.step(&cpus).unwrap();
+    let st: RebalanceState = r.state();
+    println!("after the load: {st:?}; plan {:?}", r.last);
+    assert_eq!(st.imbalance_before_milli, 2000);
+    assert_eq!(st.imbalance_after_milli, 1000, "4 of 8 equal buckets planned to move");
+    assert_eq!((st.planned, st.pending, st.moves), (4, 4, 0));
+    let marked: Vec<u32> =
+        flows.iter().map(|(_, b)| *b).filter(|b| indir(&ebpf, *b) & INDIR_MOVING != 0).collect();
+    assert_eq!(marked.len(), 4);
+    // Traffic continues without a gap: the marked buckets stay where they are.
+    for (f, _) in &flows {
+        let d = run(&mut ebpf, f, 10);
+        assert_eq!(got(&d), Some(cpus[0]));
+    }
+    // Each flow pauses longer than --migrate-idle-us, then sends again: the marked ones switch.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut to_second = 0;
+    for (f, b) in &flows {
+        let d = run(&mut ebpf, f, 10);
+        let want = if marked.contains(b) { cpus[1] } else { cpus[0] };
+        assert_eq!(got(&d), Some(want), "bucket {b}");
+        to_second += (want == cpus[1]) as u32;
+    }
+    assert_eq!(to_second, 4);
+    r.step(&cpus).unwrap();
+    let st = r.state();
+    // The 4 switches are counted; anything pending now was planned in this step.
+    assert_eq!(st.moves, 4, "{st:?}");
+    assert_eq!(st.pending as u64, st.planned - 4, "{st:?}");
+    // The state is published for `steer stats`.
+    let published =
+        Array::<_, RebalanceState>::try_from(ebpf.map("REBALANCE").unwrap()).unwrap().get(&0, 0).unwrap();
+    assert_eq!(published, st);
+}
