@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, CpuMap, HashMap, LruHashMap, PerCpuArray},
 };
 use steer_common::{
-    BucketLoad, BucketMove, Counters, FlowEntry, FlowKey, GenConfig, RebalanceState, RfsCounters, SteerConfig,
-    ToeplitzTable,
+    BucketLoad, BucketMove, Counters, FlowEntry, FlowKey, GenConfig, RebalanceState, RfsCounters,
+    SteerConfig, ToeplitzTable,
 };
 
 /// Upper bound for CPU indices; the loader sets the real number of possible CPUs.

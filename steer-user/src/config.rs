@@ -104,7 +104,12 @@ impl HashSettings {
             table_mask: self.table_size - 1,
             symmetric: self.symmetric as u32,
             rfs: self.rfs.is_some() as u32,
-            migrate_idle_us: self.rfs.map(|r| r.migrate_idle_us).or(self.move_idle_us).unwrap_or(0),
+            // Moving buckets read it too: never 0 (which would switch them at once).
+            migrate_idle_us: self
+                .rfs
+                .map(|r| r.migrate_idle_us)
+                .or(self.move_idle_us)
+                .unwrap_or(crate::rfs::DEFAULT_MIGRATE_IDLE_US),
         }
     }
 

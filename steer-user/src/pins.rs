@@ -40,8 +40,12 @@ pub const CPUMAP_DROPS: &str = "cpumap_drops";
 /// RFS (`--mode rfs` only): the flow table and its counters.
 pub const FLOWS: &str = "flows";
 pub const RFS_STATS: &str = "rfs_stats";
+/// Packets and bytes per bucket, and what `--rebalance` did.
+pub const BUCKETS: &str = "buckets";
+pub const REBALANCE: &str = "rebalance";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 9] = [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS];
+pub const ALL: [&str; 11] =
+    [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS, BUCKETS, REBALANCE];
 /// Where a foreign XDP program taken off by `--replace` waits to go back.
 pub const REPLACED: &str = "replaced_prog";
 

@@ -32,15 +32,9 @@ fn cpus() -> Vec<u32> {
 
 /// UDP or TCP 198.18.0.1:port -> 198.18.0.2:9 with `payload` bytes: frame and tuple.
 fn flow(port: u16, proto: u8, payload: usize) -> (Vec<u8>, Tuple) {
-    let t = Tuple::new(
-        "198.18.0.1".parse().unwrap(),
-        port,
-        "198.18.0.2".parse().unwrap(),
-        9,
-        proto,
-    )
-    .unwrap();
-    let f = Frame::eth([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]).ipv4("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+    let t = Tuple::new("198.18.0.1".parse().unwrap(), port, "198.18.0.2".parse().unwrap(), 9, proto).unwrap();
+    let f = Frame::eth([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
     let f = if proto == IPPROTO_TCP { f.tcp(port, 9) } else { f.udp(port, 9) };
     (f.payload(payload).build(), t)
 }
@@ -54,7 +48,8 @@ fn run(ebpf: &mut Ebpf, frame: &[u8], repeat: u32) -> Snapshot {
 
 /// The one CPU the frames of a run were steered to.
 fn got(d: &Snapshot) -> Option<u32> {
-    let v: Vec<u32> = d.steered_in.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, _)| c as u32).collect();
+    let v: Vec<u32> =
+        d.steered_in.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, _)| c as u32).collect();
     match v[..] {
         [c] => Some(c),
         _ => None,
@@ -78,7 +73,10 @@ fn set_move(ebpf: &mut Ebpf, b: u32, from: u32, to: u32) {
         .unwrap()
         .set(b, BucketMove { want: to, _pad: 0, last_ns: 0 }, 0)
         .unwrap();
-    Array::<_, u32>::try_from(ebpf.map_mut("INDIR").unwrap()).unwrap().set(b, from | INDIR_MOVING, 0).unwrap();
+    Array::<_, u32>::try_from(ebpf.map_mut("INDIR").unwrap())
+        .unwrap()
+        .set(b, from | INDIR_MOVING, 0)
+        .unwrap();
 }
 
 fn last_ns(ebpf: &Ebpf, b: u32) -> u64 {

@@ -198,8 +198,13 @@ impl Generator {
         let ifindex = topo.tx_ifindex;
         let handle = topo.tx_ns.spawn(move || -> Result<()> {
             pin_to_cpu(s.irq_cpu);
-            let cfg =
-                GenConfig { flows: s.flows, base_port: s.base_port as u32, sport_offset, gap_ns: 0, sched_len: 0 };
+            let cfg = GenConfig {
+                flows: s.flows,
+                base_port: s.base_port as u32,
+                sport_offset,
+                gap_ns: 0,
+                sched_len: 0,
+            };
             let sched = s.skew.schedule(s.flows).unwrap_or_default();
             let mut ebpf = match loader::generator_with(cfg, &sched) {
                 Ok(e) => e,

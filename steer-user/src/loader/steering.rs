@@ -40,7 +40,7 @@ fn attach_hint(e: &ProgramError, driver: &str, opts: &RunOptions) -> String {
 }
 
 /// Object map name -> pin name, for the maps every run pins.
-const PINNED_MAPS: [(&str, &str); 7] = [
+const PINNED_MAPS: [(&str, &str); 9] = [
     (map::STATS, pins::STATS),
     (map::TARGETS, pins::TARGETS),
     (map::CONFIG, pins::CONFIG),
@@ -48,6 +48,8 @@ const PINNED_MAPS: [(&str, &str); 7] = [
     (map::CPUS, pins::CPUS),
     (map::FLOWS, pins::FLOWS),
     (map::RFS_STATS, pins::RFS_STATS),
+    (map::BUCKETS, pins::BUCKETS),
+    (map::REBALANCE, pins::REBALANCE),
 ];
 
 /// Attach mode actually in use.

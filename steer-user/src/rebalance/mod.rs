@@ -140,9 +140,11 @@ impl Maps {
         Ok(Self {
             config: Array::try_from(Map::Array(dup(ebpf, map::CONFIG)?)).map_err(Error::ebpf)?,
             indir: Array::try_from(Map::Array(dup(ebpf, map::INDIR)?)).map_err(Error::ebpf)?,
-            buckets: PerCpuArray::try_from(Map::PerCpuArray(dup(ebpf, map::BUCKETS)?)).map_err(Error::ebpf)?,
+            buckets: PerCpuArray::try_from(Map::PerCpuArray(dup(ebpf, map::BUCKETS)?))
+                .map_err(Error::ebpf)?,
             moves: Array::try_from(Map::Array(dup(ebpf, map::MOVES)?)).map_err(Error::ebpf)?,
-            targets: PerCpuArray::try_from(Map::PerCpuArray(dup(ebpf, map::TARGETS)?)).map_err(Error::ebpf)?,
+            targets: PerCpuArray::try_from(Map::PerCpuArray(dup(ebpf, map::TARGETS)?))
+                .map_err(Error::ebpf)?,
             state: Array::try_from(Map::Array(dup(ebpf, map::REBALANCE)?)).map_err(Error::ebpf)?,
         })
     }
@@ -241,10 +243,13 @@ impl Rebalancer {
             .iter()
             .map(|c| {
                 let i = *c as usize;
-                let steered = cur.targets.get(i).copied().unwrap_or(0).saturating_sub(
-                    prev.targets.get(i).copied().unwrap_or(0),
-                ) as f64
-                    / secs;
+                let steered =
+                    cur.targets
+                        .get(i)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(prev.targets.get(i).copied().unwrap_or(0)) as f64
+                        / secs;
                 (*c, (steered - by_cpu.get(c).copied().unwrap_or(0.0)).max(0.0))
             })
             .collect();

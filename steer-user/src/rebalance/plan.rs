@@ -107,7 +107,9 @@ pub fn plan(cpus: &[u32], buckets: &[Bucket], fixed: &BTreeMap<u32, f64>, p: &Pa
         let best = buckets
             .iter()
             .enumerate()
-            .filter(|(i, b)| !moved[*i] && b.pending.is_none() && b.cpu == src && b.load > 0.0 && b.load < gap)
+            .filter(|(i, b)| {
+                !moved[*i] && b.pending.is_none() && b.cpu == src && b.load > 0.0 && b.load < gap
+            })
             .min_by(|(_, a), (_, b)| (a.load - gap / 2.0).abs().total_cmp(&(b.load - gap / 2.0).abs()));
         let Some((i, b)) = best else { break };
         moved[i] = true;
