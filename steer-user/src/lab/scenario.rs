@@ -37,6 +37,8 @@ pub enum Kind {
     SteerRss,
     /// steer with socket-tracking RFS (`--mode rfs`).
     SteerRfs,
+    /// steer's RSS-style hash with `--rebalance` (default settings).
+    SteerRebalance,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -100,6 +102,8 @@ impl Bench {
 /// What a scenario keeps in place while it is measured.
 pub struct Active {
     pub scenario: Scenario,
+    /// `--rebalance`'s balancer, on its own thread (dropped first: it holds map fds).
+    rebalance: Option<crate::rebalance::Running>,
     xdp: Option<Ebpf>,
     rps: Option<KernelRps>,
 }
@@ -157,20 +161,48 @@ impl Active {
                         .with_rfs(Some(rfs));
                 (attach(topo, Some(h), q)?, None)
             }
+            Kind::SteerRebalance => {
+                let h =
+                    HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
+                        .with_move_idle_us(Some(crate::rfs::DEFAULT_MIGRATE_IDLE_US));
+                let xdp = attach(topo, Some(h), q)?;
+                let maps = crate::rebalance::Maps::of(&xdp)?;
+                let running = crate::rebalance::Running::spawn(
+                    maps,
+                    crate::rebalance::Settings::default(),
+                    sc.cpus.clone(),
+                );
+                return Ok(Some(Self {
+                    scenario: sc.clone(),
+                    rebalance: Some(running),
+                    xdp: Some(xdp),
+                    rps: None,
+                }));
+            }
         };
-        Ok(Some(Self { scenario: sc.clone(), xdp: Some(xdp), rps }))
+        Ok(Some(Self { scenario: sc.clone(), rebalance: None, xdp: Some(xdp), rps }))
+    }
+
+    /// What `--rebalance` did so far (the state its balancer publishes).
+    pub fn rebalance_state(&self) -> Option<steer_common::RebalanceState> {
+        self.rebalance.as_ref()?;
+        let m = self.xdp.as_ref()?.map(steer_common::names::map::REBALANCE)?;
+        aya::maps::Array::<_, steer_common::RebalanceState>::try_from(m).ok()?.get(&0, 0).ok()
     }
 
     /// steer's counters, for the steering scenarios.
     pub fn snapshot(&self) -> Option<Snapshot> {
         match (self.scenario.kind, &self.xdp) {
-            (Kind::SteerRss | Kind::SteerRfs, Some(e)) => loader::snapshot(e).ok(),
+            (Kind::SteerRss | Kind::SteerRfs | Kind::SteerRebalance, Some(e)) => loader::snapshot(e).ok(),
             _ => None,
         }
     }
 
     /// Detaches and restores what the scenario changed.
     pub fn teardown(mut self, topo: &Topology) -> Result<()> {
+        if let Some(r) = self.rebalance.take() {
+            r.stop()?;
+        }
         self.xdp.take();
         match self.rps.take() {
             Some(r) => r.restore(topo),
