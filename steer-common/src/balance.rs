@@ -72,3 +72,16 @@ pub struct RebalanceState {
 pub fn may_switch(last_ns: u64, now: u64, idle_ns: u64) -> bool {
     last_ns != 0 && now.saturating_sub(last_ns) > idle_ns
 }
+
+#[cfg(test)]
+mod tests {
+    use super::may_switch;
+
+    #[test]
+    fn a_bucket_switches_only_after_a_gap_longer_than_the_idle_time() {
+        assert!(!may_switch(0, 10_000_000, 500_000), "no packet stamped since the mark: stay");
+        assert!(!may_switch(1_000, 1_000 + 500_000, 500_000), "exactly the idle time: stay");
+        assert!(may_switch(1_000, 1_000 + 500_001, 500_000));
+        assert!(!may_switch(2_000, 1_000, 500_000), "a stamp from another CPU's later clock read");
+    }
+}
