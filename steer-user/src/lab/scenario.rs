@@ -375,6 +375,32 @@ pub struct Cost {
     pub floor_ns: f64,
     /// steer fast / the floor.
     pub fast_vs_floor: f64,
+    /// steer fast on a frame whose bucket `--rebalance` is moving (not idle
+    /// yet): the clock read and the idle check every packet of such a bucket pays.
+    pub moving_ns: f64,
+}
+
+/// steer fast with `frame`'s bucket marked moving to another CPU; the idle
+/// time (1 s) keeps it moving for the whole measurement.
+fn moving_case(online: &[u32], frame_tuple: &steer_common::Tuple) -> Result<Ebpf> {
+    let s = HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, online.to_vec())?
+        .with_move_idle_us(Some(1_000_000));
+    let mut e = loader::load(&s, DEFAULT_QSIZE)?;
+    let c = s.choose(frame_tuple);
+    let to = online.iter().copied().find(|x| *x != c.cpu).unwrap_or(c.cpu);
+    let mv = steer_common::BucketMove { want: to, _pad: 0, last_ns: 0 };
+    aya::maps::Array::<_, steer_common::BucketMove>::try_from(loader::map_mut(
+        &mut e,
+        steer_common::names::map::MOVES,
+    )?)
+    .map_err(crate::Error::ebpf)?
+    .set(c.bucket, mv, 0)
+    .map_err(crate::Error::ebpf)?;
+    aya::maps::Array::<_, u32>::try_from(loader::map_mut(&mut e, steer_common::names::map::INDIR)?)
+        .map_err(crate::Error::ebpf)?
+        .set(c.bucket, c.cpu | steer_common::INDIR_MOVING, 0)
+        .map_err(crate::Error::ebpf)?;
+    Ok(e)
 }
 
 /// A TCP frame between the lab's addresses and an RFS-enabled steer, with the
@@ -430,7 +456,16 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
     let (mut hit, _) = rfs_case(&online, true)?;
     let mut floor = load(HashArg::Fast)?;
     loader::program(&mut floor, loader::FLOOR_PROG)?.load().map_err(crate::Error::ebpf)?;
-    let mut runs: [Vec<f64>; 6] = Default::default();
+    let udp = steer_common::Tuple::new(
+        std::net::Ipv4Addr::new(198, 18, 0, 1).into(),
+        10000,
+        std::net::Ipv4Addr::new(198, 18, 0, 2).into(),
+        9000,
+        steer_common::tuple::IPPROTO_UDP,
+    )
+    .ok_or_else(|| LabError::Msg("tuple".into()))?;
+    let mut moving = moving_case(&online, &udp)?;
+    let mut runs: [Vec<f64>; 7] = Default::default();
     for _ in 0..rounds {
         for (i, (e, name, f)) in [
             (&mut pass, loader::PASS_PROG, &frame),
@@ -439,6 +474,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
             (&mut miss, loader::STEER_PROG, &tcp),
             (&mut hit, loader::STEER_PROG, &tcp),
             (&mut floor, loader::FLOOR_PROG, &frame),
+            (&mut moving, loader::STEER_PROG, &frame),
         ]
         .into_iter()
         .enumerate()
@@ -468,5 +504,6 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         rfs_hit_ns: min(&runs[4]),
         floor_ns: min(&runs[5]),
         fast_vs_floor: f / min(&runs[5]).max(1e-9),
+        moving_ns: min(&runs[6]),
     })
 }
