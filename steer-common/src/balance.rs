@@ -6,10 +6,19 @@
 //! then sets [`INDIR_MOVING`] on the bucket's INDIR entry; the XDP program, for
 //! a bucket with that bit, keeps sending it to the old CPU and stamps the time
 //! of each packet, and switches INDIR to the target only on a packet that
-//! follows a gap longer than `--migrate-idle-us` ([`may_switch`]). The idle
-//! check is done where packet times are known, so a packet that arrives while
-//! userspace decides cannot slip between a check and the switch, and buckets
-//! that are not moving pay no clock read.
+//! follows a gap longer than `--migrate-idle-us` ([`may_switch`]) and once the
+//! old CPU's queue has been drained past the bucket's last packet ([`drained`]).
+//! The checks are done where packet times are known, so a packet that arrives
+//! while userspace decides cannot slip between a check and the switch, and
+//! buckets that are not moving pay no clock read.
+//!
+//! The idle time alone is not enough: measured in the lab, the old CPU's
+//! cpumap kthread, sharing its CPU with busy readers, held a moved TCP
+//! bucket's last packets for more than 2 ms at times, and packets sent to the
+//! new CPU overtook them. So the XDP program also compares how many frames the
+//! old CPU's queue has taken in and given out (counted by the cpumap
+//! tracepoints), as the kernel's RFS compares a backlog's head with a flow's
+//! last tail.
 
 /// Set on an INDIR entry whose bucket is moving: the low bits are still the
 /// CPU its packets go to, the target is in the bucket's [`BucketMove`].
@@ -36,6 +45,21 @@ pub struct BucketMove {
     /// bpf_ktime_get_ns of the bucket's last packet since the move was asked
     /// for; 0 until the first one (which never switches).
     pub last_ns: u64,
+    /// A count of frames taken out of the old CPU's queue by which the
+    /// bucket's last packet queued there has left it (0: none queued).
+    pub tail: u64,
+}
+
+/// Frames another CPU may add to a queue between a packet's redirect and
+/// the flush that puts it in (cpumap bulks of 8, several receiving CPUs).
+pub const TAIL_SLACK: u64 = 64;
+
+/// Whether nothing of a moving bucket can still be in the old CPU's queue:
+/// the queue has given out `taken` frames of the `put` it took in, and the
+/// bucket's last packet there had left once `tail` were given out.
+#[inline(always)]
+pub fn drained(tail: u64, put: u64, taken: u64) -> bool {
+    taken >= tail || taken >= put
 }
 
 /// What the balancer of a run last did, written by `steer run --rebalance`
@@ -83,5 +107,14 @@ mod tests {
         assert!(!may_switch(1_000, 1_000 + 500_000, 500_000), "exactly the idle time: stay");
         assert!(may_switch(1_000, 1_000 + 500_001, 500_000));
         assert!(!may_switch(2_000, 1_000, 500_000), "a stamp from another CPU's later clock read");
+    }
+
+    #[test]
+    fn a_bucket_switches_only_once_the_old_queue_gave_out_its_last_packet() {
+        use super::drained;
+        assert!(!drained(164, 200, 163), "the last packet may still be queued");
+        assert!(drained(164, 200, 164));
+        assert!(drained(164, 120, 120), "an empty queue holds nothing");
+        assert!(drained(0, 0, 0), "nothing queued (counters off: the idle time decides)");
     }
 }

@@ -24,7 +24,8 @@ pub mod map {
     pub const MOVES: &str = "MOVES";
     pub const REBALANCE: &str = "REBALANCE";
     pub const GEN_SCHED: &str = "GEN_SCHED";
-    pub const ALL: [&str; 19] = [
+    pub const RING: &str = "RING";
+    pub const ALL: [&str; 20] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -44,6 +45,7 @@ pub mod map {
         MOVES,
         REBALANCE,
         GEN_SCHED,
+        RING,
     ];
 }
 

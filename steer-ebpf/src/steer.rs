@@ -10,6 +10,7 @@ use aya_ebpf::{
 use steer_common::{balance, hash, Counters, HashKind, PassReason, SteerConfig, Tuple, INDIR_MOVING};
 
 use crate::{
+    cpumap_trace,
     maps::{BUCKETS, CONFIG, CPUS, INDIR, MOVES, STATS, TARGETS, TOEPLITZ},
     parse::parse,
 };
@@ -74,7 +75,8 @@ pub fn rss_cpu(cfg: &SteerConfig, tuple: &Tuple, len: u64) -> Option<u32> {
 }
 
 /// A bucket the balancer is moving (balance.rs): it stays on `old` until one
-/// of its packets follows a gap longer than `--migrate-idle-us`, then INDIR
+/// of its packets follows a gap longer than `--migrate-idle-us` and finds the
+/// old CPU's queue drained past the bucket's last packet there; then INDIR
 /// points at the target for good. Only moving buckets read the clock.
 #[inline(never)]
 fn moving(cfg: &SteerConfig, bucket: u32, old: u32) -> u32 {
@@ -83,7 +85,10 @@ fn moving(cfg: &SteerConfig, bucket: u32, old: u32) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map value; each field is an aligned word, so racing writers store whole values.
     let m = unsafe { &mut *m };
-    if balance::may_switch(m.last_ns, now, cfg.migrate_idle_us as u64 * 1000) {
+    let (put, taken) = cpumap_trace::ring(old);
+    if balance::may_switch(m.last_ns, now, cfg.migrate_idle_us as u64 * 1000)
+        && balance::drained(m.tail, put, taken)
+    {
         let want = m.want;
         if let Some(e) = INDIR.get_ptr_mut(bucket) {
             // SAFETY: an aligned u32 of an array map; the balancer writes a moving entry never.
@@ -92,6 +97,11 @@ fn moving(cfg: &SteerConfig, bucket: u32, old: u32) -> u32 {
         return want;
     }
     m.last_ns = now;
+    // SAFETY: no preconditions.
+    if old != unsafe { bpf_get_smp_processor_id() } {
+        // Queued on the old CPU (not passed in place): the switch waits until the queue moved past it.
+        m.tail = put + balance::TAIL_SLACK;
+    }
     old
 }
 

@@ -115,7 +115,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub flow_entries: Option<u32>,
     /// RFS: move a flow to its reader's new CPU only after this many microseconds
-    /// without a packet, so no packet overtakes another. [default: 500]
+    /// without a packet, so no packet overtakes another; --rebalance: the same for a bucket
+    /// (which also waits for the old CPU's queue to drain past it). [default: 500]
     #[arg(long)]
     pub migrate_idle_us: Option<u32>,
     /// Move indirection-table buckets from the busiest CPUs to the idlest by measured load,
@@ -324,7 +325,7 @@ impl RunArgs {
                     true => Some(
                         RfsSettings::new(
                             steer_common::flow::DEFAULT_FLOW_ENTRIES,
-                            self.migrate_idle_us.unwrap_or(crate::rfs::DEFAULT_MIGRATE_IDLE_US),
+                            self.migrate_idle_us.unwrap_or(rebalance::DEFAULT_MOVE_IDLE_US),
                         )?
                         .migrate_idle_us,
                     ),

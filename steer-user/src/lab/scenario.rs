@@ -164,8 +164,10 @@ impl Active {
             Kind::SteerRebalance => {
                 let h =
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
-                        .with_move_idle_us(Some(crate::rfs::DEFAULT_MIGRATE_IDLE_US));
-                let xdp = attach(topo, Some(h), q)?;
+                        .with_move_idle_us(Some(crate::rebalance::DEFAULT_MOVE_IDLE_US));
+                let mut xdp = attach(topo, Some(h), q)?;
+                // The queue counters the move gate reads, as `steer run` has them.
+                crate::stats::cpumap::attach(&mut xdp)?;
                 let maps = crate::rebalance::Maps::of(&xdp)?;
                 let running = crate::rebalance::Running::spawn(
                     maps,
@@ -181,6 +183,11 @@ impl Active {
             }
         };
         Ok(Some(Self { scenario: sc.clone(), rebalance: None, xdp: Some(xdp), rps }))
+    }
+
+    /// The loaded steer program, for tests that set its maps up (None without one).
+    pub fn xdp_mut(&mut self) -> Option<&mut Ebpf> {
+        self.xdp.as_mut()
     }
 
     /// What `--rebalance` did so far (the state its balancer publishes).
@@ -388,7 +395,7 @@ fn moving_case(online: &[u32], frame_tuple: &steer_common::Tuple) -> Result<Ebpf
     let mut e = loader::load(&s, DEFAULT_QSIZE)?;
     let c = s.choose(frame_tuple);
     let to = online.iter().copied().find(|x| *x != c.cpu).unwrap_or(c.cpu);
-    let mv = steer_common::BucketMove { want: to, _pad: 0, last_ns: 0 };
+    let mv = steer_common::BucketMove { want: to, _pad: 0, last_ns: 0, tail: 0 };
     aya::maps::Array::<_, steer_common::BucketMove>::try_from(loader::map_mut(
         &mut e,
         steer_common::names::map::MOVES,

@@ -38,6 +38,14 @@ use steer_common::{names::map, BucketLoad, BucketMove, RebalanceState, SteerConf
 use crate::error::{Error, Result};
 pub use plan::{Bucket, Move, Params, Plan};
 
+/// Default idle time before a bucket moves (`--migrate-idle-us`), as for RFS
+/// moves. With it the XDP program also waits for the old CPU's queue to give
+/// out the bucket's last packet (steer-common's balance.rs): measured in the
+/// lab (tests/tests/rebalance.rs), the idle time alone let moved TCP buckets
+/// be reordered (1-177 out-of-order segments for 4-7 moves with 500 us, and
+/// at times with 2 ms) while the old CPU's cpumap kthread shared its CPU with
+/// busy readers; with the queue check, none in 4 runs.
+pub const DEFAULT_MOVE_IDLE_US: u32 = 500;
 /// Default `--rebalance-interval`, milliseconds.
 pub const DEFAULT_INTERVAL_MS: u32 = 100;
 /// Bounds of `--rebalance-interval`, milliseconds.
@@ -258,7 +266,7 @@ impl Rebalancer {
             // The target first, then the mark: the program reads MOVES only for a marked bucket.
             self.maps
                 .moves
-                .set(m.bucket, BucketMove { want: m.to, _pad: 0, last_ns: 0 }, 0)
+                .set(m.bucket, BucketMove { want: m.to, _pad: 0, last_ns: 0, tail: 0 }, 0)
                 .map_err(Error::ebpf)?;
             self.maps.indir.set(m.bucket, m.from | INDIR_MOVING, 0).map_err(Error::ebpf)?;
             self.pending.insert(m.bucket, Pending { from: m.from, to: m.to, age: 0, cancelling: false });
@@ -304,7 +312,7 @@ impl Rebalancer {
                         // it switches to whichever target it reads, both idle-gated.
                         self.maps
                             .moves
-                            .set(*b, BucketMove { want: p.from, _pad: 0, last_ns: 0 }, 0)
+                            .set(*b, BucketMove { want: p.from, _pad: 0, last_ns: 0, tail: 0 }, 0)
                             .map_err(Error::ebpf)?;
                         p.cancelling = true;
                     }
