@@ -501,3 +501,124 @@ fn tcp_flows_are_not_reordered_while_their_buckets_move() {
     // The control is printed, not asserted: it reorders only when a move catches packets in flight.
     assert!(gated.ofo <= 20, "moves through the gate reordered: {gated:?} (control {ungated:?})");
 }
+
+/// UDP from the lab's tx namespace: one heavy source port sending `heavy`
+/// datagrams per round and 63 light ones sending one, a 2 ms pause per round
+/// (so buckets go idle), until stopped.
+fn skewed_udp(
+    lab: &steer_tests::Lab,
+    heavy: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let (tx_ns, rx_ip) = (lab.tx_ns.clone(), lab.rx_ip);
+    std::thread::spawn(move || {
+        steer_tests::in_ns(&tx_ns, move || {
+            let socks: Vec<std::net::UdpSocket> =
+                (0..64).map(|_| std::net::UdpSocket::bind("0.0.0.0:0").unwrap()).collect();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, s) in socks.iter().enumerate() {
+                    for _ in 0..if i == 0 { heavy } else { 1 } {
+                        sent += s.send_to(b"steer-rebalance-test", (rx_ip, 9)).is_ok() as u64;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sent
+        })
+        .unwrap()
+    })
+}
+
+/// `steer run --config` with rebalance off, then on by SIGHUP: `steer stats`
+/// (JSON and table) shows the hottest buckets, then the moves and the
+/// imbalance falling; `--metrics` exports the same.
+#[test]
+fn steer_run_rebalances_after_sighup_and_stats_and_metrics_show_it() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    require_root();
+    let cpus = cpus();
+    let lab = steer_tests::Lab::new().unwrap();
+    let dir = std::env::temp_dir().join(format!("steer-test-{}", lab.rx_if));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("steer.toml");
+    let addr = format!("127.0.0.1:{}", 20000 + (std::process::id() % 20000) as u16 + 1);
+    let base = format!(
+        "iface = \"{}\"\nxdp-mode = \"skb\"\nquiet = true\nmetrics = \"{addr}\"\ncpus = \"{}-{}\"\n",
+        lab.rx_if, cpus[0], cpus[1]
+    );
+    std::fs::write(&cfg, format!("{base}rebalance = false\n")).unwrap();
+    let child = lab
+        .steer(&["run", "--config", &cfg.to_string_lossy()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = steer_tests::SteerRun { child, iface: lab.rx_if.clone() };
+    let link = lab.run_id(&lab.rx_if).unwrap().pin_dir().join("link");
+    let t0 = std::time::Instant::now();
+    while !link.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "steer run --config did not attach");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = |interval: &str, json: bool| -> String {
+        let mut args = vec!["stats", "--iface", &lab.rx_if, "--once", "--interval", interval];
+        if json {
+            args.push("--json");
+        }
+        let out = lab.steer(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json =
+        |interval: &str| -> serde_json::Value { serde_json::from_str(stats(interval, true).trim()).unwrap() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = skewed_udp(&lab, 63, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let off = json("0.5");
+    let b = &off["buckets"];
+    println!("rebalance off: imbalance {} buckets {b}", off["imbalance"]);
+    assert_eq!(b["rebalancing"], false, "{b}");
+    assert!(b["unsplittable_bucket"].is_null() && b["moves_total"] == 0, "{b}");
+    let top = &b["hottest"][0];
+    assert!(top["share"].as_f64().unwrap() > 0.4, "the heavy flow's bucket leads: {b}");
+    assert!(top["pps"].as_f64().unwrap() > 1000.0 && top["cpu"].is_u64() && top["bucket"].is_u64(), "{b}");
+    let static_imbalance = off["imbalance"].as_f64().unwrap();
+
+    // On by SIGHUP, with a shorter interval.
+    std::fs::write(&cfg, format!("{base}rebalance = true\nrebalance-interval = 50\n")).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_secs(3));
+    let on = json("0.5");
+    let b = &on["buckets"];
+    println!("rebalance on: imbalance {} buckets {b}", on["imbalance"]);
+    assert_eq!(b["rebalancing"], true, "{b}");
+    let moves = b["moves_total"].as_u64().unwrap();
+    let imbalance = on["imbalance"].as_f64().unwrap();
+    if static_imbalance > 1.2 {
+        assert!(moves > 0, "static max/mean {static_imbalance}, no move: {b}");
+        assert!(imbalance < static_imbalance && imbalance <= 1.2, "{static_imbalance} -> {imbalance}: {b}");
+    }
+    assert!(b["imbalance_before"].is_number() && b["imbalance_after"].is_number(), "{b}");
+    let table = stats("0.3", false);
+    assert!(table.contains("hottest buckets: ") && table.contains("rebalance: "), "{table}");
+    let body = steer_tests::in_ns(&lab.rx_ns, {
+        let url = format!("http://{addr}/metrics");
+        move || ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap()
+    })
+    .unwrap();
+    let done = body
+        .lines()
+        .find(|l| l.starts_with("steer_bucket_moves_total{") && l.contains("outcome=\"done\""))
+        .unwrap_or_else(|| panic!("no steer_bucket_moves_total:\n{body}"));
+    let n: f64 = done.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= moves as f64, "{done} vs json {moves}");
+    assert!(body.contains("steer_rebalance_imbalance{when=\"before\"}"), "{body}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(traffic.join().unwrap() > 1000);
+    let (ok, err) = run.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "{err}");
+    assert!(err.contains("rebalancing every 50 ms"), "{err}");
+}

@@ -125,7 +125,7 @@ impl BucketReport {
             imbalance_before: ratio(s.imbalance_before_milli),
             imbalance_after: ratio(s.imbalance_after_milli),
             unsplittable: s.unsplittable,
-            unsplittable_bucket: (s.unsplittable_bucket != u32::MAX).then_some(s.unsplittable_bucket),
+            unsplittable_bucket: (s.unsplittable > 0).then_some(s.unsplittable_bucket),
         }
     }
 }
@@ -163,8 +163,12 @@ mod tests {
             (r.imbalance_before, r.imbalance_after, r.unsplittable_bucket),
             (Some(1.5), Some(1.02), None)
         );
-        now.state = RebalanceState { unsplittable_bucket: u32::MAX, ..Default::default() };
+        // Never written (no --rebalance): a zeroed state names no bucket.
+        now.state = RebalanceState::default();
         let r = BucketReport::new(&before, &now, 2.0);
-        assert!(!r.rebalancing && r.imbalance_before.is_none());
+        assert!(!r.rebalancing && r.imbalance_before.is_none() && r.unsplittable_bucket.is_none());
+        now.state =
+            RebalanceState { intervals: 1, unsplittable: 1, unsplittable_bucket: 0, ..Default::default() };
+        assert_eq!(BucketReport::new(&before, &now, 2.0).unsplittable_bucket, Some(0));
     }
 }
