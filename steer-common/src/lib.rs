@@ -6,6 +6,7 @@
 //! in-kernel fixtures call the very same functions the XDP program runs.
 #![no_std]
 
+pub mod balance;
 pub mod flow;
 pub mod hash;
 pub mod maps;
@@ -13,6 +14,7 @@ pub mod names;
 pub mod tunnel;
 pub mod tuple;
 
+pub use balance::{BucketLoad, BucketMove, RebalanceState, INDIR_MOVING};
 pub use flow::{FlowEntry, FlowKey, RfsCounters, SockOffsets};
 pub use hash::{HashKind, ToeplitzTable, MS_RSS_KEY};
 pub use maps::{Counters, GenConfig, PassReason, SteerConfig};

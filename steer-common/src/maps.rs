@@ -129,6 +129,10 @@ pub struct GenConfig {
     /// paces itself: a frame that is not due yet is dropped unsent, so the
     /// frames that leave are evenly spaced instead of bursts per call.
     pub gap_ns: u32,
+    /// 0: the source port cycles over the flows. Otherwise the frame with
+    /// sequence number n is flow `GEN_SCHED[n % sched_len]`: a schedule the lab
+    /// fills with skewed shares (one heavy flow, Zipf).
+    pub sched_len: u32,
 }
 
 #[cfg(feature = "user")]
@@ -143,4 +147,7 @@ mod pod {
     unsafe impl aya::Pod for crate::flow::FlowEntry {}
     unsafe impl aya::Pod for crate::flow::RfsCounters {}
     unsafe impl aya::Pod for crate::flow::SockOffsets {}
+    unsafe impl aya::Pod for crate::balance::BucketLoad {}
+    unsafe impl aya::Pod for crate::balance::BucketMove {}
+    unsafe impl aya::Pod for crate::balance::RebalanceState {}
 }

@@ -24,7 +24,12 @@ pub mod map {
     pub const TUNNEL_AT: &str = "TUNNEL_AT";
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     pub const RFS_EXPIRED: &str = "RFS_EXPIRED";
-    pub const ALL: [&str; 19] = [
+    pub const BUCKETS: &str = "BUCKETS";
+    pub const MOVES: &str = "MOVES";
+    pub const REBALANCE: &str = "REBALANCE";
+    pub const GEN_SCHED: &str = "GEN_SCHED";
+    pub const RING: &str = "RING";
+    pub const ALL: [&str; 24] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -44,6 +49,11 @@ pub mod map {
         TUNNEL_AT,
         SOCK_OFFSETS,
         RFS_EXPIRED,
+        BUCKETS,
+        MOVES,
+        REBALANCE,
+        GEN_SCHED,
+        RING,
     ];
 }
 

@@ -3,6 +3,10 @@
 //! place where steering itself can lose packets, so it must be counted.
 //! The tracepoints are global: only events of steer's own CPUMAP (its map id,
 //! written by the loader) are counted.
+//!
+//! They also count how far each CPU's queue has been filled and drained
+//! ([`RING`]), so that a bucket `--rebalance` moves can wait until its last
+//! packet has left the old CPU's queue (steer.rs).
 
 use aya_ebpf::{
     macros::map,
@@ -22,12 +26,45 @@ pub static CPUMAP_ID: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static CPUMAP_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
 
+/// `[2 * cpu]`: frames ever put into `cpu`'s queue (enqueue: processed - drops);
+/// `[2 * cpu + 1]`: frames `cpu`'s kthread ever took out of it. Shared, not per
+/// CPU: the XDP program compares them across CPUs.
+#[map]
+pub static RING: Array<u64> = Array::with_max_entries(DROP_SLOTS, 0);
+
+/// Adds `n` to `RING[slot]`; several CPUs may enqueue to one queue at once.
+#[inline(always)]
+fn ring_add(slot: u32, n: u64) {
+    if let Some(p) = RING.get_ptr_mut(slot) {
+        // The bpfel target has no AtomicU64::fetch_add; the intrinsic lowers to BPF_ATOMIC add.
+        // SAFETY: an aligned u64 of an array map.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, n)
+        };
+    }
+}
+
+/// Frames put into and taken out of `cpu`'s queue so far.
+#[inline(always)]
+pub fn ring(cpu: u32) -> (u64, u64) {
+    let at = |slot: u32| match RING.get_ptr(slot) {
+        // SAFETY: an aligned u64 of an array map, read whole.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    };
+    let i = cpu.wrapping_mul(2);
+    // Taken out first: a later read of "put in" can only be larger, so the comparison errs on waiting.
+    let out = at(i.wrapping_add(1));
+    (at(i), out)
+}
+
 // Offsets from /sys/kernel/tracing/events/xdp/xdp_cpumap_{enqueue,kthread}/format
 // (stable across 5.x/6.x): map_id at 8, cpu at 16, drops at 20, to_cpu at 28.
 const MAP_ID: usize = 8;
 const CPU: usize = 16;
 const DROPS: usize = 20;
 const TO_CPU: usize = 28;
+const PROCESSED: usize = 24;
 
 #[inline(always)]
 fn count(ctx: &TracePointContext, cpu_field: usize, slot: u32) -> u32 {
@@ -39,7 +76,17 @@ fn count(ctx: &TracePointContext, cpu_field: usize, slot: u32) -> u32 {
     else {
         return 0;
     };
-    if drops == 0 || CPUMAP_ID.get(0).copied().unwrap_or(0) != id {
+    if CPUMAP_ID.get(0).copied().unwrap_or(0) != id {
+        return 0;
+    }
+    // SAFETY: as above.
+    let processed = unsafe { ctx.read_at::<u32>(PROCESSED) }.unwrap_or(0);
+    // enqueue: processed counts the dropped frames too; kthread: its drops are frames it took out.
+    let moved = if slot == 0 { processed.saturating_sub(drops) } else { processed };
+    if moved != 0 {
+        ring_add(cpu.wrapping_mul(2).wrapping_add(slot), moved as u64);
+    }
+    if drops == 0 {
         return 0;
     }
     if let Some(n) = CPUMAP_DROPS.get_ptr_mut(cpu.wrapping_mul(2).wrapping_add(slot)) {

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 
-use crate::maps::{GEN_CONFIG, GEN_NEXT, GEN_SEQ};
+use crate::maps::{GEN_CONFIG, GEN_NEXT, GEN_SCHED, GEN_SEQ};
 
 /// Late by more than this, the schedule restarts from now instead of catching
 /// up with a burst (e.g. after the setup of the next test-run call).
@@ -48,8 +48,13 @@ pub fn generate(ctx: &XdpContext) -> u32 {
     if start + off + 2 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
-    let flows = if cfg.flows == 0 { 1 } else { cfg.flows as u64 };
-    let port = (cfg.base_port as u64 + n % flows) as u16;
+    let flow = if cfg.sched_len != 0 {
+        // A skewed mix: the schedule repeats every sched_len frames.
+        GEN_SCHED.get((n % cfg.sched_len as u64) as u32).copied().unwrap_or(0) as u64
+    } else {
+        n % if cfg.flows == 0 { 1 } else { cfg.flows as u64 }
+    };
+    let port = (cfg.base_port as u64 + flow) as u16;
     // SAFETY: bounds checked just above.
     unsafe { ((start + off) as *mut [u8; 2]).write_unaligned(port.to_be_bytes()) };
     xdp_action::XDP_TX

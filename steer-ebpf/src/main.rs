@@ -14,6 +14,9 @@
 //!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
 #![no_std]
 #![no_main]
+// atomic_xadd for the queue counters of cpumap_trace.rs (no atomic RMW types on bpfel).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod cpumap_trace;
 mod lab;

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, CpuMap, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{
-    Counters, FlowEntry, FlowKey, GenConfig, RfsCounters, SockOffsets, SteerConfig, ToeplitzTable,
+    BucketLoad, BucketMove, Counters, FlowEntry, FlowKey, GenConfig, RebalanceState, RfsCounters,
+    SockOffsets, SteerConfig, ToeplitzTable,
 };
 
 use crate::parse::Tunnel;
@@ -45,6 +46,19 @@ pub static INNER_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// The tunnel `steer_xdp` found, for `steer_inner` on the same CPU.
 #[map]
 pub static TUNNEL_AT: PerCpuArray<Tunnel> = PerCpuArray::with_max_entries(1, 0);
+// --- rebalancing (steer-common's balance.rs) -----------------------------------
+
+/// Bucket -> packets and bytes the hash steered through it, per CPU. Size set by the loader.
+#[map]
+pub static BUCKETS: PerCpuArray<BucketLoad> = PerCpuArray::with_max_entries(256, 0);
+
+/// Bucket -> where it is moving, read only for INDIR entries marked moving. Size set by the loader.
+#[map]
+pub static MOVES: Array<BucketMove> = Array::with_max_entries(256, 0);
+
+/// What the balancer last did: written by userspace, read by `steer stats`.
+#[map]
+pub static REBALANCE: Array<RebalanceState> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
@@ -52,6 +66,10 @@ pub static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 /// Frames the generator has produced on each CPU: also its sequence number.
 #[map]
 pub static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The generator's flow schedule (`GenConfig::sched_len` entries used).
+#[map]
+pub static GEN_SCHED: Array<u32> = Array::with_max_entries(65536, 0);
 
 /// When the paced generator may send its next frame (bpf_ktime_get_ns), per CPU.
 #[map]

@@ -30,7 +30,14 @@ fn rfs_counters() -> Option<&'static mut RfsCounters> {
 /// when RSS must choose (miss, flow not idle yet, CPU without a queue).
 #[inline(always)]
 /// `rss`: the flow's RSS CPU when this had to compute it, so the caller does not hash twice.
-pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters, rss: &mut Option<u32>) -> Option<u32> {
+/// `len`: the frame's bytes, for the bucket load of a flow left to RSS.
+pub fn steer(
+    tuple: &Tuple,
+    cfg: &SteerConfig,
+    c: &mut Counters,
+    rss: &mut Option<u32>,
+    len: u64,
+) -> Option<u32> {
     // SAFETY: no preconditions.
     let here = unsafe { bpf_get_smp_processor_id() };
     let r = rfs_counters()?;
@@ -62,7 +69,7 @@ pub fn steer(tuple: &Tuple, cfg: &SteerConfig, c: &mut Counters, rss: &mut Optio
     let cpu = e.cpu;
     if cpu == ON_RSS {
         if e.queued == 0 {
-            *rss = crate::steer::rss_cpu(cfg, tuple);
+            *rss = crate::steer::rss_cpu(cfg, tuple, len);
             if rss.is_some_and(|cpu| cpu != here) {
                 e.queued = 1;
             }

@@ -6,13 +6,23 @@
 //! tail-calls `steer_inner`, which parses the inner flow and steers it the
 //! same way (see parse.rs for why two).
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_get_smp_processor_id, programs::XdpContext};
-use steer_common::{hash, Counters, HashKind, PassReason, SteerConfig, Tuple};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
+use steer_common::{balance, hash, Counters, HashKind, PassReason, SteerConfig, Tuple, INDIR_MOVING};
 
 use crate::{
-    maps::{CONFIG, CPUS, INDIR, INNER_PROG, STATS, TARGETS, TOEPLITZ, TUNNEL_AT},
+    cpumap_trace,
+    maps::{BUCKETS, CONFIG, CPUS, INDIR, INNER_PROG, MOVES, STATS, TARGETS, TOEPLITZ, TUNNEL_AT},
     parse::{parse, parse_tunnel, Parsed},
 };
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
 
 /// What `steer_xdp` does next.
 pub enum Next {
@@ -57,13 +67,58 @@ pub fn steered(c: &mut Counters, cpu: u32, verdict: u32, in_place: bool) -> u32 
     verdict
 }
 
-/// The CPU the hash and the indirection table choose for `tuple` (RSS).
+/// The CPU the hash and the indirection table choose for `tuple` (RSS), with
+/// the packet (`len` bytes) counted in its bucket's load. Every packet steered
+/// by the hash comes through here once, RFS-steered ones never.
 #[inline(always)]
-pub fn rss_cpu(cfg: &SteerConfig, tuple: &Tuple) -> Option<u32> {
+pub fn rss_cpu(cfg: &SteerConfig, tuple: &Tuple, len: u64) -> Option<u32> {
     let kind = if cfg.hash == HashKind::Toeplitz as u32 { HashKind::Toeplitz } else { HashKind::Fast };
     let table = if kind == HashKind::Toeplitz { TOEPLITZ.get(0) } else { None };
     let h = hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, tuple)?;
-    INDIR.get(h & cfg.table_mask).copied()
+    let bucket = h & cfg.table_mask;
+    if let Some(load) = BUCKETS.get_ptr_mut(bucket) {
+        // SAFETY: per-CPU slot, as above.
+        unsafe {
+            (*load).packets += 1;
+            (*load).bytes += len;
+        }
+    }
+    let cpu = *INDIR.get(bucket)?;
+    if cpu & INDIR_MOVING == 0 {
+        return Some(cpu);
+    }
+    Some(moving(cfg, bucket, cpu & !INDIR_MOVING))
+}
+
+/// A bucket the balancer is moving (balance.rs): it stays on `old` until one
+/// of its packets follows a gap longer than `--migrate-idle-us` and finds the
+/// old CPU's queue drained past the bucket's last packet there; then INDIR
+/// points at the target for good. Only moving buckets read the clock.
+#[inline(never)]
+fn moving(cfg: &SteerConfig, bucket: u32, old: u32) -> u32 {
+    let Some(m) = MOVES.get_ptr_mut(bucket) else { return old };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value; each field is an aligned word, so racing writers store whole values.
+    let m = unsafe { &mut *m };
+    let (put, taken) = cpumap_trace::ring(old);
+    if balance::may_switch(m.last_ns, now, cfg.migrate_idle_us as u64 * 1000)
+        && balance::drained(m.tail, put, taken)
+    {
+        let want = m.want;
+        if let Some(e) = INDIR.get_ptr_mut(bucket) {
+            // SAFETY: an aligned u32 of an array map; the balancer writes a moving entry never.
+            unsafe { *e = want };
+        }
+        return want;
+    }
+    m.last_ns = now;
+    // SAFETY: no preconditions.
+    if old != unsafe { bpf_get_smp_processor_id() } {
+        // Queued on the old CPU (not passed in place): the switch waits until the queue moved past it.
+        m.tail = put + balance::TAIL_SLACK;
+    }
+    old
 }
 
 pub fn steer(ctx: &XdpContext) -> Next {
@@ -75,7 +130,7 @@ pub fn steer(ctx: &XdpContext) -> Next {
         return Next::Verdict(pass(c, PassReason::NoConfig));
     };
     match parse(ctx, cfg) {
-        Ok(Parsed::Flow(tuple)) => Next::Verdict(steer_flow(c, cfg, &tuple)),
+        Ok(Parsed::Flow(tuple)) => Next::Verdict(steer_flow(c, cfg, &tuple, frame_len(ctx))),
         Ok(Parsed::Tunnel(at)) => match TUNNEL_AT.get_ptr_mut(0) {
             Some(slot) => {
                 // SAFETY: a per-CPU slot, read by the program tail-called next on this CPU.
@@ -110,7 +165,7 @@ pub fn steer_inner(ctx: &XdpContext) -> u32 {
             if tuple.encap != 0 {
                 c.inner += 1;
             }
-            steer_flow(c, cfg, &tuple)
+            steer_flow(c, cfg, &tuple, frame_len(ctx))
         }
         Err(reason) => pass(c, reason),
     }
@@ -118,15 +173,15 @@ pub fn steer_inner(ctx: &XdpContext) -> u32 {
 
 /// RFS, then RSS, then the redirect: the same for a plain and an inner flow.
 #[inline(always)]
-fn steer_flow(c: &mut Counters, cfg: &SteerConfig, tuple: &Tuple) -> u32 {
+fn steer_flow(c: &mut Counters, cfg: &SteerConfig, tuple: &Tuple, len: u64) -> u32 {
     // RFS first: a flow whose reader is known goes to the reader's CPU.
     let mut rss = None;
     if cfg.rfs != 0 {
-        if let Some(verdict) = crate::rfs::steer(tuple, cfg, c, &mut rss) {
+        if let Some(verdict) = crate::rfs::steer(tuple, cfg, c, &mut rss, len) {
             return verdict;
         }
     }
-    let Some(cpu) = rss.or_else(|| rss_cpu(cfg, tuple)) else {
+    let Some(cpu) = rss.or_else(|| rss_cpu(cfg, tuple, len)) else {
         return pass(c, PassReason::NoConfig);
     };
     // The low bits of the flags are the verdict when the CPU has no queue: pass.

@@ -64,6 +64,9 @@ pub struct HashSettings {
     pub rfs: Option<crate::rfs::RfsSettings>,
     /// Tunnels whose inner flow is hashed (`--inner`).
     pub inner: InnerSettings,
+    /// `--migrate-idle-us` for bucket moves (`--rebalance`) when RFS is off;
+    /// with RFS its setting serves both.
+    pub move_idle_us: Option<u32>,
 }
 
 /// What `steer hash` prints for a flow.
@@ -103,6 +106,7 @@ impl HashSettings {
             cpus,
             rfs: None,
             inner: InnerSettings::default(),
+            move_idle_us: None,
         })
     }
 
@@ -113,7 +117,12 @@ impl HashSettings {
             table_mask: self.table_size - 1,
             symmetric: self.symmetric as u32,
             rfs: self.rfs.is_some() as u32,
-            migrate_idle_us: self.rfs.map_or(0, |r| r.migrate_idle_us),
+            // Moving buckets read it too: never 0 (which would switch them at once).
+            migrate_idle_us: self
+                .rfs
+                .map(|r| r.migrate_idle_us)
+                .or(self.move_idle_us)
+                .unwrap_or(crate::rfs::DEFAULT_MIGRATE_IDLE_US),
             ..SteerConfig::default()
         };
         self.inner.apply(&mut cfg);
@@ -129,6 +138,12 @@ impl HashSettings {
     /// The same settings with RFS on (`Some`) or off.
     pub fn with_rfs(mut self, rfs: Option<crate::rfs::RfsSettings>) -> Self {
         self.rfs = rfs;
+        self
+    }
+
+    /// The same settings with the idle time of bucket moves (without RFS).
+    pub fn with_move_idle_us(mut self, us: Option<u32>) -> Self {
+        self.move_idle_us = us;
         self
     }
 

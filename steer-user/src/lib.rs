@@ -15,6 +15,7 @@ pub mod nic;
 pub mod options;
 pub mod packet;
 pub mod pins;
+pub mod rebalance;
 pub mod rfs;
 pub mod stats;
 pub mod sys;

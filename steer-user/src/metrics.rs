@@ -185,6 +185,41 @@ impl Collector for SteerCollector {
             }
         }
         counter_family(e, "steer_cpumap_drops", "Frames the CPUMAP dropped, by CPU and stage", cm)?;
+        if let Some(b) = &sample.buckets {
+            let st = &b.state;
+            counter_family(
+                e,
+                "steer_bucket_moves",
+                "Indirection-table buckets --rebalance moved (each once idle), by outcome",
+                [("done", st.moves), ("planned", st.planned), ("given_up", st.cancelled)]
+                    .map(|(k, v)| (vec![("outcome", k.to_string())], v)),
+            )?;
+            gauge(
+                e,
+                "steer_bucket_moves_pending",
+                "Buckets asked to move and not idle yet",
+                st.pending as i64,
+            )?;
+            let mut m = e.encode_descriptor(
+                "steer_rebalance_imbalance",
+                "max/mean of per-CPU load at the balancer's last decision (before) and as its moves make it (after)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (when, milli) in [("before", st.imbalance_before_milli), ("after", st.imbalance_after_milli)]
+            {
+                if milli > 0 {
+                    ConstGauge::new(milli as f64 / 1000.0)
+                        .encode(m.encode_family(&vec![("when", when.to_string())])?)?;
+                }
+            }
+            gauge(
+                e,
+                "steer_rebalance_unsplittable_buckets",
+                "Buckets whose load alone exceeds a CPU's fair share times the threshold",
+                st.unsplittable as i64,
+            )?;
+        }
         if let Some(rfs) = sample.rfs_totals() {
             counter_family(
                 e,

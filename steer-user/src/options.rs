@@ -25,6 +25,7 @@ use crate::{
     inner::InnerSettings,
     metrics,
     nic::{self, Profile},
+    rebalance,
     rfs::{Mode, RfsSettings},
 };
 
@@ -125,13 +126,27 @@ pub struct RunArgs {
     #[arg(long)]
     pub flow_entries: Option<u32>,
     /// RFS: move a flow to its reader's new CPU only after this many microseconds
-    /// without a packet, so no packet overtakes another. [default: 500]
+    /// without a packet, so no packet overtakes another; --rebalance: the same for a bucket
+    /// (which also waits for the old CPU's queue to drain past it). [default: 500]
     #[arg(long)]
     pub migrate_idle_us: Option<u32>,
     /// RFS: a UDP flow's entry goes after this many seconds without a read or a packet
     /// (UDP has no close). [default: 30]
     #[arg(long)]
     pub udp_timeout_s: Option<u32>,
+    /// Move indirection-table buckets from the busiest CPUs to the idlest by measured load,
+    /// each only after --migrate-idle-us without a packet (no reordering). [default: off]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub rebalance: Option<bool>,
+    /// --rebalance: milliseconds between two decisions. [default: 100]
+    #[arg(long, value_name = "MS")]
+    pub rebalance_interval: Option<u32>,
+    /// --rebalance: act while max/mean of per-CPU load is above this. [default: 1.10]
+    #[arg(long, value_name = "RATIO")]
+    pub rebalance_threshold: Option<f64>,
+    /// --rebalance: buckets moving at once at most (the bound on moves per interval). [default: 16]
+    #[arg(long, value_name = "N")]
+    pub rebalance_moves: Option<u32>,
     /// Who steers: steer's XDP program, or the kernel's RPS/RFS/XPS configured over --cpus.
     /// [default: xdp]
     #[arg(long, value_enum)]
@@ -171,6 +186,8 @@ pub struct Run {
     pub period: Duration,
     pub quiet: bool,
     pub metrics: Option<SocketAddr>,
+    /// `--rebalance` and its settings; `None` when off.
+    pub rebalance: Option<rebalance::Settings>,
 }
 
 /// The engine and its validated settings.
@@ -198,7 +215,14 @@ const XDP_ONLY: &[&str] = &[
     "flow-entries",
     "migrate-idle-us",
     "udp-timeout-s",
+    "rebalance",
+    "rebalance-interval",
+    "rebalance-threshold",
+    "rebalance-moves",
 ];
+
+/// Options that only `--rebalance` uses.
+const REBALANCE_ONLY: &[&str] = &["rebalance-interval", "rebalance-threshold", "rebalance-moves"];
 
 /// Options a running `steer run` applies on SIGHUP; the others need a restart.
 pub const LIVE: &[&str] = &[
@@ -212,6 +236,10 @@ pub const LIVE: &[&str] = &[
     "inner-udp-ports",
     "interval",
     "quiet",
+    "rebalance",
+    "rebalance-interval",
+    "rebalance-threshold",
+    "rebalance-moves",
 ];
 
 /// The clap command of `steer run` alone, for parsing a merged argument list.
@@ -254,6 +282,19 @@ impl RunArgs {
         self.to_table().keys().cloned().collect()
     }
 
+    /// `--rebalance` and its options, checked; `None` when off. Its options
+    /// without it are refused, not ignored.
+    pub fn rebalance_settings(&self) -> Result<Option<rebalance::Settings>> {
+        if self.rebalance != Some(true) {
+            if let Some(k) = self.given().into_iter().find(|k| REBALANCE_ONLY.contains(&k.as_str())) {
+                return Err(Error::NotApplicable { option: k, why: "applies with --rebalance only".into() });
+            }
+            return Ok(None);
+        }
+        rebalance::Settings::new(self.rebalance_interval, self.rebalance_threshold, self.rebalance_moves)
+            .map(Some)
+    }
+
     /// Checks every option and what it applies to; nothing on the system is touched.
     pub fn validate(&self) -> Result<Run> {
         let iface = self.iface.clone().ok_or_else(|| Error::BadValue {
@@ -291,15 +332,29 @@ impl RunArgs {
                             .into(),
                     });
                 }
+                let mode = self.mode.unwrap_or(Mode::Rss);
+                // Without RFS, --migrate-idle-us is the idle time of bucket moves.
+                let moves_only = mode == Mode::Rss && self.rebalance == Some(true);
                 let rfs = RfsSettings::from_args(
-                    self.mode.unwrap_or(Mode::Rss),
+                    mode,
                     self.flow_entries,
-                    self.migrate_idle_us,
+                    if moves_only { None } else { self.migrate_idle_us },
                     self.udp_timeout_s,
                 )?;
+                let move_idle_us = match moves_only {
+                    // Checked with the same bounds as for RFS.
+                    true => Some(
+                        RfsSettings::new(
+                            steer_common::flow::DEFAULT_FLOW_ENTRIES,
+                            self.migrate_idle_us.unwrap_or(rebalance::DEFAULT_MOVE_IDLE_US),
+                        )?
+                        .migrate_idle_us,
+                    ),
+                    false => None,
+                };
                 EngineRun::Xdp(RunOptions::new(
                     &iface,
-                    self.hash.settings()?.with_rfs(rfs),
+                    self.hash.settings()?.with_rfs(rfs).with_move_idle_us(move_idle_us),
                     self.qsize.unwrap_or(crate::config::DEFAULT_QSIZE),
                     self.xdp_mode.unwrap_or(XdpMode::Auto),
                     self.replace.unwrap_or(false),
@@ -313,6 +368,7 @@ impl RunArgs {
             period: Duration::from_secs_f64(secs),
             quiet: self.quiet.unwrap_or(false),
             metrics,
+            rebalance: self.rebalance_settings()?,
         })
     }
 

@@ -46,9 +46,25 @@ pub const RFS_STATS: &str = "rfs_stats";
 pub const INNER_PROG: &str = "inner_prog";
 /// UDP entries the run's sweep expired (userspace's counter next to the per-CPU ones).
 pub const RFS_EXPIRED: &str = "rfs_expired";
+/// Packets and bytes per bucket, and what `--rebalance` did.
+pub const BUCKETS: &str = "buckets";
+pub const REBALANCE: &str = "rebalance";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 11] =
-    [LINK, STATS, TARGETS, CONFIG, INDIR, CPUS, CPUMAP_DROPS, FLOWS, RFS_STATS, RFS_EXPIRED, INNER_PROG];
+pub const ALL: [&str; 13] = [
+    LINK,
+    STATS,
+    TARGETS,
+    CONFIG,
+    INDIR,
+    CPUS,
+    CPUMAP_DROPS,
+    FLOWS,
+    RFS_STATS,
+    RFS_EXPIRED,
+    INNER_PROG,
+    BUCKETS,
+    REBALANCE,
+];
 /// Where a foreign XDP program taken off by `--replace` waits to go back.
 pub const REPLACED: &str = "replaced_prog";
 

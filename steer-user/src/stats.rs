@@ -3,6 +3,7 @@
 //! together as a [`Sample`]; two samples make a [`Report`] of rates, which is
 //! what `steer stats` prints (table or JSON) and `--metrics` exports.
 
+pub mod buckets;
 pub mod cpumap;
 pub mod procstat;
 pub mod softnet;
@@ -123,6 +124,8 @@ pub struct Sample {
     pub run: Option<RunInfo>,
     /// RFS counters per CPU and the live flow count; `None` unless `--mode rfs`.
     pub rfs: Option<RfsSample>,
+    /// Per-bucket packets and the balancer's state; `None` when not attached.
+    pub buckets: Option<buckets::BucketSample>,
 }
 
 /// RFS state of a `steer run --mode rfs` at one instant.
@@ -289,6 +292,8 @@ pub struct Report {
     /// hook_unconnected) and `flows`,
     /// the live table size; null unless `--mode rfs`.
     pub rfs: Option<RfsTotals>,
+    /// The hottest buckets and what `--rebalance` did; null when not attached.
+    pub buckets: Option<buckets::BucketReport>,
 }
 
 /// Difference of two kernel counters that may be 32-bit and wrap.
@@ -361,6 +366,10 @@ impl Report {
             totals: t1,
             passed_by_reason: now.passed_by_reason(),
             rfs: now.rfs_totals(),
+            buckets: match (&before.buckets, &now.buckets) {
+                (Some(b), Some(n)) => Some(buckets::BucketReport::new(b, n, secs)),
+                _ => None,
+            },
         }
     }
 }

@@ -66,7 +66,8 @@ fn generate_frames(
     let tx_if = lab.tx_if.clone();
     in_ns(&lab.tx_ns, move || -> anyhow::Result<()> {
         pin_to_cpu(cpu);
-        let mut ebpf = loader::generator(GenConfig { flows, base_port: 10000, sport_offset, gap_ns: 0 })?;
+        let mut ebpf =
+            loader::generator(GenConfig { flows, base_port: 10000, sport_offset, gap_ns: 0, sched_len: 0 })?;
         let ifindex = iface::index(&tx_if)?;
         let prog = loader::program(&mut ebpf, GEN_PROG)?;
         // Live mode reports no verdict: what arrived is checked on the other side.

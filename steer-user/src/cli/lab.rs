@@ -9,7 +9,7 @@ use steer::{
     cpus,
     lab::{
         self, clients,
-        gen::GenSettings,
+        gen::{GenSettings, Skew},
         report::{self, BenchResult, Machine, ScenarioResult},
         scenario::{self, Active, Bench, Kind, Plan, Scenario},
         LabError,
@@ -35,6 +35,11 @@ struct Traffic {
     /// CPUMAP queue size (frames per CPU) for the steer scenarios, as `steer run --qsize`.
     #[arg(long, default_value_t = steer::config::DEFAULT_QSIZE, global = true)]
     qsize: u32,
+    /// How frames are shared among the flows: uniform, heavy-light (one flow carries half the
+    /// frames, the other --flows - 1 share the rest) or zipf (share of the k-th flow ~ 1/k).
+    /// With `bench`, a skew runs the skewed bench: kernel RPS, steer static, steer --rebalance.
+    #[arg(long, value_enum, default_value_t = Skew::Uniform, global = true)]
+    skew: Skew,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +71,9 @@ struct BenchArgs {
     /// order each round; 0: none.
     #[arg(long, default_value_t = 0)]
     clients: u32,
+    /// With --skew: rounds of the three scenarios, in alternating order. [default: 2 quick, 4 full]
+    #[arg(long)]
+    rounds: Option<u32>,
 }
 
 /// Ctrl-C and SIGTERM ask the lab to stop; the drops then remove everything.
@@ -83,7 +91,7 @@ fn watch_signals() {
 }
 
 fn settings(t: &Traffic) -> GenSettings {
-    GenSettings { flows: t.flows, irq_cpu: t.irq_cpu, ..Default::default() }
+    GenSettings { flows: t.flows, irq_cpu: t.irq_cpu, skew: t.skew, ..Default::default() }
 }
 
 /// Validates everything, then builds the lab.
@@ -209,7 +217,57 @@ fn clients(
     Ok((report::summarize(&runs), notes))
 }
 
+/// `--skew`: the skewed bench, written as `skew-NAME-Ncpu.{md,json}`.
+fn skewed(t: &Traffic, a: &BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let plan = if a.quick { Plan::quick() } else { Plan::full() };
+    let mut sp = if a.quick { lab::skew::SkewPlan::quick() } else { lab::skew::SkewPlan::full() };
+    if let Some(r) = a.rounds {
+        anyhow::ensure!(r > 0, "invalid --rounds 0: at least one round");
+        sp.rounds = r;
+    }
+    if a.only.is_some() || a.clients > 0 {
+        anyhow::bail!("--skew runs its own three scenarios: --only and --clients do not apply");
+    }
+    let b = bench_lab(t)?;
+    let r = lab::skew::run(&b, t.skew, &sp, &plan)?;
+    drop(b);
+    let name = format!(
+        "skew-{}-{}cpu",
+        match t.skew {
+            Skew::HeavyLight => "heavy-light",
+            Skew::Zipf => "zipf",
+            Skew::Uniform => "uniform",
+        },
+        Machine::describe().cpus_online
+    );
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let md = a.out.join(format!("{name}.md"));
+    let text = format!(
+        "{}
+Command: `{}`; took {:.0} s; machine: {:?}
+",
+        r.markdown(),
+        std::env::args().collect::<Vec<_>>().join(" "),
+        started.elapsed().as_secs_f64(),
+        Machine::describe()
+    );
+    std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
+    let js = a.out.join(format!("{name}.json"));
+    std::fs::write(&js, serde_json::to_string_pretty(&r)?)
+        .with_context(|| format!("writing {}", js.display()))?;
+    print!("{text}");
+    eprintln!("wrote {}\nwrote {}", md.display(), js.display());
+    Ok(())
+}
+
 fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
+    if t.skew != Skew::Uniform {
+        return skewed(t, &a);
+    }
+    if a.rounds.is_some() {
+        anyhow::bail!("--rounds applies with --skew only");
+    }
     let started = Instant::now();
     let plan = if a.quick { Plan::quick() } else { Plan::full() };
     // Everything is checked before the lab is built.
@@ -265,7 +323,7 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
             r.rr = Some(rr);
         }
         match sc.kind {
-            Kind::SteerRss | Kind::SteerRfs => {
+            Kind::SteerRss | Kind::SteerRfs | Kind::SteerRebalance => {
                 r.steered =
                     Some(sc.cpus.iter().all(|c| s.at_max.steered_in.get(*c as usize).is_some_and(|n| *n > 0)))
             }

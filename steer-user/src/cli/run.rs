@@ -17,7 +17,9 @@ use steer::{
         file::{self, Reloader},
         EngineRun, Run, RunArgs,
     },
-    pins, rfs, stats,
+    pins,
+    rebalance::{self, Rebalancer},
+    rfs, stats,
 };
 
 /// `cli` as parsed from the command line; its `--config` file is merged under it.
@@ -66,7 +68,11 @@ pub async fn run(cli: RunArgs) -> Result<()> {
                 steering.pin_dir().display()
             );
             let reloader = cli.config.clone().map(|path| Reloader { path, cli });
-            let mut live = Live { steering: &mut steering, opts, args, reloader };
+            let rebalancer = match run.rebalance {
+                Some(s) => Some(start_rebalancer(&steering, s)?),
+                None => None,
+            };
+            let mut live = Live { steering: &mut steering, opts, args, reloader, rebalancer };
             let result = live.monitor(run.period, run.quiet, &mut signals).await;
             let iface = live.opts.iface.clone();
             let restored = guard.finish();
@@ -120,12 +126,42 @@ async fn ticker(period: Duration) -> tokio::time::Interval {
     t
 }
 
+/// The balancer's ticker: a late tick is skipped, never made up in a burst.
+async fn rebalance_ticker(r: &Option<Rebalancer>) -> Option<tokio::time::Interval> {
+    let r = r.as_ref()?;
+    let mut t = ticker(r.settings.interval).await;
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    Some(t)
+}
+
+/// Waits for the next tick of `t`, or forever without one.
+async fn maybe_tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn start_rebalancer(steering: &Steering, s: rebalance::Settings) -> Result<Rebalancer> {
+    log::info!(
+        "rebalancing every {} ms while max/mean per-CPU load > {:.2}, at most {} buckets moving",
+        s.interval.as_millis(),
+        s.threshold,
+        s.max_moves
+    );
+    Ok(Rebalancer::new(rebalance::Maps::of(&steering.ebpf)?, s))
+}
+
 /// A running XDP steering and what SIGHUP may change in it.
 struct Live<'a> {
     steering: &'a mut Steering,
     opts: steer::config::RunOptions,
     args: RunArgs,
     reloader: Option<Reloader>,
+    /// `--rebalance`: stepped on its own ticker, in this task, so a reload never races it.
+    rebalancer: Option<Rebalancer>,
 }
 
 impl Live<'_> {
@@ -138,12 +174,26 @@ impl Live<'_> {
         let mut table = Table::open(&self.opts.iface)?;
         let mut sweep = self.opts.hash.rfs.map(|r| rfs::UdpSweep::new(r.udp_timeout_s));
         let mut ticker = ticker(period).await;
+        let mut rb_ticker = rebalance_ticker(&self.rebalancer).await;
         loop {
-            match sig.next(&mut ticker).await {
+            let event = tokio::select! {
+                e = sig.next(&mut ticker) => e,
+                _ = maybe_tick(&mut rb_ticker) => {
+                    if let Some(Err(e)) = self.rebalancer.as_mut().map(|r| r.step(&self.opts.hash.cpus)) {
+                        log::error!("rebalance: {e}");
+                    }
+                    continue;
+                }
+            };
+            match event {
                 Event::Stop => return Ok(()),
                 Event::Reload => {
+                    let rb_before = self.rebalancer.as_ref().map(|r| r.settings.interval);
                     if let Some(new_period) = self.reload() {
                         ticker = self::ticker(new_period).await;
+                    }
+                    if self.rebalancer.as_ref().map(|r| r.settings.interval) != rb_before {
+                        rb_ticker = rebalance_ticker(&self.rebalancer).await;
                     }
                     quiet = self.args.quiet.unwrap_or(false);
                     continue;
@@ -188,15 +238,41 @@ impl Live<'_> {
                 return None;
             }
         };
-        // RFS settings need a restart: keep the running ones.
-        let hash = hash.with_rfs(self.opts.hash.rfs);
-        if let Err(e) = self.steering.reconfigure(&hash) {
+        // RFS settings and the idle time need a restart: keep the running ones.
+        let hash = hash.with_rfs(self.opts.hash.rfs).with_move_idle_us(self.opts.hash.move_idle_us);
+        let rebalance = match new.rebalance_settings() {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("SIGHUP: keeping the running configuration: {e}");
+                return None;
+            }
+        };
+        // Rewriting an unchanged table would put every moved bucket back at once, idle or not.
+        let same = hash.steer_config() == self.opts.hash.steer_config()
+            && hash.cpus == self.opts.hash.cpus
+            && hash.key == self.opts.hash.key;
+        if same {
+            log::info!("SIGHUP: hash settings and CPUs unchanged: the table stays as it is");
+        } else if let Err(e) = self.steering.reconfigure(&hash) {
             log::error!("SIGHUP: applying {}: {e}; keeping the running configuration", r.path.display());
             // Put the running configuration back in every map (reconfigure adds queues first).
             if let Err(e) = self.steering.reconfigure(&self.opts.hash) {
                 log::error!("SIGHUP: restoring the running configuration failed too: {e}");
             }
             return None;
+        }
+        match (rebalance, self.rebalancer.as_mut()) {
+            (None, _) => self.rebalancer = None,
+            (Some(s), Some(r)) => {
+                r.settings = s;
+                if !same {
+                    r.reset();
+                }
+            }
+            (Some(s), None) => match start_rebalancer(self.steering, s) {
+                Ok(r) => self.rebalancer = Some(r),
+                Err(e) => log::error!("SIGHUP: starting the balancer: {e}"),
+            },
         }
         log::info!(
             "SIGHUP: reloaded {}: CPUs {} with {:?} hash over {} buckets",

@@ -33,11 +33,68 @@ pub struct GenSettings {
     pub irq_cpu: u32,
     /// Frames per BPF_PROG_TEST_RUN call when unpaced (paced calls size their own chunks).
     pub chunk: u32,
+    /// How the frames are shared among the flows.
+    pub skew: Skew,
+}
+
+/// How the generator's frames are shared among its flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Skew {
+    /// Every flow alike, round-robin.
+    #[default]
+    Uniform,
+    /// One heavy flow carries half the frames, the other flows share the rest.
+    HeavyLight,
+    /// Zipf (s = 1): the k-th flow carries a share proportional to 1/k.
+    Zipf,
+}
+
+/// Length of the Zipf schedule (the generator's schedule map holds 65536).
+const ZIPF_FRAMES: usize = 1 << 16;
+
+impl Skew {
+    /// The generator's schedule for `flows` flows: frame n is flow
+    /// `sched[n % len]` (flow i = source port base_port + i). `None`: round-robin.
+    pub fn schedule(self, flows: u32) -> Option<Vec<u32>> {
+        match self {
+            Self::Uniform => None,
+            // Alternating, so the heavy flow's frames interleave with the light ones.
+            Self::HeavyLight => Some((1..flows.max(2)).flat_map(|light| [0, light]).collect()),
+            Self::Zipf => {
+                let h: f64 = (1..=flows).map(|k| 1.0 / k as f64).sum();
+                let mut sched: Vec<u32> = (0..flows)
+                    .flat_map(|i| {
+                        let n = ((ZIPF_FRAMES as f64 / (i as f64 + 1.0) / h).round() as usize).max(1);
+                        std::iter::repeat_n(i, n)
+                    })
+                    .take(ZIPF_FRAMES)
+                    .collect();
+                // Fisher-Yates with a fixed xorshift seed: interleaved, and the same every run.
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+                for i in (1..sched.len()).rev() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    sched.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                Some(sched)
+            }
+        }
+    }
 }
 
 impl Default for GenSettings {
     fn default() -> Self {
-        Self { flows: 1024, payload: 18, dst_port: 9000, base_port: 10000, irq_cpu: 0, chunk: 1 << 22 }
+        Self {
+            flows: 1024,
+            payload: 18,
+            dst_port: 9000,
+            base_port: 10000,
+            irq_cpu: 0,
+            chunk: 1 << 22,
+            skew: Skew::Uniform,
+        }
     }
 }
 
@@ -55,6 +112,19 @@ impl GenSettings {
             return Err(LabError::Msg(
                 "invalid chunk 0: the generator sends at least one frame per call".into(),
             ));
+        }
+        if self.skew == Skew::HeavyLight && self.flows < 2 {
+            return Err(LabError::Msg(format!(
+                "invalid --flows {} with --skew heavy-light: one heavy flow and at least one light one",
+                self.flows
+            )));
+        }
+        if self.skew == Skew::Zipf && self.flows as usize > ZIPF_FRAMES / 8 {
+            return Err(LabError::Msg(format!(
+                "invalid --flows {} with --skew zipf: at most {}",
+                self.flows,
+                ZIPF_FRAMES / 8
+            )));
         }
         Ok(())
     }
@@ -128,8 +198,15 @@ impl Generator {
         let ifindex = topo.tx_ifindex;
         let handle = topo.tx_ns.spawn(move || -> Result<()> {
             pin_to_cpu(s.irq_cpu);
-            let cfg = GenConfig { flows: s.flows, base_port: s.base_port as u32, sport_offset, gap_ns: 0 };
-            let mut ebpf = match loader::generator(cfg) {
+            let cfg = GenConfig {
+                flows: s.flows,
+                base_port: s.base_port as u32,
+                sport_offset,
+                gap_ns: 0,
+                sched_len: 0,
+            };
+            let sched = s.skew.schedule(s.flows).unwrap_or_default();
+            let mut ebpf = match loader::generator_with(cfg, &sched) {
                 Ok(e) => e,
                 Err(e) => {
                     let msg = e.to_string();
@@ -258,5 +335,46 @@ pub fn pin_to_cpu(cpu: u32) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Skew;
+
+    fn shares(sched: &[u32], flows: u32) -> Vec<f64> {
+        let mut n = vec![0usize; flows as usize];
+        for f in sched {
+            n[*f as usize] += 1;
+        }
+        n.iter().map(|c| *c as f64 / sched.len() as f64).collect()
+    }
+
+    #[test]
+    fn heavy_light_gives_the_heavy_flow_half_and_interleaves() {
+        let s = Skew::HeavyLight.schedule(65).unwrap();
+        let sh = shares(&s, 65);
+        assert_eq!(sh[0], 0.5);
+        assert!(sh[1..].iter().all(|x| (*x - 0.5 / 64.0).abs() < 1e-12), "{sh:?}");
+        assert!(s.chunks(2).all(|p| p[0] == 0 && p[1] != 0), "heavy frames alternate with light ones");
+    }
+
+    #[test]
+    fn zipf_shares_fall_as_one_over_rank() {
+        let s = Skew::Zipf.schedule(1024).unwrap();
+        assert!(s.len() <= 1 << 16 && s.len() > 60_000, "{}", s.len());
+        let sh = shares(&s, 1024);
+        let h: f64 = (1..=1024).map(|k| 1.0 / k as f64).sum();
+        assert!((sh[0] - 1.0 / h).abs() < 0.002, "top flow {} vs {}", sh[0], 1.0 / h);
+        assert!((sh[1] / sh[0] - 0.5).abs() < 0.01 && sh.iter().all(|x| *x > 0.0));
+        // Shuffled: the top flow is not sent in one run of frames.
+        let longest = s.chunk_by(|a, b| a == b).map(|r| r.len()).max().unwrap();
+        assert!(longest < 20, "longest run {longest}");
+        assert_eq!(s, Skew::Zipf.schedule(1024).unwrap(), "the same every run");
+    }
+
+    #[test]
+    fn uniform_has_no_schedule() {
+        assert!(Skew::Uniform.schedule(1024).is_none());
     }
 }

@@ -18,6 +18,7 @@ pub mod report;
 pub mod rr;
 pub mod scenario;
 pub mod sink;
+pub mod skew;
 pub mod topology;
 
 use std::sync::atomic::{AtomicBool, Ordering};

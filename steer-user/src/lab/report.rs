@@ -396,6 +396,12 @@ impl BenchResult {
             );
             let _ = writeln!(
                 out,
+                "| steer fast, bucket moving (--rebalance, not idle yet) | {:.1} | {:.2}x |",
+                c.moving_ns,
+                c.moving_ns / c.pass_ns.max(1e-9)
+            );
+            let _ = writeln!(
+                out,
                 "| redirect only (the floor: fixed CPU, no parsing) | {:.1} | {:.2}x |\n\n\
                  steer fast is {:.2}x the floor; an RFS hit is {:.2}x steer fast; looking for tunnels \
                  costs plain frames {:+.1} % (steer fast vs --inner off).",

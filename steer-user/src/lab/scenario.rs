@@ -37,6 +37,8 @@ pub enum Kind {
     SteerRss,
     /// steer with socket-tracking RFS (`--mode rfs`).
     SteerRfs,
+    /// steer's RSS-style hash with `--rebalance` (default settings).
+    SteerRebalance,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -100,6 +102,8 @@ impl Bench {
 /// What a scenario keeps in place while it is measured.
 pub struct Active {
     pub scenario: Scenario,
+    /// `--rebalance`'s balancer, on its own thread (dropped first: it holds map fds).
+    rebalance: Option<crate::rebalance::Running>,
     xdp: Option<Ebpf>,
     rps: Option<KernelRps>,
 }
@@ -157,20 +161,55 @@ impl Active {
                         .with_rfs(Some(rfs));
                 (attach(topo, Some(h), q)?, None)
             }
+            Kind::SteerRebalance => {
+                let h =
+                    HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
+                        .with_move_idle_us(Some(crate::rebalance::DEFAULT_MOVE_IDLE_US));
+                let mut xdp = attach(topo, Some(h), q)?;
+                // The queue counters the move gate reads, as `steer run` has them.
+                crate::stats::cpumap::attach(&mut xdp)?;
+                let maps = crate::rebalance::Maps::of(&xdp)?;
+                let running = crate::rebalance::Running::spawn(
+                    maps,
+                    crate::rebalance::Settings::default(),
+                    sc.cpus.clone(),
+                );
+                return Ok(Some(Self {
+                    scenario: sc.clone(),
+                    rebalance: Some(running),
+                    xdp: Some(xdp),
+                    rps: None,
+                }));
+            }
         };
-        Ok(Some(Self { scenario: sc.clone(), xdp: Some(xdp), rps }))
+        Ok(Some(Self { scenario: sc.clone(), rebalance: None, xdp: Some(xdp), rps }))
+    }
+
+    /// The loaded steer program, for tests that set its maps up (None without one).
+    pub fn xdp_mut(&mut self) -> Option<&mut Ebpf> {
+        self.xdp.as_mut()
+    }
+
+    /// What `--rebalance` did so far (the state its balancer publishes).
+    pub fn rebalance_state(&self) -> Option<steer_common::RebalanceState> {
+        self.rebalance.as_ref()?;
+        let m = self.xdp.as_ref()?.map(steer_common::names::map::REBALANCE)?;
+        aya::maps::Array::<_, steer_common::RebalanceState>::try_from(m).ok()?.get(&0, 0).ok()
     }
 
     /// steer's counters, for the steering scenarios.
     pub fn snapshot(&self) -> Option<Snapshot> {
         match (self.scenario.kind, &self.xdp) {
-            (Kind::SteerRss | Kind::SteerRfs, Some(e)) => loader::snapshot(e).ok(),
+            (Kind::SteerRss | Kind::SteerRfs | Kind::SteerRebalance, Some(e)) => loader::snapshot(e).ok(),
             _ => None,
         }
     }
 
     /// Detaches and restores what the scenario changed.
     pub fn teardown(mut self, topo: &Topology) -> Result<()> {
+        if let Some(r) = self.rebalance.take() {
+            r.stop()?;
+        }
         self.xdp.take();
         match self.rps.take() {
             Some(r) => r.restore(topo),
@@ -348,6 +387,32 @@ pub struct Cost {
     pub inner_off_ns: f64,
     /// steer fast on a VXLAN frame (both programs and the tail call between them).
     pub vxlan_ns: f64,
+    /// steer fast on a frame whose bucket `--rebalance` is moving (not idle
+    /// yet): the clock read and the idle check every packet of such a bucket pays.
+    pub moving_ns: f64,
+}
+
+/// steer fast with `frame`'s bucket marked moving to another CPU; the idle
+/// time (1 s) keeps it moving for the whole measurement.
+fn moving_case(online: &[u32], frame_tuple: &steer_common::Tuple) -> Result<Ebpf> {
+    let s = HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, online.to_vec())?
+        .with_move_idle_us(Some(1_000_000));
+    let mut e = loader::load(&s, DEFAULT_QSIZE)?;
+    let c = s.choose(frame_tuple);
+    let to = online.iter().copied().find(|x| *x != c.cpu).unwrap_or(c.cpu);
+    let mv = steer_common::BucketMove { want: to, _pad: 0, last_ns: 0, tail: 0 };
+    aya::maps::Array::<_, steer_common::BucketMove>::try_from(loader::map_mut(
+        &mut e,
+        steer_common::names::map::MOVES,
+    )?)
+    .map_err(crate::Error::ebpf)?
+    .set(c.bucket, mv, 0)
+    .map_err(crate::Error::ebpf)?;
+    aya::maps::Array::<_, u32>::try_from(loader::map_mut(&mut e, steer_common::names::map::INDIR)?)
+        .map_err(crate::Error::ebpf)?
+        .set(c.bucket, c.cpu | steer_common::INDIR_MOVING, 0)
+        .map_err(crate::Error::ebpf)?;
+    Ok(e)
 }
 
 /// A TCP frame between the lab's addresses and an RFS-enabled steer, with the
@@ -418,7 +483,16 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
     let (mut hit, _) = rfs_case(&online, true)?;
     let mut floor = load(HashArg::Fast)?;
     loader::program(&mut floor, loader::FLOOR_PROG)?.load().map_err(crate::Error::ebpf)?;
-    let mut runs: [Vec<f64>; 8] = Default::default();
+    let udp = steer_common::Tuple::new(
+        std::net::Ipv4Addr::new(198, 18, 0, 1).into(),
+        10000,
+        std::net::Ipv4Addr::new(198, 18, 0, 2).into(),
+        9000,
+        steer_common::tuple::IPPROTO_UDP,
+    )
+    .ok_or_else(|| LabError::Msg("tuple".into()))?;
+    let mut moving = moving_case(&online, &udp)?;
+    let mut runs: [Vec<f64>; 9] = Default::default();
     for _ in 0..rounds {
         for (i, (e, name, f)) in [
             (&mut pass, loader::PASS_PROG, &frame),
@@ -429,6 +503,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
             (&mut floor, loader::FLOOR_PROG, &frame),
             (&mut inner_off, loader::STEER_PROG, &frame),
             (&mut tunnel, loader::STEER_PROG, &vxlan),
+            (&mut moving, loader::STEER_PROG, &frame),
         ]
         .into_iter()
         .enumerate()
@@ -460,5 +535,6 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         fast_vs_floor: f / min(&runs[5]).max(1e-9),
         inner_off_ns: min(&runs[6]),
         vxlan_ns: min(&runs[7]),
+        moving_ns: min(&runs[8]),
     })
 }

@@ -41,6 +41,8 @@ pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
         .map_max_entries(map::CPUS, ncpus)
         .map_max_entries(map::TARGETS, ncpus)
         .map_max_entries(map::INDIR, hash.table_size)
+        .map_max_entries(map::BUCKETS, hash.table_size)
+        .map_max_entries(map::MOVES, hash.table_size)
         .map_max_entries(map::FLOWS, hash.rfs.map_or(rfs::UNUSED_FLOW_ENTRIES, |r| r.flow_entries))
         .load(crate::EBPF_OBJECT)
         .map_err(|e| Error::Ebpf(format!("loading the eBPF object: {e}")))?;
@@ -129,9 +131,29 @@ pub fn snapshot(ebpf: &Ebpf) -> Result<Snapshot> {
 /// Loads the object for the lab generator (`lab_gen`) with its configuration.
 /// Nothing is attached: the generator only runs under BPF_PROG_TEST_RUN.
 pub fn generator(cfg: GenConfig) -> Result<Ebpf> {
+    generator_with(cfg, &[])
+}
+
+/// [`generator`] with a flow schedule (`cfg.sched_len` is set from it): frame
+/// n is flow `sched[n % len]`, so a schedule with repeated flows makes a skewed mix.
+pub fn generator_with(mut cfg: GenConfig, sched: &[u32]) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .load(crate::EBPF_OBJECT)
         .map_err(|e| Error::Ebpf(format!("loading the eBPF object: {e}")))?;
+    {
+        let mut s = Array::<_, u32>::try_from(map_mut(&mut ebpf, map::GEN_SCHED)?).map_err(Error::ebpf)?;
+        if sched.len() > s.len() as usize {
+            return Err(Error::Ebpf(format!(
+                "a generator schedule of {} frames is longer than its map ({})",
+                sched.len(),
+                s.len()
+            )));
+        }
+        for (i, f) in sched.iter().enumerate() {
+            s.set(i as u32, *f, 0).map_err(Error::ebpf)?;
+        }
+    }
+    cfg.sched_len = sched.len() as u32;
     let mut m = Array::<_, GenConfig>::try_from(map_mut(&mut ebpf, map::GEN_CONFIG)?).map_err(Error::ebpf)?;
     m.set(0, cfg, 0).map_err(Error::ebpf)?;
     program(&mut ebpf, GEN_PROG)?

@@ -40,7 +40,7 @@ fn attach_hint(e: &ProgramError, driver: &str, opts: &RunOptions) -> String {
 }
 
 /// Object map name -> pin name, for the maps every run pins.
-const PINNED_MAPS: [(&str, &str); 9] = [
+const PINNED_MAPS: [(&str, &str); 11] = [
     (map::STATS, pins::STATS),
     (map::TARGETS, pins::TARGETS),
     (map::CONFIG, pins::CONFIG),
@@ -50,6 +50,8 @@ const PINNED_MAPS: [(&str, &str); 9] = [
     (map::RFS_STATS, pins::RFS_STATS),
     (map::INNER_PROG, pins::INNER_PROG),
     (map::RFS_EXPIRED, pins::RFS_EXPIRED),
+    (map::BUCKETS, pins::BUCKETS),
+    (map::REBALANCE, pins::REBALANCE),
 ];
 
 /// Attach mode actually in use.

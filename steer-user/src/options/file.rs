@@ -189,6 +189,7 @@ impl Reloader {
                 why: "must be between 0.05 and 3600 seconds".into(),
             });
         }
+        new.rebalance_settings()?;
         let hash = new.hash.settings()?;
         Ok((new, hash))
     }

@@ -39,6 +39,10 @@ fn sample(key: &str) -> Option<(&'static str, Engine)> {
         "metrics" => ("\"9100\"", Engine::Xdp),
         "interval" => ("2.5", Engine::Xdp),
         "quiet" => ("true", Engine::Xdp),
+        "rebalance" => ("true", Engine::Xdp),
+        "rebalance-interval" => ("250", Engine::Xdp),
+        "rebalance-threshold" => ("1.25", Engine::Xdp),
+        "rebalance-moves" => ("4", Engine::Xdp),
         _ => return None,
     })
 }
@@ -55,6 +59,7 @@ fn base(key: &str, engine: Engine) -> String {
     match key {
         "key" => t.push_str("hash = \"toeplitz\"\n"),
         "flow-entries" | "migrate-idle-us" | "udp-timeout-s" => t.push_str("mode = \"rfs\"\n"),
+        "rebalance-interval" | "rebalance-threshold" | "rebalance-moves" => t.push_str("rebalance = true\n"),
         _ => {}
     }
     t
@@ -193,6 +198,41 @@ fn options_that_do_not_apply_are_refused() {
     let e =
         cli(&["--iface", "lo", "--mode", "rss", "--flow-entries", "64"]).validate().unwrap_err().to_string();
     assert!(e.contains("--flow-entries 64"), "{e}");
+}
+
+#[test]
+fn rebalance_options_are_checked_and_need_rebalance() {
+    let e = cli(&["--iface", "lo", "--rebalance-threshold", "1.2"]).validate().unwrap_err().to_string();
+    assert!(e.contains("--rebalance-threshold") && e.contains("--rebalance only"), "{e}");
+    let e = cli(&["--iface", "lo", "--rebalance=false", "--rebalance-moves", "3"])
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--rebalance-moves"), "{e}");
+    for (opt, bad) in
+        [("--rebalance-threshold", "0.9"), ("--rebalance-interval", "5"), ("--rebalance-moves", "0")]
+    {
+        let e = cli(&["--iface", "lo", "--rebalance", opt, bad]).validate().unwrap_err().to_string();
+        assert!(e.contains(&format!("invalid {opt} {bad}")), "{e}");
+    }
+    let e = cli(&["--iface", "lo", "--engine", "kernel", "--rebalance"]).validate().unwrap_err().to_string();
+    assert!(e.contains("--rebalance") && e.contains("--engine xdp"), "{e}");
+    // Defaults, and --migrate-idle-us as the idle time of bucket moves without RFS.
+    let r = cli(&["--iface", "lo", "--rebalance", "--migrate-idle-us", "800"]).validate().unwrap();
+    let s = r.rebalance.expect("on");
+    assert_eq!((s.interval.as_millis(), s.threshold, s.max_moves), (100, 1.10, 16));
+    let EngineRun::Xdp(o) = r.engine else { panic!("engine xdp expected") };
+    assert_eq!((o.hash.rfs, o.hash.steer_config().migrate_idle_us), (None, 800));
+    assert!(cli(&["--iface", "lo"]).validate().unwrap().rebalance.is_none());
+}
+
+#[test]
+fn rebalance_is_applied_live_on_reload() {
+    let a = parse("iface = \"a\"\n").unwrap();
+    let b = parse("iface = \"a\"\nrebalance = true\nrebalance-threshold = 1.3\n").unwrap();
+    assert!(a.restart_only_changes(&b).is_empty(), "{:?}", a.restart_only_changes(&b));
+    let live = a.with_live_part_of(&b).unwrap();
+    assert_eq!(live.rebalance_settings().unwrap().map(|s| s.threshold), Some(1.3));
 }
 
 #[test]

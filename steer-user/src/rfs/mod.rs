@@ -140,7 +140,7 @@ impl RfsSettings {
                 return Err(Error::BadValue {
                     what: "--migrate-idle-us",
                     value: n.to_string(),
-                    why: "only applies to --mode rfs".into(),
+                    why: "only applies to --mode rfs or --rebalance".into(),
                 });
             }
             if let Some(n) = udp_timeout_s {

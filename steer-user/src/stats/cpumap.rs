@@ -25,6 +25,17 @@ const PROGS: [(&str, &str); 2] =
 /// pin directory. Returns the counters map's id.
 /// Needs CAP_PERFMON (perf_event_open on a tracepoint) and tracefs.
 pub fn watch(ebpf: &mut Ebpf, run: &pins::RunId) -> Result<u32> {
+    attach(ebpf)?;
+    let m = ebpf.map(map::CPUMAP_DROPS).ok_or_else(|| Error::Ebpf("map CPUMAP_DROPS missing".into()))?;
+    let path = run.pin_dir().join(pins::CPUMAP_DROPS);
+    m.pin(&path).map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
+    crate::loader::pinned_map_id(&path)
+}
+
+/// Tells the tracepoint programs which CPUMAP is steer's and attaches them: they
+/// count its drops and how far each queue was filled and drained (what
+/// `--rebalance` waits on before a bucket moves). The links belong to `ebpf`.
+pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
     let id = match ebpf.map(map::CPUS) {
         Some(aya::maps::Map::CpuMap(m)) => m.info().map_err(Error::ebpf)?.id(),
         _ => return Err(Error::Ebpf("map CPUS missing".into())),
@@ -43,10 +54,7 @@ pub fn watch(ebpf: &mut Ebpf, run: &pins::RunId) -> Result<u32> {
         p.load().map_err(|e| Error::Ebpf(format!("loading {prog}: {e}")))?;
         p.attach("xdp", event).map_err(|e| Error::Ebpf(format!("attaching {prog} to xdp:{event}: {e}")))?;
     }
-    let m = ebpf.map(map::CPUMAP_DROPS).ok_or_else(|| Error::Ebpf("map CPUMAP_DROPS missing".into()))?;
-    let path = run.pin_dir().join(pins::CPUMAP_DROPS);
-    m.pin(&path).map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
-    crate::loader::pinned_map_id(&path)
+    Ok(())
 }
 
 /// The counters of a running steer, if it watches its CPUMAP.

@@ -15,6 +15,7 @@ pub struct Source {
     pinned: Option<crate::pins::Pinned>,
     cpumap: Option<PerCpuArray<aya::maps::MapData, u64>>,
     rfs: Option<crate::rfs::PinnedFlows>,
+    buckets: Option<super::buckets::BucketMaps>,
 }
 
 impl Source {
@@ -22,7 +23,8 @@ impl Source {
     /// silently shown as an idle machine, and when a run exists but its maps
     /// cannot be opened (permissions), so that it is not shown as "no steer".
     pub fn open(iface: &str) -> Result<Self> {
-        let mut s = Self { id: crate::pins::RunId::of(iface)?, pinned: None, cpumap: None, rfs: None };
+        let mut s =
+            Self { id: crate::pins::RunId::of(iface)?, pinned: None, cpumap: None, rfs: None, buckets: None };
         s.refresh()?;
         Ok(s)
     }
@@ -32,6 +34,7 @@ impl Source {
             self.pinned = None;
             self.cpumap = None;
             self.rfs = None;
+            self.buckets = None;
             return Ok(());
         }
         if self.pinned.is_none() {
@@ -42,6 +45,9 @@ impl Source {
         }
         if self.cpumap.is_none() {
             self.cpumap = cpumap::open(&self.id);
+        }
+        if self.buckets.is_none() && self.id.has_map(crate::pins::BUCKETS) {
+            self.buckets = super::buckets::BucketMaps::open(&self.id).ok();
         }
         Ok(())
     }
@@ -69,6 +75,10 @@ impl Source {
             }),
             None => None,
         };
+        let buckets = match (&self.buckets, &xdp) {
+            (Some(b), Some(_)) => Some(b.read()?),
+            _ => None,
+        };
         let unix_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -82,6 +92,7 @@ impl Source {
             softnet: softnet::read()?,
             run: RunInfo::read(&self.id),
             rfs,
+            buckets,
         })
     }
 }

@@ -95,6 +95,35 @@ pub fn render_table(r: &Report) -> String {
             rfs.get("deferred").unwrap_or(&0)
         );
     }
+    if let Some(b) = &r.buckets {
+        if !b.hottest.is_empty() {
+            let hot: Vec<String> = b
+                .hottest
+                .iter()
+                .map(|h| {
+                    let moving = if h.moving { " (moving)" } else { "" };
+                    format!("{} cpu{} {} {:.1}%{moving}", h.bucket, h.cpu, si(Some(h.pps)), h.share * 100.0)
+                })
+                .collect();
+            let _ = writeln!(out, "hottest buckets: {}", hot.join(", "));
+        }
+        if b.rebalancing {
+            let ratio = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                out,
+                "rebalance: {} moves ({:.1}/s), {} moving, {} given up; imbalance {} -> {} (last decision){}",
+                b.moves_total,
+                b.moves_per_s,
+                b.pending,
+                b.cancelled_total,
+                ratio(b.imbalance_before),
+                ratio(b.imbalance_after),
+                b.unsplittable_bucket
+                    .map(|u| format!("; bucket {u} alone exceeds a CPU's share: unsplittable"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if let Some(reasons) = &r.passed_by_reason {
         let nz: Vec<String> =
             reasons.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
