@@ -162,6 +162,10 @@ pub struct RfsCounters {
     /// Hook: reads on sockets already closed (a reset before the application
     /// read): not recorded, since no close event would ever remove them.
     pub hook_closed: u64,
+    /// Hook: reads and TCP state changes of sockets with an address of the
+    /// interface in another network namespace (which may reuse the same
+    /// addresses): not recorded, nor removed.
+    pub hook_other_netns: u64,
     /// Hook: reads on unconnected UDP sockets. Not recorded: such a socket
     /// reads many flows, and the kernel's RFS records none for it either.
     pub hook_unconnected: u64,
@@ -184,6 +188,7 @@ impl RfsCounters {
         self.removed += o.removed;
         self.hook_closed += o.hook_closed;
         self.hook_unconnected += o.hook_unconnected;
+        self.hook_other_netns += o.hook_other_netns;
         self.expired += o.expired;
     }
 
@@ -234,10 +239,12 @@ pub mod tp {
     pub const AF_INET6: u16 = 10;
 }
 
-/// Where the UDP hook finds a socket's addresses in `struct sock`: byte
-/// offsets of `struct sock_common` members, from the kernel's BTF (they move
-/// between kernel versions and configurations). Written by the loader before
-/// the hook attaches; 0 in `size` means not filled, and the hook records nothing.
+/// Where the socket hooks find a socket's addresses and network namespace in
+/// `struct sock`: byte offsets of `struct sock_common` (and `struct net`)
+/// members, from the kernel's BTF (they move between kernel versions and
+/// configurations), and the namespace of the steered interface. Written by the
+/// loader before the hooks attach; 0 in `size` means not filled, and the hooks
+/// record nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOffsets {
@@ -257,6 +264,22 @@ pub struct SockOffsets {
     pub v6_rcv_saddr: u32,
     /// `sizeof(struct sock)`, a sanity bound (0: not filled).
     pub size: u32,
+    /// `skc_net.net` (the socket's `struct net *`).
+    pub net: u32,
+    /// `ns.inum` in `struct net` (the namespace's inode number, as in
+    /// /proc/PID/ns/net).
+    pub net_inum: u32,
+    /// The inode number of the steered interface's network namespace: the
+    /// tracepoints fire for sockets of every namespace, and namespaces reuse
+    /// addresses, so a socket of another one is never recorded.
+    pub netns: u32,
+    pub _pad: u32,
+    /// The address of that namespace's `struct net`, learned by the hooks
+    /// from the first socket whose namespace has inode `netns` (0: not yet),
+    /// so that later events compare one pointer instead of reading the inode.
+    /// Safe to keep: the namespace cannot be freed, and its address reused,
+    /// while the `steer run` that owns the hooks lives in it.
+    pub net_addr: u64,
 }
 
 #[cfg(test)]

@@ -98,8 +98,9 @@ pub static CLOSED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 pub static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
 
-/// Offsets of `struct sock_common` members the UDP hook reads (from the
-/// kernel's BTF, written by the loader before the hook attaches).
+/// Offsets of `struct sock_common` members the socket hooks read, and the
+/// steered interface's network namespace (from the kernel's BTF and the
+/// loader, written before the hooks attach; the hooks learn `net_addr`).
 #[map]
 pub static SOCK_OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
 

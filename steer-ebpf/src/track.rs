@@ -21,8 +21,15 @@
 //! TCP_ESTABLISHED, the test of `sock_rps_record_flow`) has a flow; an
 //! unconnected one reads datagrams of any peer, records nothing and is
 //! counted (`hook_unconnected`). UDP has no close event: its entries age out
-//! (the `steer run` sweep). The tracepoints are global, so sockets whose
-//! local address is not on the steered interface are skipped first thing.
+//! (the `steer run` sweep).
+//!
+//! The tracepoints are global, so sockets whose local address is not on the
+//! steered interface are skipped first thing (`hook_filtered`), and of the
+//! rest those of another network namespace (`hook_other_netns`): namespaces
+//! often reuse addresses (pods, labs), and another namespace's reader of the
+//! same 4-tuple is no reader of this interface's packets. The socket's
+//! namespace is `sk->__sk_common.skc_net.net`, compared with the steered
+//! interface's by address once learned, by inode number until then.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -102,11 +109,47 @@ pub fn on_read(ctx: &TracePointContext) -> u32 {
         r.hook_filtered += 1;
         return 0;
     };
-    record(r, &key, Some(skaddr(ctx, rsa::SKADDR)))
+    let Some(off) = sock_offsets() else {
+        return 0;
+    };
+    let sk = skaddr(ctx, rsa::SKADDR);
+    if !in_our_netns(sk, off) {
+        r.hook_other_netns += 1;
+        return 0;
+    }
+    record(r, &key, Some(sk))
 }
 
-/// `T` at byte `off` of the socket at `sk`: kernel memory, so a probe read,
-/// which fails cleanly (None) instead of faulting.
+/// The loader's offsets and namespace, once filled.
+#[inline(always)]
+fn sock_offsets() -> Option<&'static mut SockOffsets> {
+    // SAFETY: the map's one value. The hooks write only `net_addr`: one
+    // aligned 8-byte store, of the same value from every CPU.
+    let off = unsafe { &mut *SOCK_OFFSETS.get_ptr_mut(0)? };
+    (off.size != 0).then_some(off)
+}
+
+/// Whether the socket at `sk` belongs to the steered interface's network
+/// namespace. One probe read (its `struct net *`) once the namespace's
+/// address is known; until then a second one, its inode number, and the
+/// first match teaches the address.
+#[inline(always)]
+fn in_our_netns(sk: u64, off: &mut SockOffsets) -> bool {
+    let Some(net) = sk_read::<u64>(sk, off.net) else {
+        return false;
+    };
+    if net != 0 && net == off.net_addr {
+        return true;
+    }
+    if sk_read::<u32>(net, off.net_inum) != Some(off.netns) {
+        return false;
+    }
+    off.net_addr = net;
+    true
+}
+
+/// `T` at byte `off` of the kernel object at `sk` (a socket, its namespace):
+/// kernel memory, so a probe read, which fails cleanly (None) instead of faulting.
 #[inline(always)]
 fn sk_read<T>(sk: u64, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address itself.
@@ -147,12 +190,9 @@ pub fn on_udp_read(ctx: &TracePointContext) -> u32 {
     if ret < 0 || flags & (tp::MSG_PEEK | tp::MSG_ERRQUEUE) != 0 {
         return 0;
     }
-    let (Some(r), Some(off)) = (rfs_counters(), SOCK_OFFSETS.get(0)) else {
+    let (Some(r), Some(off)) = (rfs_counters(), sock_offsets()) else {
         return 0;
     };
-    if off.size == 0 {
-        return 0;
-    }
     match udp_key(skaddr(ctx, rl::SK), word16(ctx, rl::FAMILY), off) {
         Udp::Flow(key) => record(r, &key, None),
         Udp::Unconnected => {
@@ -161,6 +201,10 @@ pub fn on_udp_read(ctx: &TracePointContext) -> u32 {
         }
         Udp::Foreign => {
             r.hook_filtered += 1;
+            0
+        }
+        Udp::OtherNetns => {
+            r.hook_other_netns += 1;
             0
         }
     }
@@ -172,10 +216,12 @@ enum Udp {
     Unconnected,
     /// Bound to an address that is not the interface's (or unreadable).
     Foreign,
+    /// A socket of another network namespace.
+    OtherNetns,
 }
 
 #[inline(always)]
-fn udp_key(sk: u64, family: u16, off: &SockOffsets) -> Udp {
+fn udp_key(sk: u64, family: u16, off: &mut SockOffsets) -> Udp {
     let local = match family {
         tp::AF_INET => sk_read::<u32>(sk, off.rcv_saddr).map(v4_mapped),
         tp::AF_INET6 => sk_read::<[u8; 16]>(sk, off.v6_rcv_saddr),
@@ -184,12 +230,16 @@ fn udp_key(sk: u64, family: u16, off: &SockOffsets) -> Udp {
     let Some(local) = local else {
         return Udp::Foreign;
     };
-    let ours = LOCAL_ADDRS.get_ptr(&local).is_some();
-    if sk_read::<u8>(sk, off.state) != Some(tp::TCP_ESTABLISHED) {
-        return if ours || is_any(&local) { Udp::Unconnected } else { Udp::Foreign };
-    }
-    if !ours {
+    let connected = sk_read::<u8>(sk, off.state) == Some(tp::TCP_ESTABLISHED);
+    // An unconnected socket bound to every address reads the interface's packets too.
+    if LOCAL_ADDRS.get_ptr(&local).is_none() && (connected || !is_any(&local)) {
         return Udp::Foreign;
+    }
+    if !in_our_netns(sk, off) {
+        return Udp::OtherNetns;
+    }
+    if !connected {
+        return Udp::Unconnected;
     }
     let remote = match family {
         tp::AF_INET => sk_read::<u32>(sk, off.daddr).map(v4_mapped),
@@ -262,9 +312,19 @@ pub fn on_state(ctx: &TracePointContext) -> u32 {
     let Some(key) = key(ctx, ss::SPORT, ss::DPORT, ss::SADDR_V6, ss::DADDR_V6) else {
         return 0;
     };
+    let Some(off) = sock_offsets() else {
+        return 0;
+    };
+    let sk = skaddr(ctx, ss::SKADDR);
+    // Another namespace's close of the same 4-tuple must not drop this one's entry.
+    if !in_our_netns(sk, off) {
+        if let Some(r) = rfs_counters() {
+            r.hook_other_netns += 1;
+        }
+        return 0;
+    }
     // SAFETY: inside the record (offset from its format file), 4-byte aligned.
     let newstate = unsafe { *(ctx.as_ptr() as *const i32).add(ss::NEWSTATE / 4) };
-    let sk = skaddr(ctx, ss::SKADDR);
     if newstate != tp::TCP_CLOSE {
         let _ = CLOSED.remove(&sk);
         return 0;

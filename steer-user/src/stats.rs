@@ -289,7 +289,7 @@ pub struct Report {
     pub passed_by_reason: Option<BTreeMap<&'static str, u64>>,
     /// Cumulative RFS counters (hits, misses, moves, deferred, not_steerable,
     /// inserts, removed, expired, evictions, hook_events, hook_filtered, hook_closed,
-    /// hook_unconnected) and `flows`,
+    /// hook_unconnected, hook_other_netns) and `flows`,
     /// the live table size; null unless `--mode rfs`.
     pub rfs: Option<RfsTotals>,
     /// The hottest buckets and what `--rebalance` did; null when not attached.

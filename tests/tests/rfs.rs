@@ -1142,6 +1142,152 @@ fn rfs_reads_after_a_reset_leave_no_entries() {
     assert!(ok, "steer run failed: {log}");
 }
 
+// --- Network namespaces ------------------------------------------------------
+//
+// The tracepoints fire for the sockets of every namespace, and namespaces
+// reuse addresses: every lab of these tests has the same ones, as pods do.
+
+/// A TCP connection in `lab` from the sending side's `cport` to the receiving
+/// side's `port`: fixed ports, so that two labs make the very same 4-tuple.
+/// (server, client, flow key).
+fn tcp_fixed(lab: &Lab, port: u16, cport: u16) -> Result<(Arc<TcpStream>, Arc<TcpStream>, FlowKey)> {
+    let srv = SocketAddr::new(lab.rx_ip.parse()?, port);
+    let cli = SocketAddr::new(lab.tx_ip.parse()?, cport);
+    let listener = in_ns(&lab.rx_ns, move || TcpListener::bind(srv))??;
+    let client = in_ns(&lab.tx_ns, move || -> std::io::Result<TcpStream> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        s.bind(&cli.into())?;
+        s.connect_timeout(&srv.into(), Duration::from_secs(5))?;
+        Ok(s.into())
+    })??;
+    let (server, peer) = listener.accept()?;
+    if peer != cli {
+        bail!("accepted {peer}, expected {cli}");
+    }
+    let key = FlowKey::from_socket(IPPROTO_TCP, &bytes16(srv.ip()), port, &bytes16(cli.ip()), cport);
+    Ok((Arc::new(server), Arc::new(client), key))
+}
+
+/// A connected UDP socket pair in `lab`, ports fixed as in [`tcp_fixed`].
+fn udp_fixed(lab: &Lab, port: u16, cport: u16) -> Result<(Arc<UdpSocket>, Arc<UdpSocket>, FlowKey)> {
+    let srv = SocketAddr::new(lab.rx_ip.parse()?, port);
+    let cli = SocketAddr::new(lab.tx_ip.parse()?, cport);
+    let server = in_ns(&lab.rx_ns, move || udp_socket(srv, Some(cli)))??;
+    let client = in_ns(&lab.tx_ns, move || udp_socket(cli, Some(srv)))??;
+    let key = FlowKey::from_socket(IPPROTO_UDP, &bytes16(srv.ip()), port, &bytes16(cli.ip()), cport);
+    Ok((Arc::new(server), Arc::new(client), key))
+}
+
+/// Closes `s` with a reset (SO_LINGER 0): its state goes to TCP_CLOSE within
+/// the close call, so the hook has seen the close when this returns.
+fn close_now(s: Arc<TcpStream>) {
+    let s = Arc::into_inner(s).expect("the last reference to the socket");
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
+    drop(s);
+}
+
+fn comm(e: &FlowEntry) -> String {
+    let n = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+    String::from_utf8_lossy(&e.comm[..n]).into_owned()
+}
+
+/// A lab's two flows: `writes` TCP writes of 1000 bytes and
+/// as many datagrams, each waited for until read.
+fn lab_traffic(tcp: &TcpStream, tr: &Reader, udp: &UdpSocket, ur: &UdpReader, writes: u64) {
+    let (b0, d0) = (tr.bytes.load(Ordering::Relaxed), ur.total());
+    for _ in 0..writes {
+        (&*tcp).write_all(&[3u8; 1000]).expect("TCP write");
+        udp.send(&[4u8; 200]).expect("UDP send");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_for("every write read", Duration::from_secs(5), || {
+        tr.bytes.load(Ordering::Relaxed) == b0 + writes * 1000 && ur.total() == d0 + writes
+    });
+}
+
+/// Two labs with the same addresses, steer on lab A only. Lab B's TCP and
+/// connected UDP readers, of exactly A's 4-tuples, are counted
+/// (`hook_other_netns`) and never recorded, moved or closed in A's table;
+/// A's own readers of the same tuples are recorded as usual.
+#[test]
+fn rfs_records_only_sockets_of_the_interfaces_namespace() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let a = Lab::new().expect("making lab A");
+    let b = Lab::new().expect("making lab B");
+    assert_eq!((a.rx_ip, a.tx_ip), (b.rx_ip, b.tx_ip), "the two labs must share their addresses");
+    assert_ne!(a.run_id(&a.rx_if).expect("A").netns, b.run_id(&b.rx_if).expect("B").netns);
+    let (run, flows) = start_rfs(&a, &[]);
+    let k0 = counters(&flows);
+
+    // Lab B alone: reads on c1.
+    let (b_srv, b_cli, tcp_key) = tcp_fixed(&b, 5030, 41030).expect("lab B TCP");
+    let (b_usrv, b_ucli, udp_key) = udp_fixed(&b, 5031, 41031).expect("lab B UDP");
+    let b_tr = Reader::start("rfs-nsb-tcp", c1, vec![b_srv.clone()]);
+    let b_ur = UdpReader::start("rfs-nsb-udp", c1, vec![b_usrv.clone()]);
+    lab_traffic(&b_cli, &b_tr, &b_ucli, &b_ur, 50);
+    let k = counters(&flows);
+    let live = rfs::entries(&flows.flows);
+    eprintln!(
+        "lab B only: hook_other_netns +{}, hook_events +{}, inserts +{}, entries {}",
+        k.hook_other_netns - k0.hook_other_netns,
+        k.hook_events - k0.hook_events,
+        k.inserts - k0.inserts,
+        live.len()
+    );
+    let readers: Vec<String> = live.iter().map(|(_, e)| comm(e)).collect();
+    assert!(live.is_empty(), "{} foreign sockets recorded in lab A's table, read by {readers:?}", live.len());
+    assert_eq!(
+        (k.hook_events, k.inserts),
+        (k0.hook_events, k0.inserts),
+        "lab B's reads were recorded: {k:?}"
+    );
+    // 50 UDP reads, and TCP reads and state changes.
+    assert!(k.hook_other_netns > k0.hook_other_netns + 50, "lab B's reads were not counted: {k0:?} -> {k:?}");
+
+    // Lab A's own readers of the same 4-tuples, on c0; then lab B reads again, last.
+    let (a_srv, a_cli, a_tcp_key) = tcp_fixed(&a, 5030, 41030).expect("lab A TCP");
+    let (a_usrv, a_ucli, a_udp_key) = udp_fixed(&a, 5031, 41031).expect("lab A UDP");
+    assert_eq!((a_tcp_key, a_udp_key), (tcp_key, udp_key), "the labs' flows must be the same 4-tuples");
+    let a_tr = Reader::start("rfs-nsa-tcp", c0, vec![a_srv.clone()]);
+    let a_ur = UdpReader::start("rfs-nsa-udp", c0, vec![a_usrv.clone()]);
+    let k1 = counters(&flows);
+    lab_traffic(&a_cli, &a_tr, &a_ucli, &a_ur, 50);
+    let k2 = counters(&flows);
+    lab_traffic(&b_cli, &b_tr, &b_ucli, &b_ur, 50);
+    let k3 = counters(&flows);
+    eprintln!(
+        "lab A: hook_events +{}, hook_other_netns +{}; lab B again: hook_events +{}, hook_other_netns +{}",
+        k2.hook_events - k1.hook_events,
+        k2.hook_other_netns - k1.hook_other_netns,
+        k3.hook_events - k2.hook_events,
+        k3.hook_other_netns - k2.hook_other_netns
+    );
+    assert_eq!(k3.hook_events, k2.hook_events, "lab B's reads were recorded: {k3:?}");
+    for (key, name) in [(tcp_key, "rfs-nsa-tcp"), (udp_key, "rfs-nsa-udp")] {
+        let e = entry(&flows, &key).unwrap_or_else(|| panic!("lab A's reader {name} was not recorded"));
+        assert_eq!((e.want_cpu, comm(&e).as_str()), (c0, name), "lab B's reader took lab A's entry: {e:?}");
+    }
+    assert_eq!(rfs::entries(&flows.flows).len(), 2, "lab A's table holds lab A's two flows only");
+
+    // Lab B's connection closes: lab A's entry of the same 4-tuple stays.
+    drop(b_tr);
+    let (other0, removed0) = (counters(&flows).hook_other_netns, counters(&flows).removed);
+    close_now(b_srv);
+    let k = counters(&flows);
+    assert!(entry(&flows, &tcp_key).is_some(), "lab B's close removed lab A's entry: {k:?}");
+    assert_eq!(k.removed, removed0, "lab B's close was counted as lab A's: {k:?}");
+    assert!(k.hook_other_netns > other0, "lab B's close was not seen: {k:?}");
+    // Lab A's own close still removes it.
+    drop(a_tr);
+    close_now(a_srv);
+    assert!(entry(&flows, &tcp_key).is_none(), "lab A's close did not remove its entry");
+    assert_eq!(counters(&flows).removed, removed0 + 1);
+    drop((b_ur, a_ur, b_cli, a_cli));
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
 const XDP_REDIRECT: u32 = 4;
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];

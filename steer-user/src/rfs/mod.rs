@@ -162,14 +162,14 @@ impl RfsSettings {
 }
 
 /// Starts socket tracking on a loaded object: fills the interface's local
-/// addresses and the UDP hook's `struct sock` offsets, loads and attaches the
-/// tracepoint programs. The links belong to `ebpf`; dropping it detaches
+/// addresses, the hooks' `struct sock` offsets and the namespace (the calling
+/// thread's, which holds `iface`), loads and attaches the tracepoint programs. The links belong to `ebpf`; dropping it detaches
 /// them. Call before attaching XDP, so that a failure here leaves nothing changed.
 pub fn start(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
     mounts::ensure_tracefs()?;
     check_formats()?;
-    // Before the UDP hook attaches: without them it would record nothing, silently.
-    let offsets = sock::offsets(std::path::Path::new(sock::VMLINUX_BTF))?;
+    // Before the hooks attach: without them they would record nothing, silently.
+    let offsets = sock::offsets(std::path::Path::new(sock::VMLINUX_BTF), crate::pins::netns()?)?;
     let m = ebpf.map_mut(map::SOCK_OFFSETS).ok_or_else(|| Error::Ebpf("map SOCK_OFFSETS missing".into()))?;
     Array::<_, SockOffsets>::try_from(m)
         .and_then(|mut a| a.set(0, offsets, 0))

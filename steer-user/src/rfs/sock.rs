@@ -1,8 +1,9 @@
-//! Where the UDP hook finds a socket's addresses: `struct sock_common` member
-//! offsets from the kernel's BTF, the way CO-RE would relocate them. The
-//! sock_recv_length tracepoint carries only the socket pointer, and these
-//! offsets move between kernel versions and configurations, so they are never
-//! compiled in. Parsed with the `btfparse` crate (aya 0.14 keeps member
+//! Where the socket hooks find a socket's addresses and network namespace:
+//! `struct sock_common` (and `struct net`) member offsets from the kernel's
+//! BTF, the way CO-RE would relocate them. The sock_recv_length tracepoint
+//! carries only the socket pointer, every hook needs the socket's namespace
+//! (the tracepoints fire for all of them), and these offsets move between
+//! kernel versions and configurations, so they are never compiled in. Parsed with the `btfparse` crate (aya 0.14 keeps member
 //! lookup private); the members sit in anonymous unions and structs, which
 //! its path lookup walks.
 
@@ -19,9 +20,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Where a member's offset goes in [`SockOffsets`].
 type Slot = fn(&mut SockOffsets) -> &mut u32;
 
-/// The members the hook reads: path in `struct sock`, size in bytes, and
+/// The members the hooks read: path in `struct sock`, size in bytes, and
 /// where the offset goes.
-const MEMBERS: [(&str, usize, Slot); 7] = [
+const MEMBERS: [(&str, usize, Slot); 8] = [
     ("__sk_common.skc_daddr", 4, |o| &mut o.daddr),
     ("__sk_common.skc_rcv_saddr", 4, |o| &mut o.rcv_saddr),
     ("__sk_common.skc_dport", 2, |o| &mut o.dport),
@@ -29,7 +30,13 @@ const MEMBERS: [(&str, usize, Slot); 7] = [
     ("__sk_common.skc_state", 1, |o| &mut o.state),
     ("__sk_common.skc_v6_daddr", 16, |o| &mut o.v6_daddr),
     ("__sk_common.skc_v6_rcv_saddr", 16, |o| &mut o.v6_rcv_saddr),
+    // possible_net_t: a struct holding the pointer (with CONFIG_NET_NS).
+    ("__sk_common.skc_net.net", 8, |o| &mut o.net),
 ];
+
+/// The namespace's inode number in `struct net` (`ns_common.inum`, what
+/// /proc/PID/ns/net shows).
+const NET_INUM: &str = "ns.inum";
 
 /// The BTF file, read whole (a few MB; read once at start).
 struct Bytes(Vec<u8>);
@@ -45,23 +52,26 @@ impl Readable for Bytes {
     }
 }
 
-/// The offsets in the BTF file at `path` (the kernel's: [`VMLINUX_BTF`]).
-pub fn offsets(path: &Path) -> Result<SockOffsets> {
+/// The offsets in the BTF file at `path` (the kernel's: [`VMLINUX_BTF`]),
+/// for the network namespace whose inode number is `netns`.
+pub fn offsets(path: &Path, netns: u64) -> Result<SockOffsets> {
+    let netns = u32::try_from(netns).map_err(|_| Error::BadValue {
+        what: "network namespace inode",
+        value: netns.to_string(),
+        why: "the kernel's are 32-bit (ns_common.inum)".into(),
+    })?;
     let data = std::fs::read(path).map_err(|e| {
-        Error::io(
-            format!("reading the kernel's BTF {} (RFS for UDP needs CONFIG_DEBUG_INFO_BTF)", path.display()),
-            e,
-        )
+        Error::io(format!("reading the kernel's BTF {} (RFS needs CONFIG_DEBUG_INFO_BTF)", path.display()), e)
     })?;
     let types = TypeInformation::new(&Bytes(data))
         .map_err(|e| Error::Ebpf(format!("parsing the kernel's BTF {}: {e:?}", path.display())))?;
-    resolve(&types, path)
+    Ok(SockOffsets { netns, ..resolve(&types, path)? })
 }
 
 fn resolve(types: &TypeInformation, path: &Path) -> Result<SockOffsets> {
     let missing = |what: String| {
         Error::Ebpf(format!(
-            "the kernel's BTF ({}) has no {what}: RFS cannot read UDP sockets on this kernel; use --mode rss",
+            "the kernel's BTF ({}) has no {what}: RFS cannot read sockets on this kernel; use --mode rss",
             path.display()
         ))
     };
@@ -69,20 +79,32 @@ fn resolve(types: &TypeInformation, path: &Path) -> Result<SockOffsets> {
     let size = types.size_of(sock).map_err(|_| missing("size of struct sock".into()))?;
     let mut out = SockOffsets { size: u32::try_from(size).unwrap_or(0), ..Default::default() };
     for (member, want, slot) in MEMBERS {
-        let (tid, off) =
-            types.offset_of(sock, member).map_err(|_| missing(format!("struct sock member {member}")))?;
-        let Offset::ByteOffset(off) = off else {
-            return Err(missing(format!("byte-aligned struct sock member {member} (it is a bit field)")));
-        };
-        let got = types.size_of(tid).unwrap_or(0);
-        if got != want || off as usize + got > size {
-            return Err(missing(format!(
-                "struct sock member {member} of {want} bytes (it has {got} bytes at offset {off} of {size})"
-            )));
-        }
-        *slot(&mut out) = off;
+        *slot(&mut out) = member_of(types, "sock", member, want).map_err(missing)?;
     }
+    out.net_inum = member_of(types, "net", NET_INUM, 4).map_err(missing)?;
     Ok(out)
+}
+
+/// Byte offset of `member` (`size` bytes) in `struct name`, or what is missing.
+fn member_of(
+    types: &TypeInformation,
+    name: &str,
+    member: &str,
+    size: usize,
+) -> std::result::Result<u32, String> {
+    let id = types.id_of(name).ok_or_else(|| format!("struct {name}"))?;
+    let whole = types.size_of(id).map_err(|_| format!("size of struct {name}"))?;
+    let (tid, off) = types.offset_of(id, member).map_err(|_| format!("struct {name} member {member}"))?;
+    let Offset::ByteOffset(off) = off else {
+        return Err(format!("byte-aligned struct {name} member {member} (it is a bit field)"));
+    };
+    let got = types.size_of(tid).unwrap_or(0);
+    if got != size || off as usize + got > whole {
+        return Err(format!(
+            "struct {name} member {member} of {size} bytes (it has {got} bytes at offset {off} of {whole})"
+        ));
+    }
+    Ok(off)
 }
 
 #[cfg(test)]
@@ -95,7 +117,7 @@ mod tests {
     fn this_kernels_sock_members_are_found() {
         let path = Path::new(VMLINUX_BTF);
         assert!(path.exists(), "{VMLINUX_BTF} missing: this kernel has no BTF, RFS for UDP cannot run here");
-        let o = offsets(path).unwrap();
+        let o = offsets(path, 4026531840).unwrap();
         println!("{o:?}");
         // struct sock_common opens with the address pair, then the port pair
         // (skc_dport then skc_num), and struct sock opens with sock_common.
@@ -103,6 +125,13 @@ mod tests {
         assert_eq!(o.num, o.dport + 2);
         assert!(o.state > o.num && o.v6_rcv_saddr == o.v6_daddr + 16, "{o:?}");
         assert!(o.v6_rcv_saddr + 16 <= o.size, "{o:?}");
+        // The namespace pointer sits in sock_common after the addresses, and
+        // the inode given is carried through to the hooks.
+        assert!(o.net > o.rcv_saddr && o.net.is_multiple_of(8) && o.net + 8 <= o.size, "{o:?}");
+        assert!(o.net_inum > 0 && o.net_inum.is_multiple_of(4), "{o:?}");
+        assert_eq!((o.netns, o.net_addr), (4026531840, 0));
+        let e = offsets(path, 1 << 32).unwrap_err().to_string();
+        assert!(e.contains("4294967296") && !e.contains('\n'), "{e}");
     }
 
     #[test]
@@ -112,7 +141,11 @@ mod tests {
         let types = TypeInformation::new(&Bytes(data)).unwrap();
         let sock = types.id_of("sock").unwrap();
         assert!(types.offset_of(sock, "__sk_common.skc_no_such_member").is_err());
-        let e = offsets(Path::new("/nonexistent/vmlinux")).unwrap_err().to_string();
+        let e = member_of(&types, "net", "ns.no_such_member", 4).unwrap_err();
+        assert_eq!(e, "struct net member ns.no_such_member");
+        let e = member_of(&types, "net", NET_INUM, 8).unwrap_err();
+        assert!(e.starts_with("struct net member ns.inum of 8 bytes (it has 4 bytes"), "{e}");
+        let e = offsets(Path::new("/nonexistent/vmlinux"), 1).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/vmlinux") && !e.contains('\n'), "{e}");
     }
 }

@@ -88,7 +88,7 @@ pub fn rows(entries: &[(FlowKey, FlowEntry)], now_ns: u64, top: usize) -> Vec<Fl
 }
 
 /// The counters as `name value` pairs, in the order tables and JSON show them.
-pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 13] {
+pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 14] {
     [
         ("hits", c.hits),
         ("misses", c.misses),
@@ -103,6 +103,7 @@ pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 13] {
         ("hook_filtered", c.hook_filtered),
         ("hook_closed", c.hook_closed),
         ("hook_unconnected", c.hook_unconnected),
+        ("hook_other_netns", c.hook_other_netns),
     ]
 }
 
@@ -171,15 +172,23 @@ mod tests {
         let k = FlowKey::from_socket(steer_common::tuple::IPPROTO_UDP, &local, 443, &remote.octets(), 4433);
         let rows = rows(&[(k, FlowEntry { cpu: 0, pkts: 3, ..Default::default() })], 0, 0);
         assert_eq!((rows[0].proto, rows[0].src.as_str()), ("udp", "[2001:db8::1]:4433"));
-        let c = RfsCounters { inserts: 5, expired: 2, hook_unconnected: 9, ..Default::default() };
+        let c = RfsCounters {
+            inserts: 5,
+            expired: 2,
+            hook_unconnected: 9,
+            hook_other_netns: 4,
+            ..Default::default()
+        };
         let text = render(&rows, 1, &c);
         assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("udp ")), "{text}");
         assert!(text.contains("expired 2, evictions 2") && text.contains("hook_unconnected 9"), "{text}");
+        assert!(text.contains("hook_other_netns 4"), "{text}");
         let v = to_json(&rows, 1, &c);
         assert_eq!(v["flows"][0]["proto"], "udp", "{v}");
         assert_eq!(
             (v["counters"]["expired"].as_u64(), v["counters"]["evictions"].as_u64()),
             (Some(2), Some(2))
         );
+        assert_eq!(v["counters"]["hook_other_netns"].as_u64(), Some(4), "{v}");
     }
 }
