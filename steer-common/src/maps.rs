@@ -109,6 +109,11 @@ pub struct SteerConfig {
     /// A flow whose reader changed CPU moves only after this long without a
     /// packet (`--migrate-idle-us`), so none of its packets overtake others.
     pub migrate_idle_us: u32,
+    /// 1: a packet steered to the CPU it arrived on is passed in place. Only
+    /// safe where each flow arrives on one CPU (a NIC queue's IRQ CPU): where
+    /// it arrives on several (veth, generic XDP) a packet passed in place can
+    /// overtake one of its flow queued from another CPU.
+    pub local_pass: u32,
     /// IP-level tunnels hashed on their inner flow ([`crate::tunnel::INNER_IPIP`] | ...).
     pub inner_ip: u32,
     /// UDP tunnels hashed on their inner flow, by destination port

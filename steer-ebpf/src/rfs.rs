@@ -83,7 +83,7 @@ pub fn steer(
             if cpu != here && e.queued == 0 {
                 e.queued = 1;
             }
-            Some(crate::steer::steered(c, cpu, verdict, e.queued == 0))
+            Some(crate::steer::steered(c, cpu, verdict, e.queued == 0 && cfg.local_pass != 0))
         }
         Err(_) => {
             r.not_steerable += 1;

@@ -185,9 +185,10 @@ fn steer_flow(c: &mut Counters, cfg: &SteerConfig, tuple: &Tuple, len: u64) -> u
         return pass(c, PassReason::NoConfig);
     };
     // The low bits of the flags are the verdict when the CPU has no queue: pass.
-    // A flow's RSS CPU never changes (but on SIGHUP), so passing it in place keeps its order.
+    // A flow's RSS CPU never changes (but on SIGHUP), so passing it in place keeps its order
+    // where the flow always arrives on one CPU (`local_pass`).
     match CPUS.redirect(cpu, xdp_action::XDP_PASS as u64) {
-        Ok(verdict) => steered(c, cpu, verdict, true),
+        Ok(verdict) => steered(c, cpu, verdict, cfg.local_pass != 0),
         Err(verdict) => {
             c.redirect_err += 1;
             verdict

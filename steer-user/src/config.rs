@@ -31,6 +31,31 @@ pub enum XdpMode {
     Skb,
 }
 
+/// When a packet steered to the CPU it arrived on is passed in place
+/// (`--local-pass`) instead of queued to that CPU's own CPUMAP queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalPass {
+    /// In native mode on a NIC (each flow arrives on its queue's IRQ CPU); never on veth,
+    /// TAP or in generic mode, where one flow's packets arrive on several CPUs.
+    Auto,
+    /// Always (only where every flow arrives on one CPU).
+    On,
+    /// Never: every packet goes through a CPUMAP queue.
+    Off,
+}
+
+impl LocalPass {
+    /// Whether to pass in place, once the attach mode and the driver are known.
+    pub fn resolve(self, native: bool, driver: &str) -> bool {
+        match self {
+            Self::On => true,
+            Self::Off => false,
+            Self::Auto => native && !matches!(driver, "veth" | "tun"),
+        }
+    }
+}
+
 /// Hash choice on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +89,8 @@ pub struct HashSettings {
     pub rfs: Option<crate::rfs::RfsSettings>,
     /// Tunnels whose inner flow is hashed (`--inner`).
     pub inner: InnerSettings,
+    /// Pass a packet steered to its own CPU in place (`--local-pass`, resolved).
+    pub local_pass: bool,
     /// `--migrate-idle-us` for bucket moves (`--rebalance`) when RFS is off;
     /// with RFS its setting serves both.
     pub move_idle_us: Option<u32>,
@@ -107,6 +134,7 @@ impl HashSettings {
             rfs: None,
             inner: InnerSettings::default(),
             move_idle_us: None,
+            local_pass: true,
         })
     }
 
@@ -123,6 +151,7 @@ impl HashSettings {
                 .map(|r| r.migrate_idle_us)
                 .or(self.move_idle_us)
                 .unwrap_or(crate::rfs::DEFAULT_MIGRATE_IDLE_US),
+            local_pass: self.local_pass as u32,
             ..SteerConfig::default()
         };
         self.inner.apply(&mut cfg);
@@ -210,6 +239,7 @@ pub struct RunOptions {
     pub qsize: u32,
     pub xdp_mode: XdpMode,
     pub replace: bool,
+    pub local_pass: LocalPass,
 }
 
 impl RunOptions {
@@ -220,6 +250,7 @@ impl RunOptions {
         qsize: u32,
         xdp_mode: XdpMode,
         replace: bool,
+        local_pass: LocalPass,
     ) -> Result<Self> {
         let ifindex = iface::index(iface)?;
         check_qsize(qsize)?;
@@ -252,7 +283,7 @@ impl RunOptions {
             }
             (_, mode) => mode,
         };
-        Ok(Self { iface: iface.to_string(), ifindex, hash, qsize, xdp_mode, replace })
+        Ok(Self { iface: iface.to_string(), ifindex, hash, qsize, xdp_mode, replace, local_pass })
     }
 }
 

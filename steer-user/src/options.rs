@@ -19,7 +19,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, FromArgMatches as _};
 
 use crate::{
-    config::{HashArg, HashSettings, RunOptions, XdpMode, DEFAULT_TABLE_SIZE},
+    config::{HashArg, HashSettings, LocalPass, RunOptions, XdpMode, DEFAULT_TABLE_SIZE},
     cpus,
     error::{Error, Result},
     inner::InnerSettings,
@@ -113,6 +113,12 @@ pub struct RunArgs {
     /// XDP attach mode. [default: auto]
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
+    /// Pass a packet steered to the CPU it arrived on in place instead of through that CPU's own
+    /// queue: auto = in native mode on a NIC, never on veth/TAP or in generic mode (where one
+    /// flow's packets arrive on several CPUs and one passed in place could overtake one queued).
+    /// [default: auto]
+    #[arg(long, value_enum)]
+    pub local_pass: Option<LocalPass>,
     /// Take the interface's XDP program off for the run (put back on exit), and take over
     /// from a crashed earlier steer run.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
@@ -210,6 +216,7 @@ const XDP_ONLY: &[&str] = &[
     "inner-udp-ports",
     "qsize",
     "xdp-mode",
+    "local-pass",
     "replace",
     "mode",
     "flow-entries",
@@ -358,6 +365,7 @@ impl RunArgs {
                     self.qsize.unwrap_or(crate::config::DEFAULT_QSIZE),
                     self.xdp_mode.unwrap_or(XdpMode::Auto),
                     self.replace.unwrap_or(false),
+                    self.local_pass.unwrap_or(LocalPass::Auto),
                 )?)
             }
         };

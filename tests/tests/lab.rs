@@ -197,7 +197,19 @@ fn self_steered(iface: &str) -> Vec<u64> {
 #[test]
 fn native_path_passes_the_receiving_cpus_own_flows_in_place() {
     let lab = Lab::new().unwrap();
+    // On a veth the default (auto) queues everything: a veth's flows can arrive on any CPU.
     let run = SteerRun::start(&lab, &["--xdp-mode", "native"]).unwrap();
+    let before = pinned_snapshot(&lab.rx_if);
+    generate(&lab, 1024, 1000, 5, 0).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let d = pinned_snapshot(&lab.rx_if).since(&before).total();
+    println!("--local-pass auto on a veth: redirected {}, local {}", d.redirected, d.local);
+    assert!(d.redirected >= 4900, "steered {}", d.redirected);
+    assert_eq!(d.local, 0, "auto passes nothing in place on a veth");
+    let (ok, err) = run.stop().unwrap();
+    assert!(ok, "steer run failed: {err}");
+    // The generator pinned to one CPU is a NIC queue's IRQ CPU: each flow arrives on one CPU.
+    let run = SteerRun::start(&lab, &["--xdp-mode", "native", "--local-pass", "on"]).unwrap();
     for irq in online() {
         let before = pinned_snapshot(&lab.rx_if);
         let (mine0, snmp0) = (self_steered(&lab.rx_if), snmp(&lab.rx_ns).unwrap());

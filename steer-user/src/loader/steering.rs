@@ -74,6 +74,8 @@ pub struct Steering {
     link: Option<PinnedLink>,
     /// A foreign program `--replace` took off, to put back on stop.
     replaced: Option<crate::xdp_owner::Replaced>,
+    /// `--local-pass` as resolved for this attach: kept across reconfigurations.
+    local_pass: bool,
 }
 
 impl Steering {
@@ -94,7 +96,8 @@ impl Steering {
             log::warn!("removing what an earlier steer run left pinned on {}", opts.iface);
             id.remove()?;
         }
-        let mut ebpf = load(&opts.hash, opts.qsize)?;
+        // In place only once the attach mode is known (below): until then, every packet is queued.
+        let mut ebpf = load(&HashSettings { local_pass: false, ..opts.hash.clone() }, opts.qsize)?;
         if opts.hash.rfs.is_some() {
             // Before XDP attaches: on failure, dropping `ebpf` detaches the tracepoints.
             rfs::start(&mut ebpf, &opts.iface)?;
@@ -157,7 +160,19 @@ impl Steering {
             }
         };
         let link = prog.take_link(link_id).map_err(Error::ebpf)?;
-        let mut steering = Self { ebpf, iface: opts.iface.clone(), id, mode, driver, link: None, replaced };
+        let local_pass = opts.local_pass.resolve(mode == Attached::Native, &driver);
+        if local_pass {
+            write_config(&mut ebpf, &HashSettings { local_pass, ..opts.hash.clone() })?;
+        }
+        log::info!(
+            "{}: a packet steered to the CPU it arrived on is {} ({:?} XDP, driver {driver}, --local-pass {:?})",
+            opts.iface,
+            if local_pass { "passed in place" } else { "queued like the others" },
+            mode,
+            opts.local_pass
+        );
+        let mut steering =
+            Self { ebpf, iface: opts.iface.clone(), id, mode, driver, link: None, replaced, local_pass };
         // From here on, a failure must leave nothing behind: `pin` cleans up itself.
         let fd_link = FdLink::try_from(link)
             .map_err(|e| Error::Ebpf(format!("XDP was attached without a bpf link (old kernel?): {e}")))?;
@@ -277,7 +292,7 @@ impl Steering {
                 })?;
             }
         }
-        write_config(&mut self.ebpf, hash)?;
+        write_config(&mut self.ebpf, &HashSettings { local_pass: self.local_pass, ..hash.clone() })?;
         for &cpu in old.iter().filter(|c| !hash.cpus.contains(c)) {
             cpumap_delete(&mut self.ebpf, cpu)?;
         }

@@ -28,6 +28,7 @@ fn sample(key: &str) -> Option<(&'static str, Engine)> {
         "inner-udp-ports" => ("\"8472=vxlan,5555=fou\"", Engine::Xdp),
         "qsize" => ("64", Engine::Xdp),
         "xdp-mode" => ("\"skb\"", Engine::Xdp),
+        "local-pass" => ("\"off\"", Engine::Xdp),
         "replace" => ("true", Engine::Xdp),
         "mode" => ("\"rfs\"", Engine::Xdp),
         "flow-entries" => ("1024", Engine::Xdp),
