@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick] [-- ARGS]`: builds steer (release) and runs
 //! `steer lab bench`, which builds its own lab, measures every scenario side by
-//! side and writes markdown + JSON under bench/results/; then draws the PNG
+//! side and writes markdown + JSON under bench/results/, then its two skewed
+//! workloads (`--rebalance`); then draws the PNG
 //! chart from the JSON here, so the plotting crate stays out of the product.
 
 use std::process::Command;
@@ -24,7 +25,7 @@ pub fn bench(quick: bool, args: &[String]) -> Result<()> {
     ])?;
     let bin = crate::build(true)?;
     let out = crate::workspace_root().join("bench").join("results");
-    let mut c = Command::new(bin);
+    let mut c = Command::new(&bin);
     c.args(["lab", "bench", "--out"]).arg(&out);
     // Rounds of real clients, scenarios in alternating order: medians with their range.
     if !args.iter().any(|a| a.starts_with("--clients")) {
@@ -35,6 +36,19 @@ pub fn bench(quick: bool, args: &[String]) -> Result<()> {
     }
     c.args(args);
     crate::status(c)?;
+    // The skewed workloads (`--rebalance`): one heavy flow + light ones, and Zipf over 1024 flows;
+    // kernel RPS, steer static and steer --rebalance in alternating rounds.
+    if !args.iter().any(|a| a.starts_with("--only") || a.starts_with("--skew")) {
+        for (skew, flows) in [("heavy-light", "65"), ("zipf", "1024")] {
+            let mut c = Command::new(&bin);
+            c.args(["lab", "bench", "--out"]).arg(&out);
+            c.args(["--skew", skew, "--flows", flows, "--rounds", if quick { "2" } else { "4" }]);
+            if quick {
+                c.arg("--quick");
+            }
+            crate::status(c)?;
+        }
+    }
     let ncpu = std::fs::read_to_string("/sys/devices/system/cpu/online")
         .ok()
         .map(|s| {
