@@ -114,7 +114,7 @@ fn moving(cfg: &SteerConfig, bucket: u32, old: u32) -> u32 {
     }
     m.last_ns = now;
     // SAFETY: no preconditions.
-    if old != unsafe { bpf_get_smp_processor_id() } {
+    if cfg.local_pass == 0 || old != unsafe { bpf_get_smp_processor_id() } {
         // Queued on the old CPU (not passed in place): the switch waits until the queue moved past it.
         m.tail = put + balance::TAIL_SLACK;
     }
