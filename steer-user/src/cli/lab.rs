@@ -71,7 +71,8 @@ struct BenchArgs {
     /// order each round; 0: none.
     #[arg(long, default_value_t = 0)]
     clients: u32,
-    /// With --skew: rounds of the three scenarios, in alternating order. [default: 2 quick, 4 full]
+    /// Rounds of every scenario, in alternating order (figures are medians, ratios taken within a
+    /// round). With --skew: rounds of its three scenarios. [default: 3; with --skew 2 quick, 4 full]
     #[arg(long)]
     rounds: Option<u32>,
 }
@@ -261,13 +262,70 @@ Command: `{}`; took {:.0} s; machine: {:?}
     Ok(())
 }
 
+/// One round of scenario `sc`: the zero-loss search, then TCP request/response
+/// and bulk, added to `r`. A scenario that cannot be set up is marked skipped.
+fn bench_round(b: &Bench, a: &BenchArgs, round: u32, index: usize, r: &mut ScenarioResult) -> Result<()> {
+    let sc = r.scenario.clone();
+    if r.skipped.is_some() {
+        return Ok(());
+    }
+    eprintln!("bench: round {round}: {} ({})", sc.name, cpus::format_list(&sc.cpus));
+    let plan = if a.quick { Plan::quick() } else { Plan::full() };
+    let Some(active) = Active::setup(b, &sc)? else {
+        let why = "--mode rfs not available".to_string();
+        eprintln!("bench: {}: skipped: {why}", sc.name);
+        r.skipped = Some(why);
+        return Ok(());
+    };
+    let s = scenario::search(b, &active, &plan);
+    let (rr_secs, bulk_secs) = if a.quick { (1.0, 1.0) } else { (10.0, 10.0) };
+    let conns = (b.online.len() as u32 * 2).max(2);
+    let port = 7100 + 2 * index as u16 + 60 * (round as u16 % 100);
+    let rr = match s {
+        Ok(_) if !a.no_rr => Some(lab::rr::run(&b.topo, port, conns, 1, rr_secs, bulk_secs)),
+        _ => None,
+    };
+    active.teardown(&b.topo)?;
+    let s = s?;
+    let rr = rr.transpose()?;
+    if let Some(rr) = &rr {
+        eprintln!(
+            "bench: {}: TCP_RR {:.0} tps, p50 {:.0} us, p99 {:.0} us; bulk {:.2} Gbit/s",
+            sc.name,
+            rr.tps,
+            rr.p50_us,
+            rr.p99_us,
+            rr.bulk_gbps.unwrap_or(0.0)
+        );
+    }
+    let all_steered = sc.cpus.iter().all(|c| s.at_max.steered_in.get(*c as usize).is_some_and(|n| *n > 0));
+    match sc.kind {
+        Kind::SteerRss | Kind::SteerRfs | Kind::SteerRebalance => {
+            r.steered = Some(r.steered.unwrap_or(true) && all_steered)
+        }
+        Kind::KernelRps | Kind::KernelRfs => {
+            *r.received_rps.get_or_insert(0) += s.at_max.cpu.received_rps.iter().sum::<u64>();
+        }
+        Kind::NoSteering => {}
+    }
+    eprintln!(
+        "bench: {}: zero-loss {:.0} pps, at max offered {:.0} delivered {:.0} ({:.2} % lost)",
+        sc.name,
+        s.zero_loss_pps(),
+        s.at_max.offered_pps,
+        s.at_max.delivered_pps,
+        s.at_max.loss_pct
+    );
+    r.add_round(s, rr);
+    Ok(())
+}
+
 fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
     if t.skew != Skew::Uniform {
         return skewed(t, &a);
     }
-    if a.rounds.is_some() {
-        anyhow::bail!("--rounds applies with --skew only");
-    }
+    let rounds = a.rounds.unwrap_or(3);
+    anyhow::ensure!(rounds > 0, "invalid --rounds 0: at least one round");
     let started = Instant::now();
     let plan = if a.quick { Plan::quick() } else { Plan::full() };
     // Everything is checked before the lab is built.
@@ -281,67 +339,26 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
         }
     }
     let b = bench_lab(t)?;
-    let mut out = Vec::new();
-    for sc in scenarios.clone() {
-        lab::check_stop()?;
-        eprintln!("bench: {} ({})", sc.name, cpus::format_list(&sc.cpus));
-        let mut r = ScenarioResult {
+    let mut out: Vec<ScenarioResult> = scenarios
+        .iter()
+        .map(|sc| ScenarioResult {
             scenario: sc.clone(),
             skipped: None,
             flood: None,
             rr: None,
+            rounds: Vec::new(),
             steered: None,
             received_rps: None,
-        };
-        let Some(active) = Active::setup(&b, &sc)? else {
-            let why = "--mode rfs not available".to_string();
-            eprintln!("bench: {}: skipped: {why}", sc.name);
-            r.skipped = Some(why);
-            out.push(r);
-            continue;
-        };
-        let s = scenario::search(&b, &active, &plan);
-        let (rr_secs, bulk_secs) = if a.quick { (1.0, 1.0) } else { (10.0, 10.0) };
-        let conns = (b.online.len() as u32 * 2).max(2);
-        let port = 7100 + 2 * out.len() as u16;
-        let rr = match s {
-            Ok(_) if !a.no_rr => Some(lab::rr::run(&b.topo, port, conns, 1, rr_secs, bulk_secs)),
-            _ => None,
-        };
-        active.teardown(&b.topo)?;
-        let s = s?;
-        if let Some(rr) = rr {
-            let rr = rr?;
-            eprintln!(
-                "bench: {}: TCP_RR {:.0} tps, p50 {:.0} us, p99 {:.0} us; bulk {:.2} Gbit/s",
-                sc.name,
-                rr.tps,
-                rr.p50_us,
-                rr.p99_us,
-                rr.bulk_gbps.unwrap_or(0.0)
-            );
-            r.rr = Some(rr);
+        })
+        .collect();
+    // Alternating order, as for the real clients: drift of a noisy machine falls on every scenario alike.
+    for round in 0..rounds {
+        let order: Vec<usize> =
+            if round % 2 == 0 { (0..out.len()).collect() } else { (0..out.len()).rev().collect() };
+        for i in order {
+            lab::check_stop()?;
+            bench_round(&b, &a, round, i, &mut out[i])?;
         }
-        match sc.kind {
-            Kind::SteerRss | Kind::SteerRfs | Kind::SteerRebalance => {
-                r.steered =
-                    Some(sc.cpus.iter().all(|c| s.at_max.steered_in.get(*c as usize).is_some_and(|n| *n > 0)))
-            }
-            Kind::KernelRps | Kind::KernelRfs => {
-                r.received_rps = Some(s.at_max.cpu.received_rps.iter().sum());
-            }
-            Kind::NoSteering => {}
-        }
-        eprintln!(
-            "bench: {}: zero-loss {:.0} pps, at max offered {:.0} delivered {:.0} ({:.2} % lost)",
-            sc.name,
-            s.zero_loss_pps(),
-            s.at_max.offered_pps,
-            s.at_max.delivered_pps,
-            s.at_max.loss_pct
-        );
-        r.flood = Some(s);
-        out.push(r);
     }
     let (client_results, real_clients) =
         clients(&b, &scenarios, a.clients, if a.quick { 2.0 } else { 5.0 }, t.irq_cpu)?;
@@ -362,6 +379,7 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
         irq_cpu: t.irq_cpu,
         qsize: t.qsize,
         plan,
+        rounds,
         scenarios: out,
         cost,
         real_clients,

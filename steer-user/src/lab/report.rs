@@ -37,17 +37,75 @@ impl Machine {
     }
 }
 
-/// One scenario's outcome (or why it was skipped).
+/// One scenario's outcome over the rounds (or why it was skipped).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ScenarioResult {
     pub scenario: Scenario,
     pub skipped: Option<String>,
+    /// The round with the median zero-loss rate (its per-CPU picture is shown).
     pub flood: Option<Search>,
+    /// The round with the median transactions/s.
     pub rr: Option<RrResult>,
+    /// Every round's figures, in round order: ratios are taken within a round.
+    pub rounds: Vec<RoundFigures>,
     /// steer scenarios: did every CPU of the set receive redirected frames?
     pub steered: Option<bool>,
     /// kernel RPS scenarios: frames other CPUs received by RPS (softnet received_rps).
     pub received_rps: Option<u64>,
+}
+
+/// One scenario's figures in one round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RoundFigures {
+    pub zero_loss_pps: f64,
+    pub delivered_pps: f64,
+    pub tps: Option<f64>,
+    pub p99_us: Option<f64>,
+}
+
+impl ScenarioResult {
+    /// Adds one round: keeps its figures, and its search and RR run when they
+    /// are the median so far (the lower middle for an even count).
+    pub fn add_round(&mut self, flood: Search, rr: Option<RrResult>) {
+        self.rounds.push(RoundFigures {
+            zero_loss_pps: flood.zero_loss_pps(),
+            delivered_pps: flood.at_max.delivered_pps,
+            tps: rr.as_ref().map(|r| r.tps),
+            p99_us: rr.as_ref().map(|r| r.p99_us),
+        });
+        let zl: Vec<f64> = self.rounds.iter().map(|r| r.zero_loss_pps).collect();
+        if self.flood.is_none() || lower_median(&zl) == Some(flood.zero_loss_pps()) {
+            self.flood = Some(flood);
+        }
+        if let Some(rr) = rr {
+            let tps: Vec<f64> = self.rounds.iter().filter_map(|r| r.tps).collect();
+            if self.rr.is_none() || lower_median(&tps) == Some(rr.tps) {
+                self.rr = Some(rr);
+            }
+        }
+    }
+
+    /// `metric` of every round, in round order.
+    fn per_round(&self, metric: fn(&RoundFigures) -> Option<f64>) -> Vec<Option<f64>> {
+        self.rounds.iter().map(metric).collect()
+    }
+}
+
+/// The middle value, or the lower of the two middle ones: always one of `v`.
+fn lower_median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2).copied()
+}
+
+/// Median and range of `v`, as "m (lo–hi)" through `fmt`, or just "m" for one value.
+fn spread(v: &[f64], fmt: impl Fn(f64) -> String) -> String {
+    let mut s = v.to_vec();
+    let Some(m) = median(&mut s) else { return "-".into() };
+    if s.len() == 1 {
+        return fmt(m);
+    }
+    format!("{} ({}–{})", fmt(m), fmt(s[0]), fmt(s[s.len() - 1]))
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -61,6 +119,8 @@ pub struct BenchResult {
     /// CPUMAP queue size of the steer scenarios.
     pub qsize: u32,
     pub plan: Plan,
+    /// Rounds of every scenario, in alternating order.
+    pub rounds: u32,
     pub scenarios: Vec<ScenarioResult>,
     pub cost: Option<Cost>,
     /// Real clients (iperf3, sockperf, ...): what ran, or why not.
@@ -216,15 +276,80 @@ impl BenchResult {
             .unwrap_or(0.0)
     }
 
-    /// The best of the kernel's own configurations by `metric`: RPS, RPS+RFS,
-    /// and no steering at all (the default, which can win on few CPUs).
-    fn best_kernel(&self, metric: fn(&Search) -> f64) -> Option<(String, f64)> {
+    /// In round `i`, the best of the kernel's own configurations by `metric`:
+    /// RPS, RPS+RFS, and no steering at all (the default, which can win on few CPUs).
+    fn best_kernel(&self, i: usize, metric: fn(&RoundFigures) -> Option<f64>) -> Option<(&str, f64)> {
         use super::scenario::Kind;
         self.scenarios
             .iter()
             .filter(|s| matches!(s.scenario.kind, Kind::KernelRps | Kind::KernelRfs | Kind::NoSteering))
-            .filter_map(|s| s.flood.as_ref().map(|f| (s.scenario.name.clone(), metric(f))))
+            .filter_map(|s| Some((s.scenario.name.as_str(), s.rounds.get(i).and_then(metric)?)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// `s`'s `metric` over `other`'s, round by round: "median (min–max)x", and
+    /// the number of rounds.
+    fn ratios(s: &[Option<f64>], other: &[Option<f64>]) -> (String, usize) {
+        let r: Vec<f64> =
+            s.iter().zip(other).filter_map(|(a, b)| Some(a.as_ref()? / b.filter(|b| *b > 0.0)?)).collect();
+        (spread(&r, |v| format!("{v:.2}")) + "x", r.len())
+    }
+
+    /// The headline lines: steer against the best kernel configuration of each round.
+    fn headlines(&self, out: &mut String) {
+        use super::scenario::Kind;
+        let zl: fn(&RoundFigures) -> Option<f64> = |r| Some(r.zero_loss_pps);
+        let dm: fn(&RoundFigures) -> Option<f64> = |r| Some(r.delivered_pps);
+        let tps: fn(&RoundFigures) -> Option<f64> = |r| r.tps;
+        let none = self.scenarios.iter().find(|s| s.scenario.kind == Kind::NoSteering);
+        for s in self.scenarios.iter().filter(|s| matches!(s.scenario.kind, Kind::SteerRss | Kind::SteerRfs))
+        {
+            if s.rounds.is_empty() {
+                continue;
+            }
+            let best = |metric| -> Vec<Option<f64>> {
+                (0..s.rounds.len()).map(|i| self.best_kernel(i, metric).map(|b| b.1)).collect()
+            };
+            let mut names: Vec<&str> =
+                (0..s.rounds.len()).filter_map(|i| self.best_kernel(i, zl).map(|b| b.0)).collect();
+            names.sort_unstable();
+            names.dedup();
+            let (z, n) = Self::ratios(&s.per_round(zl), &best(zl));
+            let (d, _) = Self::ratios(&s.per_round(dm), &best(dm));
+            let vs_none = none
+                .map(|none| {
+                    format!(", {} no steering", Self::ratios(&s.per_round(zl), &none.per_round(zl)).0)
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "- **{}**: zero-loss **{z}** the best kernel configuration of the same round ({}){vs_none}; \
+                 delivered at max offered {d} the best kernel ({n} round(s))",
+                s.scenario.name,
+                names.join(" / "),
+            );
+        }
+        // TCP request/response: steer rfs against the kernel's RPS+RFS, same CPU set, same round.
+        for s in self.scenarios.iter().filter(|s| s.scenario.kind == Kind::SteerRfs) {
+            let kernel = self
+                .scenarios
+                .iter()
+                .find(|k| k.scenario.kind == Kind::KernelRfs && k.scenario.cpus == s.scenario.cpus);
+            let Some(k) = kernel else { continue };
+            let (r, n) = Self::ratios(&s.per_round(tps), &k.per_round(tps));
+            if n == 0 {
+                continue;
+            }
+            let p99: fn(&RoundFigures) -> Option<f64> = |r| r.p99_us;
+            let (p, _) = Self::ratios(&s.per_round(p99), &k.per_round(p99));
+            let _ = writeln!(
+                out,
+                "- **{} TCP request/response**: **{r}** the transactions/s of kernel RPS+RFS on the same CPUs, \
+                 p99 {p} the kernel's ({n} round(s))",
+                s.scenario.name,
+            );
+        }
+        let _ = writeln!(out);
     }
 
     pub fn markdown(&self) -> String {
@@ -236,8 +361,10 @@ impl BenchResult {
             "Machine: {} CPUs online ({}), kernel {}. Lab: veth pair in two namespaces, frames via native XDP \
              (live-frames XDP_TX generator pinned to CPU {}), {} interleaved UDP flows, {}-byte frames, steer's \
              CPUMAP qsize {}. \
-             Zero-loss = highest offered rate with < {} % loss ({} bisection steps of {} s). Command: `{}`. \
-             Took {:.0} s.\n",
+             Zero-loss = highest offered rate with < {} % loss ({} bisection steps of {} s). {} round(s) of \
+             every scenario in alternating order; figures are medians (min–max), ratios are taken within a \
+             round; the per-CPU pictures and single figures come from each scenario's median round. \
+             Command: `{}`. Took {:.0} s.\n",
             m.cpus_online,
             m.cpu_model,
             m.kernel,
@@ -248,56 +375,12 @@ impl BenchResult {
             self.plan.loss_pct,
             self.plan.steps,
             self.plan.step_secs,
+            self.rounds,
             self.command,
             self.seconds
         );
         let base = self.baseline();
-        let zl: fn(&Search) -> f64 = |f| f.zero_loss_pps();
-        let dm: fn(&Search) -> f64 = |f| f.at_max.delivered_pps;
-        if let (Some((kz_name, kz)), Some((kd_name, kd))) = (self.best_kernel(zl), self.best_kernel(dm)) {
-            for s in &self.scenarios {
-                if matches!(
-                    s.scenario.kind,
-                    super::scenario::Kind::SteerRss | super::scenario::Kind::SteerRfs
-                ) {
-                    if let Some(f) = &s.flood {
-                        let vs_none = if base > 0.0 {
-                            format!(", {:.2}x no steering", zl(f) / base)
-                        } else {
-                            String::new()
-                        };
-                        let _ = writeln!(
-                            out,
-                            "- **{}**: zero-loss {:.2}x the best kernel configuration ({kz_name}, {}){vs_none}; \
-                             delivered at max offered {:.2}x the best kernel ({kd_name}, {})",
-                            s.scenario.name,
-                            zl(f) / kz.max(1.0),
-                            mpps(kz),
-                            dm(f) / kd.max(1.0),
-                            mpps(kd),
-                        );
-                    }
-                }
-            }
-            // TCP request/response: steer rfs against the kernel's RPS+RFS, same CPU set.
-            for s in self.scenarios.iter().filter(|s| s.scenario.kind == super::scenario::Kind::SteerRfs) {
-                let kernel = self.scenarios.iter().find(|k| {
-                    k.scenario.kind == super::scenario::Kind::KernelRfs && k.scenario.cpus == s.scenario.cpus
-                });
-                if let (Some(r), Some(k)) = (&s.rr, kernel.and_then(|k| k.rr.as_ref())) {
-                    let _ = writeln!(
-                        out,
-                        "- **{} TCP request/response**: {:.0} transactions/s, {:.2}x kernel RPS+RFS on the same CPUs \
-                         ({:.0}/s)",
-                        s.scenario.name,
-                        r.tps,
-                        r.tps / k.tps.max(1.0),
-                        k.tps
-                    );
-                }
-            }
-            let _ = writeln!(out);
-        }
+        self.headlines(&mut out);
         let _ = writeln!(
             out,
             "| scenario | CPUs | zero-loss | vs none | max offered | delivered at max | loss at max | imbalance (max/mean) | steered |"
@@ -328,7 +411,11 @@ impl BenchResult {
                 "| {} | {} | {} | {} | {} | {} | {:.2} % | {} | {} |",
                 s.scenario.name,
                 if cpus.is_empty() { "-".into() } else { cpus },
-                if f.zero_loss.is_some() { mpps(f.zero_loss_pps()) } else { "none found".into() },
+                if f.zero_loss.is_some() {
+                    spread(&s.rounds.iter().map(|r| r.zero_loss_pps).collect::<Vec<_>>(), mpps)
+                } else {
+                    "none found".into()
+                },
                 if base > 0.0 { format!("{:.2}x", f.zero_loss_pps() / base) } else { "-".into() },
                 mpps(f.at_max.offered_pps),
                 mpps(f.at_max.delivered_pps),
@@ -347,10 +434,12 @@ impl BenchResult {
                 if let Some(r) = &s.rr {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {:.0} | {:.1} | {:.1} | {} |",
+                        "| {} | {} | {} | {:.1} | {:.1} | {} |",
                         s.scenario.name,
                         r.connections,
-                        r.tps,
+                        spread(&s.rounds.iter().filter_map(|r| r.tps).collect::<Vec<_>>(), |v| format!(
+                            "{v:.0}"
+                        )),
                         r.p50_us,
                         r.p99_us,
                         r.bulk_gbps.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into())
@@ -441,5 +530,55 @@ mod tests {
         assert_eq!((s[0].median, s[0].min, s[0].max, s[0].runs), (2.0, 1.0, 3.0, 3));
         assert_eq!(s[0].failed, vec!["boom".to_string()]);
         assert_eq!(s[1].median, 10.0);
+    }
+
+    fn search(zero_loss: f64, delivered: f64) -> Search {
+        use super::super::scenario::Sample;
+        let sample = |pps: f64| Sample { offered_pps: pps, delivered_pps: delivered, ..Default::default() };
+        Search { at_max: sample(delivered), zero_loss: Some(sample(zero_loss)), steps: Vec::new() }
+    }
+
+    fn result(kind: super::super::scenario::Kind, name: &str, rounds: &[(f64, f64)]) -> ScenarioResult {
+        let mut r = ScenarioResult {
+            scenario: Scenario { name: name.into(), kind, cpus: vec![0, 1] },
+            skipped: None,
+            flood: None,
+            rr: None,
+            rounds: Vec::new(),
+            steered: None,
+            received_rps: None,
+        };
+        for &(zl, tps) in rounds {
+            r.add_round(search(zl, zl), Some(RrResult { tps, ..Default::default() }));
+        }
+        r
+    }
+
+    #[test]
+    fn rounds_keep_the_median_round_and_ratios_pair_rounds() {
+        use super::super::scenario::Kind;
+        let steer = result(Kind::SteerRfs, "steer rfs all CPUs", &[(3.0, 30.0), (1.0, 10.0), (2.0, 20.0)]);
+        assert_eq!(steer.flood.as_ref().map(|f| f.zero_loss_pps()), Some(2.0));
+        assert_eq!(steer.rr.as_ref().map(|r| r.tps), Some(20.0));
+        let even = result(Kind::SteerRss, "steer rss all CPUs", &[(4.0, 1.0), (1.0, 1.0)]);
+        assert_eq!(even.flood.as_ref().map(|f| f.zero_loss_pps()), Some(1.0), "lower middle of two");
+        // The kernel was slow in the round steer was slow: per-round ratios are all 1.5x,
+        // where a ratio of medians would not show that.
+        let kernel = result(
+            Kind::KernelRfs,
+            "kernel RPS+RFS all CPUs",
+            &[(2.0, 20.0), (1.0 / 1.5, 10.0), (4.0 / 3.0, 40.0)],
+        );
+        let zl: fn(&RoundFigures) -> Option<f64> = |r| Some(r.zero_loss_pps);
+        let tps: fn(&RoundFigures) -> Option<f64> = |r| r.tps;
+        assert_eq!(
+            BenchResult::ratios(&steer.per_round(zl), &kernel.per_round(zl)),
+            ("1.50 (1.50–1.50)x".into(), 3)
+        );
+        assert_eq!(
+            BenchResult::ratios(&steer.per_round(tps), &kernel.per_round(tps)),
+            ("1.00 (0.50–1.50)x".into(), 3)
+        );
+        assert_eq!(spread(&[2.0, 1.0, 3.0], |v| format!("{v:.0}")), "2 (1–3)");
     }
 }
