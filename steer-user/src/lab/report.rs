@@ -277,12 +277,23 @@ impl BenchResult {
     }
 
     /// In round `i`, the best of the kernel's own configurations by `metric`:
-    /// RPS, RPS+RFS, and no steering at all (the default, which can win on few CPUs).
-    fn best_kernel(&self, i: usize, metric: fn(&RoundFigures) -> Option<f64>) -> Option<(&str, f64)> {
+    /// RPS and RPS+RFS over `cpus`, and (with `none`) no steering at all (the
+    /// default, which can win on few CPUs).
+    fn best_kernel(
+        &self,
+        i: usize,
+        cpus: &[u32],
+        none: bool,
+        metric: fn(&RoundFigures) -> Option<f64>,
+    ) -> Option<(&str, f64)> {
         use super::scenario::Kind;
         self.scenarios
             .iter()
-            .filter(|s| matches!(s.scenario.kind, Kind::KernelRps | Kind::KernelRfs | Kind::NoSteering))
+            .filter(|s| match s.scenario.kind {
+                Kind::KernelRps | Kind::KernelRfs => s.scenario.cpus == cpus,
+                Kind::NoSteering => none,
+                _ => false,
+            })
             .filter_map(|s| Some((s.scenario.name.as_str(), s.rounds.get(i).and_then(metric)?)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
@@ -302,32 +313,47 @@ impl BenchResult {
         let dm: fn(&RoundFigures) -> Option<f64> = |r| Some(r.delivered_pps);
         let tps: fn(&RoundFigures) -> Option<f64> = |r| r.tps;
         let none = self.scenarios.iter().find(|s| s.scenario.kind == Kind::NoSteering);
+        let all: Vec<u32> = (0..self.machine.cpus_online as u32).collect();
         for s in self.scenarios.iter().filter(|s| matches!(s.scenario.kind, Kind::SteerRss | Kind::SteerRfs))
         {
             if s.rounds.is_empty() {
                 continue;
             }
+            // Against the kernel on the same CPUs; over all CPUs also against no steering.
+            let with_none = s.scenario.cpus == all;
             let best = |metric| -> Vec<Option<f64>> {
-                (0..s.rounds.len()).map(|i| self.best_kernel(i, metric).map(|b| b.1)).collect()
+                (0..s.rounds.len())
+                    .map(|i| self.best_kernel(i, &s.scenario.cpus, with_none, metric).map(|b| b.1))
+                    .collect()
             };
-            let mut names: Vec<&str> =
-                (0..s.rounds.len()).filter_map(|i| self.best_kernel(i, zl).map(|b| b.0)).collect();
+            let mut names: Vec<&str> = (0..s.rounds.len())
+                .filter_map(|i| self.best_kernel(i, &s.scenario.cpus, with_none, zl).map(|b| b.0))
+                .collect();
             names.sort_unstable();
             names.dedup();
             let (z, n) = Self::ratios(&s.per_round(zl), &best(zl));
             let (d, _) = Self::ratios(&s.per_round(dm), &best(dm));
-            let vs_none = none
-                .map(|none| {
-                    format!(", {} no steering", Self::ratios(&s.per_round(zl), &none.per_round(zl)).0)
-                })
-                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "- **{}**: zero-loss **{z}** the best kernel configuration of the same round ({}){vs_none}; \
-                 delivered at max offered {d} the best kernel ({n} round(s))",
+                "- **{}**: zero-loss **{z}** the best kernel configuration {} of the same round ({}); \
+                 delivered at max offered {d} ({n} round(s))",
                 s.scenario.name,
+                if with_none { "(incl. no steering)" } else { "on the same CPUs" },
                 names.join(" / "),
             );
+        }
+        // Where no steering took everything the generator offered, the zero-loss figures over all
+        // CPUs measure the generator, not the receive path: say so.
+        if let Some(f) = none.and_then(|n| n.flood.as_ref()) {
+            if f.at_max.loss_pct < self.plan.loss_pct {
+                let _ = writeln!(
+                    out,
+                    "- no steering lost nothing at the generator's top speed ({}): over all CPUs the zero-loss \
+                     rates are bounded by the generator; the scenarios without CPU {} load the receive path alone",
+                    mpps(f.at_max.offered_pps),
+                    self.irq_cpu
+                );
+            }
         }
         // TCP request/response: steer rfs against the kernel's RPS+RFS, same CPU set, same round.
         for s in self.scenarios.iter().filter(|s| s.scenario.kind == Kind::SteerRfs) {
