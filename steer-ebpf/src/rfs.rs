@@ -167,8 +167,10 @@ fn moving(cfg: &SteerConfig, s: &mut FlowSlot, want: u32, h: u32, len: u64) -> u
     };
     // SAFETY: no preconditions.
     let in_place = cfg.local_pass != 0 && s.queued == 0 && old == unsafe { bpf_get_smp_processor_id() };
-    if !in_place {
-        // Queued on the old CPU: the switch waits until that queue moved past it.
+    // Queued on a CPU other than the target: the switch waits until that queue moved past it.
+    // One sent to the target's own queue (a slot on RSS whose flows hash to several CPUs)
+    // stays ahead of what follows it there, and must not replace the tail of another queue.
+    if !in_place && old != want.wrapping_sub(1) {
         s.tail = cpumap_trace::ring(old).0 + balance::TAIL_SLACK;
         s.tail_cpu = old;
     }

@@ -82,6 +82,22 @@ pub fn write_config(ebpf: &mut Ebpf, hash: &HashSettings) -> Result<()> {
     write_config_raw(ebpf, hash, hash.steer_config())
 }
 
+/// [`write_config`] on a live program, keeping the RFS steering slots
+/// consistent: when the hash that indexes them changes (kind, seed,
+/// symmetric, key), RFS is paused in CONFIG (RSS alone steers, with the new
+/// hash: the one moment every flow may change CPU, as on any hash change),
+/// the slots are rebuilt for the new hash, each flow starting on RSS until it
+/// pauses, and RFS resumes. No packet meets a slot filled for the other hash.
+pub fn apply_config(ebpf: &mut Ebpf, hash: &HashSettings) -> Result<()> {
+    if hash.rfs.is_some() && rfs::slot_hash(ebpf)? != rfs::SlotHash::new(hash) {
+        let mut paused = hash.steer_config();
+        paused.rfs = 0;
+        write_config_raw(ebpf, hash, paused)?;
+        rfs::rebuild(ebpf, &rfs::SlotHash::new(hash))?;
+    }
+    write_config(ebpf, hash)
+}
+
 /// [`write_config`] with `cfg` as the program's configuration.
 pub(crate) fn write_config_raw(ebpf: &mut Ebpf, hash: &HashSettings, cfg: SteerConfig) -> Result<()> {
     if hash.kind == HashKind::Toeplitz {

@@ -195,8 +195,7 @@ impl Steering {
             let mut maps = std::collections::BTreeMap::new();
             for (map, pin) in PINNED_MAPS {
                 // RFS maps are pinned only when RFS runs, so `steer flows` can tell.
-                if rfs::PINS.contains(&pin) && opts.hash.rfs.is_none()
-                {
+                if rfs::PINS.contains(&pin) && opts.hash.rfs.is_none() {
                     continue;
                 }
                 let m = self.ebpf.map(map).ok_or_else(|| Error::Ebpf(format!("map {map} missing")))?;
@@ -295,19 +294,11 @@ impl Steering {
                 })?;
             }
         }
-        let hash = HashSettings { local_pass: self.local_pass, ..hash.clone() };
-        if hash.rfs.is_some() && rfs::slot_hash(&self.ebpf)? != rfs::SlotHash::new(&hash) {
-            // Every flow's slot moves: RSS steers alone while the slots are rebuilt (see rfs::rebuild).
-            let mut paused = hash.steer_config();
-            paused.rfs = 0;
-            super::write_config_raw(&mut self.ebpf, &hash, paused)?;
-            rfs::rebuild(&mut self.ebpf, &rfs::SlotHash::new(&hash))?;
-        }
-        write_config(&mut self.ebpf, &hash)?;
+        super::apply_config(&mut self.ebpf, &HashSettings { local_pass: self.local_pass, ..hash.clone() })?;
         for &cpu in old.iter().filter(|c| !hash.cpus.contains(c)) {
             cpumap_delete(&mut self.ebpf, cpu)?;
         }
-        self.update_run_file(&hash)
+        self.update_run_file(hash)
     }
 
     /// CPUs that have a CPUMAP queue now.

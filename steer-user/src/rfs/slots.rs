@@ -11,10 +11,7 @@ use aya::{
     Ebpf,
 };
 use steer_common::{
-    flow,
-    hash,
-    names::map,
-    FlowEntry, FlowKey, FlowSlot, HashKind, SteerConfig, ToeplitzTable,
+    flow, hash, names::map, FlowEntry, FlowKey, FlowSlot, HashKind, SteerConfig, ToeplitzTable,
 };
 
 use crate::{
@@ -46,7 +43,11 @@ impl PartialEq for SlotHash {
 
 impl std::fmt::Debug for SlotHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SlotHash({:?}, seed {}, symmetric {}, mask {:#x})", self.kind, self.seed, self.symmetric, self.mask)
+        write!(
+            f,
+            "SlotHash({:?}, seed {}, symmetric {}, mask {:#x})",
+            self.kind, self.seed, self.symmetric, self.mask
+        )
     }
 }
 
@@ -76,7 +77,8 @@ impl SlotHash {
 
     /// `key`'s slot and flow hash (the slot's tag), as the XDP program and the hook compute them.
     pub fn slot(&self, key: &FlowKey) -> Option<(u32, u32)> {
-        let h = hash::flow_hash(self.kind, self.seed, self.symmetric, self.table.as_deref(), &key.to_tuple())?;
+        let h =
+            hash::flow_hash(self.kind, self.seed, self.symmetric, self.table.as_deref(), &key.to_tuple())?;
         Some((h & self.mask, h))
     }
 }
@@ -143,10 +145,9 @@ fn arrays(ebpf: &Ebpf) -> Result<(Array<&MapData, u64>, Array<&MapData, FlowSlot
 
 /// `key`'s record joined with its slot in a loaded object, `None` when it is not in the table.
 pub fn view(ebpf: &Ebpf, key: &FlowKey) -> Result<Option<FlowView>> {
-    let flows: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(
-        ebpf.map(map::FLOWS).ok_or_else(|| Error::Ebpf("map FLOWS missing".into()))?,
-    )
-    .map_err(Error::ebpf)?;
+    let flows: HashMap<_, FlowKey, FlowEntry> =
+        HashMap::try_from(ebpf.map(map::FLOWS).ok_or_else(|| Error::Ebpf("map FLOWS missing".into()))?)
+            .map_err(Error::ebpf)?;
     let Ok(e) = flows.get(key, 0) else { return Ok(None) };
     let (want, slots) = arrays(ebpf)?;
     Ok(Some(FlowView::join(key, &e, &slot_hash(ebpf)?, &want, &slots)))
@@ -173,10 +174,9 @@ pub fn set_slot(ebpf: &mut Ebpf, slot: u32, want: u64, state: FlowSlot) -> Resul
 pub fn insert_flow(ebpf: &mut Ebpf, key: &FlowKey, cpu: u32, steered: bool) -> Result<u32> {
     let hash = slot_hash(ebpf)?;
     let (slot, h) = hash.slot(key).ok_or_else(|| Error::Ebpf("no hash for the flow".into()))?;
-    let mut flows: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(
-        ebpf.map_mut(map::FLOWS).ok_or_else(|| Error::Ebpf("map FLOWS missing".into()))?,
-    )
-    .map_err(Error::ebpf)?;
+    let mut flows: HashMap<_, FlowKey, FlowEntry> =
+        HashMap::try_from(ebpf.map_mut(map::FLOWS).ok_or_else(|| Error::Ebpf("map FLOWS missing".into()))?)
+            .map_err(Error::ebpf)?;
     flows.insert(key, FlowEntry { want_cpu: cpu, ..Default::default() }, 0).map_err(Error::ebpf)?;
     let state = FlowSlot { cur: if steered { cpu + 1 } else { 0 }, ..Default::default() };
     set_slot(ebpf, slot, flow::want(h, cpu), state)?;
@@ -185,7 +185,11 @@ pub fn insert_flow(ebpf: &mut Ebpf, key: &FlowKey, cpu: u32, steered: bool) -> R
 
 /// Empties `key`'s slot if it still holds this flow's wish (expiry): the slot
 /// moves back to RSS through the XDP program's gate.
-pub(super) fn unwish<W: BorrowMut<MapData>>(want: &mut Array<W, u64>, hash: &SlotHash, key: &FlowKey) -> Result<()> {
+pub(super) fn unwish<W: BorrowMut<MapData>>(
+    want: &mut Array<W, u64>,
+    hash: &SlotHash,
+    key: &FlowKey,
+) -> Result<()> {
     let Some((slot, h)) = hash.slot(key) else { return Ok(()) };
     let w = want.get(&slot, 0).unwrap_or(0);
     if w != 0 && flow::want_tag(w) == h {
@@ -221,7 +225,8 @@ pub fn sweep_orphans<F: Borrow<MapData>, W: BorrowMut<MapData>>(
 /// pauses. Call with RFS paused in CONFIG (the XDP program then reads no
 /// slot), so that no packet meets a slot filled for the old hash.
 pub fn rebuild(ebpf: &mut Ebpf, hash: &SlotHash) -> Result<()> {
-    let [Some(f), Some(w), Some(s)] = ebpf.maps_disjoint_mut([map::FLOWS, map::RFS_WANT, map::RFS_SLOTS]) else {
+    let [Some(f), Some(w), Some(s)] = ebpf.maps_disjoint_mut([map::FLOWS, map::RFS_WANT, map::RFS_SLOTS])
+    else {
         return Err(Error::Ebpf("map FLOWS, RFS_WANT or RFS_SLOTS missing".into()));
     };
     let flows: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(&*f).map_err(Error::ebpf)?;

@@ -143,7 +143,13 @@ pub fn render(rows: &[FlowRow], total: usize, c: &RfsCounters) -> String {
     }
     let fields: Vec<String> =
         counter_fields(c, total as u64).iter().map(|(n, v)| format!("{n} {v}")).collect();
-    let _ = writeln!(out, "{} flows ({} shown; * a slot shared with another flow); {}", total, rows.len(), fields.join(", "));
+    let _ = writeln!(out, "{} flows ({} shown); {}", total, rows.len(), fields.join(", "));
+    if rows.iter().any(|r| r.shared) {
+        let _ = writeln!(
+            out,
+            "*: the flow's slot holds another flow's reader (a collision): it follows that one"
+        );
+    }
     out
 }
 
@@ -167,7 +173,13 @@ mod tests {
         let k = FlowKey::from_socket(steer_common::tuple::IPPROTO_TCP, &local, 80, &remote, 40000);
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"nginx"[..4].as_ref());
-        let e = FlowEntry { want_cpu: 1, created_ns: 1_000_000, last_read_ns: 2_000_000, comm, ..Default::default() };
+        let e = FlowEntry {
+            want_cpu: 1,
+            created_ns: 1_000_000,
+            last_read_ns: 2_000_000,
+            comm,
+            ..Default::default()
+        };
         let v = FlowView { entry: e, cpu: Some(1), want_cpu: 1, pkts: 7, ..Default::default() };
         let r = FlowRow::new(&k, &v, 3_000_000);
         assert_eq!((r.src.as_str(), r.dst.as_str()), ("198.18.0.1:40000", "198.18.0.2:80"));
