@@ -213,13 +213,13 @@ impl FlowSlot {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RfsCounters {
-    /// XDP: a TCP or UDP packet's flow was in the table and was redirected by it.
+    /// XDP: a TCP or UDP packet was redirected by its steering slot.
     pub hits: u64,
-    /// XDP: not in the table (or neither TCP nor UDP, or a fragment): RSS chose the CPU.
+    /// XDP: its slot was empty (or neither TCP nor UDP, or a fragment): RSS chose the CPU.
     pub misses: u64,
-    /// XDP: a flow moved to its reader's new CPU after being idle long enough.
+    /// XDP: a slot moved to its reader's new CPU (or back to RSS) once idle and drained.
     pub moves: u64,
-    /// XDP: packets kept on the old CPU because the flow was not idle yet.
+    /// XDP: packets kept on the old CPU (or RSS) while their slot's move was pending.
     pub deferred: u64,
     /// XDP: the recorded CPU has no CPUMAP queue (outside `--cpus`): RSS chose.
     pub not_steerable: u64,

@@ -539,7 +539,8 @@ fn rfs_colliding_flows_share_slots_without_reordering_and_are_counted() {
     eprintln!("8 flows in 2 slots: {sent} bytes; counters {k:?}");
     let grew: Vec<(&String, u64)> = ext1
         .iter()
-        .filter_map(|(n, v)| (ext0.get(n) != Some(v)).then(|| (n, v - ext0.get(n).copied().unwrap_or(0))))
+        .filter(|&(n, v)| ext0.get(n) != Some(v))
+        .map(|(n, v)| (n, v - ext0.get(n).copied().unwrap_or(0)))
         .collect();
     eprintln!("TcpExt changes: {grew:?}");
     assert!(k.collisions > k0.collisions, "no collision counted with 8 flows in 2 slots: {k:?}");

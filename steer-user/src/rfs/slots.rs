@@ -135,7 +135,10 @@ impl FlowView {
     }
 }
 
-fn arrays(ebpf: &Ebpf) -> Result<(Array<&MapData, u64>, Array<&MapData, FlowSlot>)> {
+/// The two slot arrays: the hook's wishes and the XDP program's state.
+type SlotArrays<M> = (Array<M, u64>, Array<M, FlowSlot>);
+
+fn arrays(ebpf: &Ebpf) -> Result<SlotArrays<&MapData>> {
     let get = |name: &str| ebpf.map(name).ok_or_else(|| Error::Ebpf(format!("map {name} missing")));
     Ok((
         Array::try_from(get(map::RFS_WANT)?).map_err(Error::ebpf)?,
