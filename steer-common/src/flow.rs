@@ -61,6 +61,19 @@ impl FlowKey {
         }
     }
 
+    /// The packet tuple of this key, as the XDP program parses it: IPv4 when
+    /// both addresses are v4-mapped. The hook hashes it to find the flow's slot.
+    #[inline(always)]
+    pub fn to_tuple(&self) -> Tuple {
+        let v4 = |a: &[u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED_WORD;
+        let (saddr, daddr, family) = if v4(&self.saddr) && v4(&self.daddr) {
+            ([self.saddr[3], 0, 0, 0], [self.daddr[3], 0, 0, 0], 4)
+        } else {
+            (self.saddr, self.daddr, 6)
+        };
+        Tuple { saddr, daddr, ports: self.ports, proto: self.proto as u8, family, has_ports: 1, encap: 0 }
+    }
+
     /// Whether this is a UDP flow (no close event: it ages out instead).
     pub fn is_udp(&self) -> bool {
         self.proto == IPPROTO_UDP as u32
@@ -106,34 +119,93 @@ fn bytes(w: &[u32; 4]) -> [u8; 16] {
     out
 }
 
-/// Where a flow goes. The hook writes `want_cpu`, `last_read_ns`, `pid` and
-/// `comm`; the XDP program writes `cpu`, `last_pkt_ns`, `pkts`, `moves` and `queued`.
-/// Each side writes only its own fields in place, so neither undoes the other.
+/// The socket hook's record of a flow (the LRU `FLOWS`, keyed by [`FlowKey`]):
+/// who reads it and where. It owns the flow's life (close, expiry, eviction,
+/// `steer flows`); the XDP program never reads it. Steering goes through the
+/// flow-hash-indexed slots instead ([`want`], [`FlowSlot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
-    /// The CPU the XDP program redirects this flow to now.
-    pub cpu: u32,
-    /// The CPU the application last read the flow on; `cpu` follows it once
-    /// the flow has been idle for the migration threshold.
+    /// The CPU the application last read the flow on.
     pub want_cpu: u32,
-    /// `bpf_ktime_get_ns` of the flow's last packet (0: none yet).
-    pub last_pkt_ns: u64,
+    /// Thread group (process) id of the last reader.
+    pub pid: u32,
     /// `bpf_ktime_get_ns` of the last read.
     pub last_read_ns: u64,
     /// When the hook created the entry.
     pub created_ns: u64,
-    /// Packets of this flow the XDP program redirected to `cpu`.
-    pub pkts: u64,
-    /// Times `cpu` changed.
-    pub moves: u16,
-    /// 1 once the flow has been in another CPU's queue: it is then never
-    /// passed in place, only queued, so nothing overtakes what is still queued.
-    pub queued: u16,
-    /// Thread group (process) id of the last reader.
-    pub pid: u32,
     /// Command name of the last reader, NUL padded.
     pub comm: [u8; 16],
+}
+
+/// The number of steering slots for `--flow-entries n`: a power of two, at
+/// least `n`, so that a slot is `hash & (slots - 1)`.
+pub const fn slots(flow_entries: u32) -> u32 {
+    let n = if flow_entries < 2 { 2 } else { flow_entries };
+    n.next_power_of_two()
+}
+
+/// What the hook writes into a slot of `RFS_WANT` (one u64, so the XDP
+/// program reads tag and CPU from one store): the flow's hash in the high
+/// word (the tag that tells colliding flows apart) and the reader's CPU + 1
+/// in the low word. 0 is an empty slot: RSS.
+#[inline(always)]
+pub const fn want(hash: u32, cpu: u32) -> u64 {
+    ((hash as u64) << 32) | cpu.wrapping_add(1) as u64
+}
+
+/// The reader CPU of a [`want`] value, `None` for an empty slot.
+#[inline(always)]
+pub const fn want_cpu(w: u64) -> Option<u32> {
+    match w as u32 {
+        0 => None,
+        c => Some(c - 1),
+    }
+}
+
+/// The tag (flow hash) of a [`want`] value.
+#[inline(always)]
+pub const fn want_tag(w: u64) -> u32 {
+    (w >> 32) as u32
+}
+
+/// The XDP program's state of one steering slot (`RFS_SLOTS`, indexed like
+/// `RFS_WANT`): written only by the XDP program, so that the reader's CPU (the
+/// hook) and the receiving CPU do not write one cache line. Every flow whose
+/// hash falls in the slot follows it (colliding flows share a decision, as in
+/// the kernel's `rps_dev_flow` table).
+///
+/// `cur` follows the hook's wish (`RFS_WANT`'s low word) one gated move at a
+/// time: the clock and the queue counters are read only while the two differ.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    /// CPU + 1 the slot's packets go to now; 0: where RSS sends each of them
+    /// (a new flow stays there until it pauses).
+    pub cur: u32,
+    /// The CPU whose queue `tail` counts in.
+    pub tail_cpu: u32,
+    /// `bpf_ktime_get_ns` of the slot's last packet since a move became
+    /// pending (0: none yet, or no move pending).
+    pub last_ns: u64,
+    /// Frames taken out of `tail_cpu`'s queue by which the slot's last packet
+    /// there has left it (0: none queued), as [`crate::balance::BucketMove::tail`].
+    pub tail: u64,
+    /// Packets the slot steered (to `cur`).
+    pub pkts: u64,
+    /// Times `cur` changed.
+    pub moves: u32,
+    /// 1 once the slot's packets have been in another CPU's queue: they are
+    /// then never passed in place, only queued, so nothing overtakes what is
+    /// still queued.
+    pub queued: u32,
+}
+
+impl FlowSlot {
+    /// The CPU the slot steers to now, `None` while RSS does.
+    pub fn cpu(&self) -> Option<u32> {
+        self.cur.checked_sub(1)
+    }
 }
 
 /// Per-CPU RFS counters (one entry of a per-CPU array). XDP side counts on the
@@ -141,13 +213,13 @@ pub struct FlowEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RfsCounters {
-    /// XDP: a TCP or UDP packet's flow was in the table and was redirected by it.
+    /// XDP: a TCP or UDP packet was redirected by its steering slot.
     pub hits: u64,
-    /// XDP: not in the table (or neither TCP nor UDP, or a fragment): RSS chose the CPU.
+    /// XDP: its slot was empty (or neither TCP nor UDP, or a fragment): RSS chose the CPU.
     pub misses: u64,
-    /// XDP: a flow moved to its reader's new CPU after being idle long enough.
+    /// XDP: a slot moved to its reader's new CPU (or back to RSS) once idle and drained.
     pub moves: u64,
-    /// XDP: packets kept on the old CPU because the flow was not idle yet.
+    /// XDP: packets kept on the old CPU (or RSS) while their slot's move was pending.
     pub deferred: u64,
     /// XDP: the recorded CPU has no CPUMAP queue (outside `--cpus`): RSS chose.
     pub not_steerable: u64,
@@ -169,6 +241,9 @@ pub struct RfsCounters {
     /// Hook: reads on unconnected UDP sockets. Not recorded: such a socket
     /// reads many flows, and the kernel's RFS records none for it either.
     pub hook_unconnected: u64,
+    /// Hook: a read's flow took a steering slot another flow's wish was in
+    /// (its tag differs): from then on both follow the newer wish.
+    pub collisions: u64,
     /// User side: UDP entries the `steer run` sweep deleted after
     /// `--udp-timeout-s` without a read or a packet. Always 0 in the per-CPU
     /// map; the run keeps it in its own map (`RFS_EXPIRED`).
@@ -189,6 +264,7 @@ impl RfsCounters {
         self.hook_closed += o.hook_closed;
         self.hook_unconnected += o.hook_unconnected;
         self.hook_other_netns += o.hook_other_netns;
+        self.collisions += o.collisions;
         self.expired += o.expired;
     }
 
@@ -335,6 +411,29 @@ mod tests {
         }
         let sctp = Tuple::new(a, 1, a, 2, 132).unwrap();
         assert!(FlowKey::from_tuple(&sctp).is_none());
+    }
+
+    #[test]
+    fn a_key_gives_back_the_tuple_the_packet_hashes() {
+        let a4 = |s: &str| IpAddr::V4(s.parse().unwrap());
+        let a6 = |s: &str| IpAddr::V6(s.parse().unwrap());
+        for (src, dst) in [(a4("198.18.0.1"), a4("198.18.0.2")), (a6("2001:db8::1"), a6("2001:db8::2"))] {
+            for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+                let t = Tuple::new(src, 40000, dst, 443, proto).unwrap();
+                assert_eq!(FlowKey::from_tuple(&t).unwrap().to_tuple(), t);
+            }
+        }
+    }
+
+    #[test]
+    fn wants_pack_tag_and_cpu_and_zero_is_empty() {
+        assert_eq!(want_cpu(0), None);
+        for (h, c) in [(0, 0), (0xdead_beef, 63), (u32::MAX, 1)] {
+            let w = want(h, c);
+            assert_ne!(w, 0);
+            assert_eq!((want_tag(w), want_cpu(w)), (h, Some(c)));
+        }
+        assert_eq!((slots(1), slots(16), slots(17), slots(65536)), (2, 16, 32, 65536));
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod tunnel;
 pub mod tuple;
 
 pub use balance::{BucketLoad, BucketMove, RebalanceState, INDIR_MOVING};
-pub use flow::{FlowEntry, FlowKey, RfsCounters, SockOffsets};
+pub use flow::{FlowEntry, FlowKey, FlowSlot, RfsCounters, SockOffsets};
 pub use hash::{HashKind, ToeplitzTable, MS_RSS_KEY};
 pub use maps::{Counters, GenConfig, PassReason, SteerConfig};
 pub use tunnel::Encap;

@@ -104,7 +104,7 @@ pub struct SteerConfig {
     pub table_mask: u32,
     /// 1: both directions of a connection hash alike.
     pub symmetric: u32,
-    /// 1: look the flow up in the RFS flow table before hashing (`--mode rfs`).
+    /// 1: steer by the RFS slot of the flow's hash before RSS (`--mode rfs`).
     pub rfs: u32,
     /// A flow whose reader changed CPU moves only after this long without a
     /// packet (`--migrate-idle-us`), so none of its packets overtake others.
@@ -114,6 +114,9 @@ pub struct SteerConfig {
     /// it arrives on several (veth, generic XDP) a packet passed in place can
     /// overtake one of its flow queued from another CPU.
     pub local_pass: u32,
+    /// RFS steering slots - 1 (a power of two, from `--flow-entries`): a
+    /// flow's slot is its hash & this.
+    pub rfs_mask: u32,
     /// IP-level tunnels hashed on their inner flow ([`crate::tunnel::INNER_IPIP`] | ...).
     pub inner_ip: u32,
     /// UDP tunnels hashed on their inner flow, by destination port
@@ -150,6 +153,7 @@ mod pod {
     unsafe impl aya::Pod for crate::tuple::Tuple {}
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowEntry {}
+    unsafe impl aya::Pod for crate::flow::FlowSlot {}
     unsafe impl aya::Pod for crate::flow::RfsCounters {}
     unsafe impl aya::Pod for crate::flow::SockOffsets {}
     unsafe impl aya::Pod for crate::balance::BucketLoad {}

@@ -29,7 +29,9 @@ pub mod map {
     pub const REBALANCE: &str = "REBALANCE";
     pub const GEN_SCHED: &str = "GEN_SCHED";
     pub const RING: &str = "RING";
-    pub const ALL: [&str; 24] = [
+    pub const RFS_WANT: &str = "RFS_WANT";
+    pub const RFS_SLOTS: &str = "RFS_SLOTS";
+    pub const ALL: [&str; 26] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -54,6 +56,8 @@ pub mod map {
         REBALANCE,
         GEN_SCHED,
         RING,
+        RFS_WANT,
+        RFS_SLOTS,
     ];
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, CpuMap, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use steer_common::{
-    BucketLoad, BucketMove, Counters, FlowEntry, FlowKey, GenConfig, RebalanceState, RfsCounters,
+    BucketLoad, BucketMove, Counters, FlowEntry, FlowKey, FlowSlot, GenConfig, RebalanceState, RfsCounters,
     SockOffsets, SteerConfig, ToeplitzTable,
 };
 
@@ -77,11 +77,23 @@ pub static GEN_NEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 // --- RFS ---------------------------------------------------------------------
 
-/// Flow (packet direction) -> where its reader is. Written by the socket hook,
-/// read and steered by the XDP program. An LRU, so that a busy host's flows
-/// push out stale ones instead of failing inserts. Size set by the loader.
+/// Flow (packet direction) -> its reader: the socket hook's record, which
+/// `steer flows`, closes and the UDP expiry work on. The XDP program steers by
+/// `RFS_WANT`/`RFS_SLOTS` instead. An LRU, so that a busy host's flows push out
+/// stale ones instead of failing inserts. Size set by the loader.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(65536, 0);
+
+/// Steering slot (flow hash & `SteerConfig::rfs_mask`) -> the reader CPU the
+/// hook wants and the hash that put it there (`steer_common::flow::want`).
+/// Written by the hook only, when it changes. Size set by the loader.
+#[map]
+pub static RFS_WANT: Array<u64> = Array::with_max_entries(65536, 0);
+
+/// Steering slot -> where the XDP program sends the slot's packets now and its
+/// move gate. Written by the XDP program only. Size set by the loader.
+#[map]
+pub static RFS_SLOTS: Array<FlowSlot> = Array::with_max_entries(65536, 0);
 
 #[map]
 pub static RFS_STATS: PerCpuArray<RfsCounters> = PerCpuArray::with_max_entries(1, 0);

@@ -67,14 +67,20 @@ pub fn steered(c: &mut Counters, cpu: u32, verdict: u32, in_place: bool) -> u32 
     verdict
 }
 
-/// The CPU the hash and the indirection table choose for `tuple` (RSS), with
-/// the packet (`len` bytes) counted in its bucket's load. Every packet steered
-/// by the hash comes through here once, RFS-steered ones never.
+/// The flow hash of `tuple` under the live settings: the RSS bucket and the
+/// RFS slot both come from it, so a packet is hashed once.
 #[inline(always)]
-pub fn rss_cpu(cfg: &SteerConfig, tuple: &Tuple, len: u64) -> Option<u32> {
+pub fn flow_hash(cfg: &SteerConfig, tuple: &Tuple) -> Option<u32> {
     let kind = if cfg.hash == HashKind::Toeplitz as u32 { HashKind::Toeplitz } else { HashKind::Fast };
     let table = if kind == HashKind::Toeplitz { TOEPLITZ.get(0) } else { None };
-    let h = hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, tuple)?;
+    hash::flow_hash(kind, cfg.seed, cfg.symmetric != 0, table, tuple)
+}
+
+/// The CPU the indirection table chooses for flow hash `h` (RSS), with the
+/// packet (`len` bytes) counted in its bucket's load. Every packet steered by
+/// the hash comes through here once, RFS-steered ones never.
+#[inline(always)]
+pub fn rss_cpu(cfg: &SteerConfig, h: u32, len: u64) -> Option<u32> {
     let bucket = h & cfg.table_mask;
     if let Some(load) = BUCKETS.get_ptr_mut(bucket) {
         // SAFETY: per-CPU slot, as above.
@@ -174,21 +180,25 @@ pub fn steer_inner(ctx: &XdpContext) -> u32 {
 /// RFS, then RSS, then the redirect: the same for a plain and an inner flow.
 #[inline(always)]
 fn steer_flow(c: &mut Counters, cfg: &SteerConfig, tuple: &Tuple, len: u64) -> u32 {
+    let Some(h) = flow_hash(cfg, tuple) else {
+        return pass(c, PassReason::NoConfig);
+    };
     // RFS first: a flow whose reader is known goes to the reader's CPU.
-    let mut rss = None;
+    let mut rfs = crate::rfs::Fallback::default();
     if cfg.rfs != 0 {
-        if let Some(verdict) = crate::rfs::steer(tuple, cfg, c, &mut rss, len) {
+        if let Some(verdict) = crate::rfs::steer(tuple, h, cfg, c, &mut rfs, len) {
             return verdict;
         }
     }
-    let Some(cpu) = rss.or_else(|| rss_cpu(cfg, tuple, len)) else {
+    let Some(cpu) = rfs.rss.or_else(|| rss_cpu(cfg, h, len)) else {
         return pass(c, PassReason::NoConfig);
     };
     // The low bits of the flags are the verdict when the CPU has no queue: pass.
     // A flow's RSS CPU never changes (but on SIGHUP), so passing it in place keeps its order
-    // where the flow always arrives on one CPU (`local_pass`).
+    // where the flow always arrives on one CPU (`local_pass`), unless its RFS slot sent it
+    // through another CPU's queue before (see rfs.rs).
     match CPUS.redirect(cpu, xdp_action::XDP_PASS as u64) {
-        Ok(verdict) => steered(c, cpu, verdict, cfg.local_pass != 0),
+        Ok(verdict) => steered(c, cpu, verdict, cfg.local_pass != 0 && !rfs.queued),
         Err(verdict) => {
             c.redirect_err += 1;
             verdict

@@ -23,6 +23,12 @@
 //! counted (`hook_unconnected`). UDP has no close event: its entries age out
 //! (the `steer run` sweep).
 //!
+//! Besides its record in `FLOWS` (keyed by the flow), the hook writes the
+//! reader's CPU into the flow's steering slot (`RFS_WANT`, indexed by the
+//! flow hash the XDP program computes for the packet direction), which is all
+//! the XDP program reads; it clears the slot when the flow closes, if the slot
+//! still holds this flow's wish.
+//!
 //! The tracepoints are global, so sockets whose local address is not on the
 //! steered interface are skipped first thing (`hook_filtered`), and of the
 //! rest those of another network namespace (`hook_other_netns`): namespaces
@@ -42,6 +48,7 @@ use aya_ebpf::{
 };
 use steer_common::{
     flow::{
+        self,
         tp::{self, rcv_space_adjust as rsa, recv_length as rl, set_state as ss},
         V4_MAPPED_WORD,
     },
@@ -49,10 +56,7 @@ use steer_common::{
     FlowEntry, FlowKey, RfsCounters, SockOffsets,
 };
 
-use crate::{
-    maps::{CLOSED, FLOWS, LOCAL_ADDRS, RFS_STATS, SOCK_OFFSETS},
-    rfs::ON_RSS,
-};
+use crate::maps::{CLOSED, CONFIG, FLOWS, LOCAL_ADDRS, RFS_STATS, RFS_WANT, SOCK_OFFSETS};
 
 #[inline(always)]
 fn rfs_counters() -> Option<&'static mut RfsCounters> {
@@ -257,6 +261,48 @@ fn udp_key(sk: u64, family: u16, off: &mut SockOffsets) -> Udp {
     Udp::Flow(FlowKey::from_socket(IPPROTO_UDP, &local, lport, &remote, rport))
 }
 
+/// The flow hash of `key` (packet direction) under the live settings and
+/// the `RFS_WANT` slot it picks, as the XDP program computes them.
+#[inline(always)]
+fn slot_of(key: &FlowKey) -> Option<(u32, *mut u64)> {
+    let cfg = CONFIG.get(0)?;
+    let h = crate::steer::flow_hash(cfg, &key.to_tuple())?;
+    Some((h, RFS_WANT.get_ptr_mut(h & cfg.rfs_mask)?))
+}
+
+/// Points `key`'s steering slot at `cpu`. Written only when it changes, so
+/// that a steady reader leaves the XDP side's cached copy alone; a wish of
+/// another flow (another tag) it replaces is a collision.
+#[inline(always)]
+fn wish(r: &mut RfsCounters, key: &FlowKey, cpu: u32) {
+    let Some((h, p)) = slot_of(key) else { return };
+    let new = flow::want(h, cpu);
+    // SAFETY: an aligned u64 of an array map; the XDP program reads it whole.
+    unsafe {
+        let old = *p;
+        if old != new {
+            if old != 0 && flow::want_tag(old) != h {
+                r.collisions += 1;
+            }
+            *p = new;
+        }
+    }
+}
+
+/// Empties `key`'s steering slot if it still holds this flow's wish: the slot
+/// then moves back to RSS through the XDP program's gate.
+#[inline(always)]
+fn unwish(key: &FlowKey) {
+    let Some((h, p)) = slot_of(key) else { return };
+    // SAFETY: as above.
+    unsafe {
+        let old = *p;
+        if old != 0 && flow::want_tag(old) == h {
+            *p = 0;
+        }
+    }
+}
+
 /// Records that `key` is read on this CPU now. `sk`: the socket, checked
 /// against the closed ones before a new entry is made (TCP; UDP has no close).
 #[inline(always)]
@@ -266,14 +312,12 @@ fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> u32 {
     let (cpu, now) = unsafe { (bpf_get_smp_processor_id(), bpf_ktime_get_ns()) };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(e) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: a map value; only the fields the hook owns are written, and
-        // only when they change, to keep the line clean for the XDP side.
+        // SAFETY: a map value only the hooks write.
         let e = unsafe { &mut *e };
         if e.want_cpu != cpu {
             e.want_cpu = cpu;
         }
-        // Informational (`steer flows`): refresh at most every millisecond so
-        // that a busy reader does not keep pulling the line from the XDP CPU.
+        // Informational (`steer flows`, UDP expiry): refresh at most every millisecond.
         if now.wrapping_sub(e.last_read_ns) > 1_000_000 {
             e.last_read_ns = now;
         }
@@ -281,6 +325,8 @@ fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> u32 {
             e.pid = pid;
             e.comm = bpf_get_current_comm().unwrap_or_default();
         }
+        // Also when the CPU is the same: a colliding flow, an expiry or a rebuild may have taken the slot.
+        wish(r, key, cpu);
         return 0;
     }
     // Only new entries can be stale: a closed socket's entry is gone already.
@@ -289,16 +335,15 @@ fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> u32 {
         return 0;
     }
     let entry = FlowEntry {
-        cpu: ON_RSS,
         want_cpu: cpu,
         last_read_ns: now,
         created_ns: now,
         pid,
         comm: bpf_get_current_comm().unwrap_or_default(),
-        ..FlowEntry::default()
     };
     if FLOWS.insert(key, &entry, BPF_NOEXIST as u64).is_ok() {
         r.inserts += 1;
+        wish(r, key, cpu);
     }
     0
 }
@@ -331,6 +376,7 @@ pub fn on_state(ctx: &TracePointContext) -> u32 {
     }
     let _ = CLOSED.insert(&sk, &1, 0);
     if FLOWS.remove(&key).is_ok() {
+        unwish(&key);
         if let Some(r) = rfs_counters() {
             r.removed += 1;
         }

@@ -152,6 +152,7 @@ impl HashSettings {
                 .or(self.move_idle_us)
                 .unwrap_or(crate::rfs::DEFAULT_MIGRATE_IDLE_US),
             local_pass: self.local_pass as u32,
+            rfs_mask: self.rfs.map_or(0, |r| steer_common::flow::slots(r.flow_entries) - 1),
             ..SteerConfig::default()
         };
         self.inner.apply(&mut cfg);

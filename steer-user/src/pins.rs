@@ -40,6 +40,11 @@ pub const CPUMAP_DROPS: &str = "cpumap_drops";
 /// RFS (`--mode rfs` only): the flow table and its counters.
 pub const FLOWS: &str = "flows";
 pub const RFS_STATS: &str = "rfs_stats";
+/// RFS steering slots: the hook's wishes and the XDP program's state, and the
+/// Toeplitz table, so that `steer flows` finds each flow's slot.
+pub const RFS_WANT: &str = "rfs_want";
+pub const RFS_SLOTS: &str = "rfs_slots";
+pub const TOEPLITZ: &str = "toeplitz";
 /// The tail-call table that holds `steer_inner` (tunnels). Pinned so that it keeps
 /// its entry when the run's process dies: the kernel empties a program array
 /// once no file descriptor or pin refers to it.
@@ -50,7 +55,7 @@ pub const RFS_EXPIRED: &str = "rfs_expired";
 pub const BUCKETS: &str = "buckets";
 pub const REBALANCE: &str = "rebalance";
 /// Every pin steer makes, the link first so that removing in order detaches first.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 16] = [
     LINK,
     STATS,
     TARGETS,
@@ -61,6 +66,9 @@ pub const ALL: [&str; 13] = [
     FLOWS,
     RFS_STATS,
     RFS_EXPIRED,
+    RFS_WANT,
+    RFS_SLOTS,
+    TOEPLITZ,
     INNER_PROG,
     BUCKETS,
     REBALANCE,

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    maps::{HashMap as AyaHashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     Ebpf,
 };
 use steer::{
@@ -20,7 +20,7 @@ use steer::{
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
-    Encap, FlowEntry, FlowKey, PassReason, RfsCounters, Tuple,
+    Encap, FlowKey, FlowSlot, PassReason, RfsCounters, Tuple,
 };
 use steer_tests::{pin_to_cpu, require_root};
 
@@ -697,10 +697,20 @@ fn hash_path_passes_the_local_cpus_flows_in_place() {
     }
 }
 
-fn set_flow(ebpf: &mut Ebpf, key: &FlowKey, e: FlowEntry) {
-    let mut m: AyaHashMap<_, FlowKey, FlowEntry> =
-        AyaHashMap::try_from(ebpf.map_mut("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
-    m.insert(key, e, 0).expect("inserting a flow");
+/// Puts `key` in the table read on `cpu`, its slot steering there when `steered`
+/// (else still on RSS, as the hook leaves a new flow). Returns (slot, flow hash).
+fn set_flow(ebpf: &mut Ebpf, key: &FlowKey, cpu: u32, steered: bool) -> (u32, u32) {
+    rfs::insert_flow(ebpf, key, cpu, steered).expect("putting a flow in the table");
+    rfs::slot_hash(ebpf).expect("slot hash").slot(key).expect("a slot")
+}
+
+fn slot_state(ebpf: &Ebpf, slot: u32) -> FlowSlot {
+    rfs::get_slot(ebpf, slot).expect("reading a slot").1
+}
+
+/// The hook's wish for `slot` (flow hash `h` read on `cpu`) over the slot state `st`.
+fn set_slot(ebpf: &mut Ebpf, slot: u32, h: u32, cpu: u32, st: FlowSlot) {
+    rfs::set_slot(ebpf, slot, steer_common::flow::want(h, cpu), st).expect("writing a slot");
 }
 
 fn rfs_totals(ebpf: &Ebpf) -> RfsCounters {
@@ -735,7 +745,7 @@ fn rfs_hit_path_passes_in_place_when_the_reader_is_on_this_cpu() {
                 [(&reader_here, &t_here, c, XDP_PASS, 1), (&reader_away, &t_away, other, XDP_REDIRECT, 0)]
             {
                 let key = FlowKey::from_tuple(t).expect("tcp flow key");
-                set_flow(&mut ebpf, &key, FlowEntry { cpu: reader, want_cpu: reader, ..Default::default() });
+                set_flow(&mut ebpf, &key, reader, true);
                 let r0 = rfs_totals(&ebpf);
                 let (v, d) = once(&mut ebpf, frame);
                 let hits = rfs_totals(&ebpf).hits - r0.hits;
@@ -750,12 +760,6 @@ fn rfs_hit_path_passes_in_place_when_the_reader_is_on_this_cpu() {
             }
         });
     }
-}
-
-fn get_flow(ebpf: &Ebpf, key: &FlowKey) -> FlowEntry {
-    let m: AyaHashMap<_, FlowKey, FlowEntry> =
-        AyaHashMap::try_from(ebpf.map("FLOWS").expect("FLOWS map")).expect("FLOWS is a hash map");
-    m.get(key, 0).expect("the flow is in the table")
 }
 
 /// A flow that has been in another CPU's queue and then follows its reader to
@@ -773,32 +777,196 @@ fn rfs_flow_that_was_queued_elsewhere_is_never_passed_in_place() {
             let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
             let key = FlowKey::from_tuple(&t).expect("tcp flow key");
             // Read on the other CPU: redirected there, and marked.
-            set_flow(&mut ebpf, &key, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
+            let (slot, h) = set_flow(&mut ebpf, &key, other, true);
             let (v, d) = once(&mut ebpf, &frame);
             assert_eq!((v, cpu_that_got(&d)), (XDP_REDIRECT, Some(other)));
-            assert_eq!(get_flow(&ebpf, &key).queued, 1, "a flow sent to another CPU's queue is marked");
-            // Its reader comes to this CPU and the flow is idle: it moves, through this CPU's queue.
-            let e = FlowEntry { want_cpu: c, last_pkt_ns: 0, ..get_flow(&ebpf, &key) };
-            set_flow(&mut ebpf, &key, e);
+            assert_eq!(slot_state(&ebpf, slot).queued, 1, "a flow sent to another CPU's queue is marked");
+            // Its reader comes to this CPU and the flow has been idle long: it moves, through this CPU's queue.
+            let st = FlowSlot { last_ns: 1, ..slot_state(&ebpf, slot) };
+            set_slot(&mut ebpf, slot, h, c, st);
             let (v, d) = once(&mut ebpf, &frame);
-            let e = get_flow(&ebpf, &key);
-            println!(
-                "on CPU {c}: back from CPU {other}: verdict {v}, entry cpu {} queued {}",
-                e.cpu, e.queued
-            );
+            let st = slot_state(&ebpf, slot);
+            println!("on CPU {c}: back from CPU {other}: verdict {v}, slot {st:?}");
             assert_eq!((v, cpu_that_got(&d), d.total().local), (XDP_REDIRECT, Some(c), 0), "not in place");
-            assert_eq!((e.cpu, e.moves, e.queued), (c, 1, 1));
+            assert_eq!((st.cpu(), st.moves, st.queued), (Some(c), 1, 1));
             // A new flow waiting on its (remote) RSS CPU is marked too.
             let away = FlowKey::from_tuple(&away_t).expect("tcp flow key");
-            set_flow(
-                &mut ebpf,
-                &away,
-                FlowEntry { cpu: u32::MAX, want_cpu: c, last_pkt_ns: u64::MAX, ..Default::default() },
-            );
+            let (aslot, _) = set_flow(&mut ebpf, &away, c, false);
+            assert_ne!(aslot, slot, "pick flows in different slots");
             let (v, _) = once(&mut ebpf, &away_frame);
-            assert_eq!((v, get_flow(&ebpf, &away).queued), (XDP_REDIRECT, 1), "RSS elsewhere: marked");
+            assert_eq!((v, slot_state(&ebpf, aslot).queued), (XDP_REDIRECT, 1), "RSS elsewhere: marked");
         });
     }
+}
+
+/// Sets what the cpumap tracepoints would have counted for `cpu`'s queue:
+/// frames put in and taken out (nothing is enqueued under BPF_PROG_TEST_RUN).
+fn set_ring(ebpf: &mut Ebpf, cpu: u32, put: u64, taken: u64) {
+    let mut ring: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(steer_common::names::map::RING).expect("RING map")).expect("array");
+    ring.set(cpu * 2, put, 0).expect("RING put");
+    ring.set(cpu * 2 + 1, taken, 0).expect("RING taken");
+}
+
+/// A steady RFS hit reads no clock and writes no stamp: only the slot's packet
+/// count moves. A move waits for both gates, whatever order they open in: a
+/// gap longer than --migrate-idle-us, and the old CPU's queue drained past
+/// the slot's last packet there.
+#[test]
+fn rfs_steady_hit_reads_no_clock_and_a_move_waits_for_idle_and_drain() {
+    require_root();
+    let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
+    let (here, old) = (cpus[0], cpus[1]);
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_rfs(Some(RfsSettings::new(1024, 1_000_000).unwrap()));
+    let (frame, t) = flow_for(&settings, IPPROTO_TCP, old, false);
+    on_cpu(here, || {
+        let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
+        let key = FlowKey::from_tuple(&t).expect("tcp flow key");
+        let (slot, h) = set_flow(&mut ebpf, &key, old, true);
+        let r0 = rfs_totals(&ebpf);
+        let prog = loader::program(&mut ebpf, STEER_PROG).unwrap();
+        let out = testrun::run(prog.fd().unwrap(), &frame, 1000).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(out.retval, XDP_REDIRECT);
+        let (st, r) = (slot_state(&ebpf, slot), rfs_totals(&ebpf));
+        println!("1000 steady hits: slot {st:?}");
+        assert_eq!((st.pkts, st.last_ns, st.tail, st.moves), (1000, 0, 0, 0), "no stamp on a steady hit");
+        assert_eq!((r.hits - r0.hits, r.deferred - r0.deferred), (1000, 0));
+
+        // A stamp left by a move given up on is cleared, so the next move starts its own gate.
+        set_slot(&mut ebpf, slot, h, old, FlowSlot { last_ns: 12345, ..st });
+        let (v, d) = once(&mut ebpf, &frame);
+        assert_eq!((v, cpu_that_got(&d)), (XDP_REDIRECT, Some(old)));
+        assert_eq!(slot_state(&ebpf, slot).last_ns, 0);
+
+        // The reader comes here while the old CPU's queue holds 1000 frames, none taken out.
+        set_ring(&mut ebpf, old, 1000, 0);
+        let st = slot_state(&ebpf, slot);
+        set_slot(&mut ebpf, slot, h, here, st);
+        let (_, d) = once(&mut ebpf, &frame);
+        let st = slot_state(&ebpf, slot);
+        println!("move pending: slot {st:?}");
+        assert_eq!(cpu_that_got(&d), Some(old), "the first packet after the wish stays");
+        assert!(
+            st.last_ns > 0 && st.tail == 1000 + steer_common::balance::TAIL_SLACK && st.tail_cpu == old,
+            "{st:?}"
+        );
+        // Idle long enough, but the queue has not given out the slot's packets: stay.
+        set_slot(&mut ebpf, slot, h, here, FlowSlot { last_ns: 1, ..st });
+        let (_, d) = once(&mut ebpf, &frame);
+        assert_eq!(cpu_that_got(&d), Some(old), "idle but not drained: stays");
+        // Drained, but the last packet was just now: stay.
+        set_ring(&mut ebpf, old, 1000, 1000 + steer_common::balance::TAIL_SLACK);
+        let (_, d) = once(&mut ebpf, &frame);
+        assert_eq!(cpu_that_got(&d), Some(old), "drained but not idle: stays");
+        assert_eq!(slot_state(&ebpf, slot).moves, 0);
+        // Both: it moves, through this CPU's queue (the flow was queued elsewhere).
+        let st = slot_state(&ebpf, slot);
+        set_slot(&mut ebpf, slot, h, here, FlowSlot { last_ns: 1, ..st });
+        let (v, d) = once(&mut ebpf, &frame);
+        let st = slot_state(&ebpf, slot);
+        assert_eq!((v, cpu_that_got(&d), d.total().local), (XDP_REDIRECT, Some(here), 0));
+        assert_eq!((st.cpu(), st.moves, st.last_ns, st.tail), (Some(here), 1, 0, 0), "{st:?}");
+    });
+}
+
+/// Two flows whose hashes fall in one slot share its decision: when the
+/// second one's reader takes the slot (a collision), neither flow jumps
+/// anywhere at once; both stay where the slot sent them and move together
+/// once the slot passes the idle gate. `steer flows` marks the flow whose
+/// wish was replaced as sharing. (The hook's collision count: rfs.rs.)
+#[test]
+fn rfs_flows_colliding_in_one_slot_share_it_and_move_only_through_the_gate() {
+    let (cpus, _) = rfs_on_every_cpu();
+    let (c0, c1) = (cpus[0], cpus[1]);
+    // Two slots: collisions are easy to find.
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_rfs(Some(RfsSettings::new(2, 1_000_000).unwrap()));
+    on_cpu(c0, || {
+        let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
+        let hash = rfs::slot_hash(&ebpf).expect("slot hash");
+        let flow = |port: u16| {
+            let t = tuple("198.18.0.1", port, "198.18.0.2", 9, IPPROTO_TCP);
+            let f = eth().ipv4(v4("198.18.0.1"), v4("198.18.0.2")).tcp(port, 9).payload(18).build();
+            (f, FlowKey::from_tuple(&t).unwrap())
+        };
+        let (fa, ka) = flow(1000);
+        let (sa, ha) = hash.slot(&ka).unwrap();
+        let (fb, kb, hb) = (1001..2000u16)
+            .map(flow)
+            .find_map(|(f, k)| hash.slot(&k).filter(|(s, h)| *s == sa && *h != ha).map(|(_, h)| (f, k, h)))
+            .expect("a second flow in the same slot");
+        // A is read on c1 and steered there; then B's reader on c0 takes the slot.
+        set_flow(&mut ebpf, &ka, c1, true);
+        let st = slot_state(&ebpf, sa);
+        rfs::insert_flow(&mut ebpf, &kb, c0, false).expect("B in the table");
+        set_slot(&mut ebpf, sa, hb, c0, st);
+        let view = rfs::view(&ebpf, &ka).unwrap().expect("A in the table");
+        assert!(view.shared && view.cpu == Some(c1), "A follows B's wish now: {view:?}");
+        let r0 = rfs_totals(&ebpf);
+        for (name, f) in [("A", &fa), ("B", &fb), ("A", &fa)] {
+            let (v, d) = once(&mut ebpf, f);
+            println!("collision, {name}: verdict {v}, to CPU {:?}", cpu_that_got(&d));
+            assert_eq!((v, cpu_that_got(&d)), (XDP_REDIRECT, Some(c1)), "{name} stays on the slot's CPU");
+        }
+        let r = rfs_totals(&ebpf);
+        assert_eq!((r.deferred - r0.deferred, r.moves - r0.moves), (3, 0), "held by the gate");
+        // The slot has been idle: both follow B's reader, through c0's own queue.
+        let st = slot_state(&ebpf, sa);
+        set_slot(&mut ebpf, sa, hb, c0, FlowSlot { last_ns: 1, ..st });
+        for (name, f) in [("A", &fa), ("B", &fb)] {
+            let (v, d) = once(&mut ebpf, f);
+            assert_eq!((v, cpu_that_got(&d), d.total().local), (XDP_REDIRECT, Some(c0), 0), "{name} moved");
+        }
+        assert_eq!(slot_state(&ebpf, sa).moves, 1, "one move for the slot");
+        assert_eq!(rfs_totals(&ebpf).moves - r0.moves, 1);
+    });
+}
+
+/// A new hash on a live program (SIGHUP: seed, kind, symmetric, key) moves
+/// every flow's slot: the slots are rebuilt for it, so no flow is steered by a
+/// slot filled for the old hash. Each flow's wish is in its new slot, which
+/// starts on RSS like a new flow and follows the reader through the gate.
+#[test]
+fn rfs_slots_are_rebuilt_for_a_new_hash() {
+    let (cpus, settings) = rfs_on_every_cpu();
+    let (c0, c1) = (cpus[0], cpus[1]);
+    on_cpu(c0, || {
+        let mut ebpf = loader::load(&settings, 256).expect("load steer (verifier)");
+        let (frame, t) = flow_for(&settings, IPPROTO_TCP, c1, false);
+        let key = FlowKey::from_tuple(&t).expect("tcp flow key");
+        let (old_slot, _) = set_flow(&mut ebpf, &key, c1, true);
+        let (v, d) = once(&mut ebpf, &frame);
+        assert_eq!((v, cpu_that_got(&d)), (XDP_REDIRECT, Some(c1)));
+        // Another seed: find one that moves the flow's slot.
+        let (new, slot, h) = (1..100u32)
+            .map(|seed| HashSettings { seed, ..settings.clone() })
+            .find_map(|s| {
+                let (slot, h) = rfs::SlotHash::new(&s).slot(&key).unwrap();
+                (slot != old_slot).then_some((s, slot, h))
+            })
+            .expect("a seed that moves the slot");
+        loader::apply_config(&mut ebpf, &new).expect("applying the new hash");
+        assert_eq!(rfs::slot_hash(&ebpf).unwrap(), rfs::SlotHash::new(&new), "the live hash is the new one");
+        let (w, st) = rfs::get_slot(&ebpf, old_slot).unwrap();
+        assert_eq!((w, st), (0, FlowSlot::default()), "the old slot is empty");
+        let (w, st) = rfs::get_slot(&ebpf, slot).unwrap();
+        assert_eq!((w, st.cur), (steer_common::flow::want(h, c1), 0), "the wish is in the new slot, on RSS");
+        // On the new hash's RSS CPU until the flow pauses, then to its reader.
+        let rss = new.choose(&t).cpu;
+        let (_, d) = once(&mut ebpf, &frame);
+        assert_eq!(cpu_that_got(&d), Some(rss), "on RSS first");
+        let st = slot_state(&ebpf, slot);
+        set_slot(&mut ebpf, slot, h, c1, FlowSlot { last_ns: 1, ..st });
+        let (_, d) = once(&mut ebpf, &frame);
+        assert_eq!(cpu_that_got(&d), Some(c1), "then the reader's CPU");
+        // The same settings again: nothing is rebuilt.
+        loader::apply_config(&mut ebpf, &new).expect("applying the same hash");
+        assert_eq!(slot_state(&ebpf, slot).cpu(), Some(c1), "an unchanged hash keeps the slots");
+    });
 }
 
 /// Per-packet cost of the two verdicts (printed for the note; no thresholds):
@@ -825,8 +993,8 @@ fn local_and_remote_verdict_costs_for_the_note() {
         let mut hit_here = loader::load(&rfs_settings, 256).expect("load");
         let mut hit_away = loader::load(&rfs_settings, 256).expect("load");
         let key = FlowKey::from_tuple(&t).expect("key");
-        set_flow(&mut hit_here, &key, FlowEntry { cpu: c, want_cpu: c, ..Default::default() });
-        set_flow(&mut hit_away, &key, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
+        set_flow(&mut hit_here, &key, c, true);
+        set_flow(&mut hit_away, &key, other, true);
         let mut objs = [rss, hit_here, hit_away];
         let cases = [
             ("xdp_pass", 0, PASS_PROG, &local, XDP_PASS),

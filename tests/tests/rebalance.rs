@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aya::{
-    maps::{Array, HashMap as AyaHashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     Ebpf,
 };
 use steer::{
@@ -20,7 +20,7 @@ use steer::{
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
-    BucketLoad, BucketMove, FlowEntry, FlowKey, RebalanceState, Tuple, INDIR_MOVING,
+    BucketLoad, BucketMove, FlowKey, RebalanceState, Tuple, INDIR_MOVING,
 };
 use steer_tests::{pin_to_cpu, require_root};
 
@@ -97,10 +97,7 @@ fn bucket_counters_count_hash_steered_packets_and_bytes_and_not_rfs_hits() {
     assert_ne!(bu, bt, "pick ports in different buckets");
     // The TCP flow is in the RFS table: steered by its reader, not by its bucket.
     let key = FlowKey::from_tuple(&tt).unwrap();
-    AyaHashMap::<_, FlowKey, FlowEntry>::try_from(ebpf.map_mut("FLOWS").unwrap())
-        .unwrap()
-        .insert(key, FlowEntry { cpu: cpus[1], want_cpu: cpus[1], ..Default::default() }, 0)
-        .unwrap();
+    steer::rfs::insert_flow(&mut ebpf, &key, cpus[1], true).expect("putting the flow in the table");
     run(&mut ebpf, &udp, 7);
     let d = run(&mut ebpf, &tcp, 5);
     assert_eq!(got(&d), Some(cpus[1]), "the TCP flow followed its reader");

@@ -21,21 +21,18 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use aya::{
-    maps::{HashMap as AyaHashMap, PerCpuArray},
-    Ebpf,
-};
+use aya::{maps::PerCpuArray, Ebpf};
 use socket2::{Domain, Protocol, Socket, Type};
 use steer::{
     config::{HashArg, HashSettings},
     loader::{self, PASS_PROG, STEER_PROG},
     packet::Frame,
-    rfs::{self, PinnedFlows, RfsSettings},
+    rfs::{self, FlowView, PinnedFlows, RfsSettings},
     testrun,
 };
 use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
-    FlowEntry, FlowKey, RfsCounters, Tuple,
+    FlowEntry, FlowKey, FlowSlot, RfsCounters, Tuple,
 };
 use steer_tests::{in_ns, pin_to_cpu, require_root, Lab, SteerRun};
 
@@ -254,8 +251,9 @@ impl Drop for Senders {
     }
 }
 
-fn entry(flows: &PinnedFlows, key: &FlowKey) -> Option<FlowEntry> {
-    flows.flows.get(key, 0).ok()
+/// The flow's record joined with its steering slot.
+fn entry(flows: &PinnedFlows, key: &FlowKey) -> Option<FlowView> {
+    flows.get(key)
 }
 
 fn counters(flows: &PinnedFlows) -> RfsCounters {
@@ -338,14 +336,14 @@ fn steers_each_flow_to_its_reader(listen: Listen) {
         wait_for(
             &format!("flow {:?} steered to its reader's CPU {cpu}", c.key),
             Duration::from_secs(5),
-            || entry(&flows, &c.key).is_some_and(|e| e.cpu == *cpu),
+            || entry(&flows, &c.key).is_some_and(|e| e.cpu == Some(*cpu)),
         );
     }
     let before: Vec<(u64, u64)> =
         conns.iter().map(|c| (entry(&flows, &c.key).map_or(0, |e| e.pkts), c.segs_in())).collect();
     let hits0 = counters(&flows).hits;
     std::thread::sleep(Duration::from_secs(3));
-    let after: Vec<(u64, u64, FlowEntry)> = conns
+    let after: Vec<(u64, u64, FlowView)> = conns
         .iter()
         .map(|c| {
             let e = entry(&flows, &c.key).expect("flow still in the table");
@@ -358,7 +356,13 @@ fn steers_each_flow_to_its_reader(listen: Listen) {
     for (i, ((p0, s0), (p1, s1, e))) in before.iter().zip(&after).enumerate() {
         let (steered, segs) = (p1 - p0, s1 - s0);
         assert!(segs >= 500, "flow {i}: only {segs} segments received in 3 s");
-        assert_eq!(e.cpu, reader_cpu[i], "flow {i}: steered to CPU {} but read on {}", e.cpu, reader_cpu[i]);
+        assert_eq!(
+            e.cpu,
+            Some(reader_cpu[i]),
+            "flow {i}: steered to CPU {:?} but read on {}",
+            e.cpu,
+            reader_cpu[i]
+        );
         assert_eq!(e.want_cpu, reader_cpu[i], "flow {i}: hook recorded CPU {}", e.want_cpu);
         let share = steered as f64 / segs as f64;
         eprintln!(
@@ -417,7 +421,7 @@ fn rfs_flow_follows_a_moving_reader_without_reordering() {
     // the move, in the middle of one), then a 5 ms pause: moves wait for it.
     let senders = Senders::start(&conns, c1, 100, Duration::from_millis(5));
     wait_for("flow steered to the reader's first CPU", Duration::from_secs(5), || {
-        entry(&flows, &c.key).is_some_and(|e| e.cpu == c0)
+        entry(&flows, &c.key).is_some_and(|e| e.cpu == Some(c0))
     });
     std::thread::sleep(Duration::from_millis(300));
     let ext0 = tcp_ext(&lab.rx_ns);
@@ -430,7 +434,7 @@ fn rfs_flow_follows_a_moving_reader_without_reordering() {
         reader.cpu.store(to as usize, Ordering::Relaxed);
         let took =
             wait_for(&format!("flow following its reader to CPU {to}"), Duration::from_secs(2), || {
-                entry(&flows, &c.key).is_some_and(|e| e.cpu == to)
+                entry(&flows, &c.key).is_some_and(|e| e.cpu == Some(to))
             });
         slowest = slowest.max(took);
         std::thread::sleep(Duration::from_millis(150));
@@ -508,6 +512,51 @@ fn rfs_close_deletes_entries_and_lru_overflow_is_harmless() {
     assert!(ok, "steer run failed: {log}");
 }
 
+/// A table of two slots for eight flows read on both CPUs: flows collide
+/// and share slots, the hook counts each wish it replaces (`collisions`, in
+/// `steer flows` and `steer stats --json`), every flow's data arrives, and the
+/// shared slots' moves (gated) queue nothing out of order.
+#[test]
+fn rfs_colliding_flows_share_slots_without_reordering_and_are_counted() {
+    require_root();
+    let (c0, c1) = two_cpus();
+    let lab = Lab::new().expect("making the lab");
+    one_segment_per_write(&lab);
+    let (run, flows) = start_rfs(&lab, &["--flow-entries", "2"]);
+    let conns = connect(&lab, Listen::V4, 5021, 8).expect("connecting");
+    let ext0 = tcp_ext(&lab.rx_ns);
+    let k0 = counters(&flows);
+    let r0 = Reader::start("rfs-coll-a", c0, conns[..4].iter().map(|c| c.server.clone()).collect());
+    let r1 = Reader::start("rfs-coll-b", c1, conns[4..].iter().map(|c| c.server.clone()).collect());
+    // Bursts with pauses: the shared slots go idle now and then, so they do move.
+    let senders = Senders::start(&conns, c1, 20, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = senders.stop();
+    wait_for("everything sent read", Duration::from_secs(5), || {
+        r0.bytes.load(Ordering::Relaxed) + r1.bytes.load(Ordering::Relaxed) == sent
+    });
+    let (k, ext1) = (counters(&flows), tcp_ext(&lab.rx_ns));
+    eprintln!("8 flows in 2 slots: {sent} bytes; counters {k:?}");
+    let grew: Vec<(&String, u64)> = ext1
+        .iter()
+        .filter(|&(n, v)| ext0.get(n) != Some(v))
+        .map(|(n, v)| (n, v - ext0.get(n).copied().unwrap_or(0)))
+        .collect();
+    eprintln!("TcpExt changes: {grew:?}");
+    assert!(k.collisions > k0.collisions, "no collision counted with 8 flows in 2 slots: {k:?}");
+    assert!(k.hits > k0.hits, "the shared slots steered nothing: {k:?}");
+    for name in REORDER_COUNTERS {
+        let (a, b) = (ext0.get(name).copied().unwrap_or(0), ext1.get(name).copied().unwrap_or(0));
+        assert_eq!(a, b, "TcpExt {name} grew from {a} to {b}: a shared slot reordered packets");
+    }
+    let out = lab.steer(&["stats", "--iface", &lab.rx_if, "--json", "--once"]).output().expect("steer stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("\"collisions\""), "steer stats --json: {text}");
+    drop((r0, r1));
+    let (ok, log) = run.stop().expect("stopping steer");
+    assert!(ok, "steer run failed: {log}");
+}
+
 /// `steer flows` shows the flow, its CPU and its reader (pid and thread name).
 #[test]
 fn steer_flows_shows_flow_cpu_and_reader() {
@@ -521,7 +570,7 @@ fn steer_flows_shows_flow_cpu_and_reader() {
     let senders = Senders::start(&conns, c0, 1, Duration::from_millis(2));
     for (c, cpu) in conns.iter().zip([c0, c1]) {
         wait_for("flow on its reader's CPU", Duration::from_secs(5), || {
-            entry(&flows, &c.key).is_some_and(|e| e.cpu == cpu)
+            entry(&flows, &c.key).is_some_and(|e| e.cpu == Some(cpu))
         });
     }
     let out = lab.steer(&["flows", "--iface", &lab.rx_if, "--json"]).output().expect("running steer flows");
@@ -885,7 +934,7 @@ fn udp_steers_each_flow_to_its_reader(listen: Listen, port: u16) {
         wait_for(
             &format!("UDP flow {:?} steered to its reader's CPU {cpu}", c.key),
             Duration::from_secs(5),
-            || entry(&flows, &c.key).is_some_and(|e| e.cpu == *cpu),
+            || entry(&flows, &c.key).is_some_and(|e| e.cpu == Some(*cpu)),
         );
     }
     std::thread::sleep(Duration::from_secs(3));
@@ -901,7 +950,7 @@ fn udp_steers_each_flow_to_its_reader(listen: Listen, port: u16) {
         let share = on_cpu as f64 / read as f64;
         eprintln!(
             "{listen:?} UDP flow {i}: reader CPU {} (RSS would pick {}): {on_cpu} of {read} datagrams \
-             processed there ({:.1} %); steer's entry: cpu {} reader {} packets {} moves {}",
+             processed there ({:.1} %); steer's entry: cpu {:?} reader {} packets {} moves {}",
             reader_cpu[i],
             c.rss_cpu,
             share * 100.0,
@@ -911,7 +960,7 @@ fn udp_steers_each_flow_to_its_reader(listen: Listen, port: u16) {
             e.moves
         );
         assert!(read >= 1000, "flow {i}: only {read} datagrams in 3 s");
-        assert_eq!((e.cpu, e.want_cpu), (reader_cpu[i], reader_cpu[i]), "flow {i}: {e:?}");
+        assert_eq!((e.cpu, e.want_cpu), (Some(reader_cpu[i]), reader_cpu[i]), "flow {i}: {e:?}");
         assert!(
             share >= 0.9,
             "flow {i}: only {:.1} % of its datagrams were processed on its reader's CPU",
@@ -1266,7 +1315,11 @@ fn rfs_records_only_sockets_of_the_interfaces_namespace() {
     assert_eq!(k3.hook_events, k2.hook_events, "lab B's reads were recorded: {k3:?}");
     for (key, name) in [(tcp_key, "rfs-nsa-tcp"), (udp_key, "rfs-nsa-udp")] {
         let e = entry(&flows, &key).unwrap_or_else(|| panic!("lab A's reader {name} was not recorded"));
-        assert_eq!((e.want_cpu, comm(&e).as_str()), (c0, name), "lab B's reader took lab A's entry: {e:?}");
+        assert_eq!(
+            (e.want_cpu, comm(&e.entry).as_str()),
+            (c0, name),
+            "lab B's reader took lab A's entry: {e:?}"
+        );
     }
     assert_eq!(rfs::entries(&flows.flows).len(), 2, "lab A's table holds lab A's two flows only");
 
@@ -1297,18 +1350,24 @@ fn load_rfs(cpus: Vec<u32>, rfs: Option<RfsSettings>) -> (Ebpf, HashSettings) {
     (loader::load(&s, 256).expect("loading steer (verifier)"), s)
 }
 
-fn set_flow(ebpf: &mut Ebpf, key: &FlowKey, e: FlowEntry) {
-    let mut m: AyaHashMap<_, FlowKey, FlowEntry> =
-        AyaHashMap::try_from(ebpf.map_mut(steer_common::names::map::FLOWS).expect("FLOWS map"))
-            .expect("FLOWS is a hash map");
-    m.insert(key, e, 0).expect("inserting a flow");
+/// Puts `key` in the table read on `cpu`, its slot steering there when `steered`
+/// (else still on RSS, as the hook leaves a new flow). Returns (slot, flow hash).
+fn set_flow(ebpf: &mut Ebpf, key: &FlowKey, cpu: u32, steered: bool) -> (u32, u32) {
+    rfs::insert_flow(ebpf, key, cpu, steered).expect("putting a flow in the table");
+    rfs::slot_hash(ebpf).expect("slot hash").slot(key).expect("a slot")
 }
 
-fn get_flow(ebpf: &Ebpf, key: &FlowKey) -> Option<FlowEntry> {
-    let m: AyaHashMap<_, FlowKey, FlowEntry> =
-        AyaHashMap::try_from(ebpf.map(steer_common::names::map::FLOWS).expect("FLOWS map"))
-            .expect("FLOWS is a hash map");
-    m.get(key, 0).ok()
+fn get_flow(ebpf: &Ebpf, key: &FlowKey) -> Option<FlowView> {
+    rfs::view(ebpf, key).expect("reading the flow table")
+}
+
+fn slot_state(ebpf: &Ebpf, slot: u32) -> FlowSlot {
+    rfs::get_slot(ebpf, slot).expect("reading a slot").1
+}
+
+/// The hook's wish for `slot` (flow hash `h` read on `cpu`) over the slot state `st`.
+fn set_slot(ebpf: &mut Ebpf, slot: u32, h: u32, cpu: u32, st: FlowSlot) {
+    rfs::set_slot(ebpf, slot, steer_common::flow::want(h, cpu), st).expect("writing a slot");
 }
 
 fn rfs_totals(ebpf: &Ebpf) -> RfsCounters {
@@ -1379,27 +1438,37 @@ fn rfs_idle_gate_in_the_kernel() {
     let (v, cpu, d) = step(&mut ebpf, &frame);
     assert_eq!((v, cpu, d.misses, d.hits), (XDP_REDIRECT, Some(rss), 1, 0), "miss goes by RSS");
 
-    // As the hook inserts it: still on RSS, reader elsewhere, the flow busy (last packet now).
-    let fresh =
-        FlowEntry { cpu: u32::MAX, want_cpu: other, last_pkt_ns: rfs::now_ns(), ..Default::default() };
-    set_flow(&mut ebpf, &key, fresh);
+    // As the hook inserts it: still on RSS, reader elsewhere. The first packet
+    // since the wish stamps the slot and stays on RSS (its predecessors may be queued there).
+    let (slot, h) = set_flow(&mut ebpf, &key, other, false);
     let (v, cpu, d) = step(&mut ebpf, &frame);
-    assert_eq!((v, cpu, d.deferred, d.moves), (XDP_REDIRECT, Some(rss), 1, 0), "busy new flow stays on RSS");
+    assert_eq!((v, cpu, d.deferred, d.moves), (XDP_REDIRECT, Some(rss), 1, 0), "new flow stays on RSS");
+    let st = slot_state(&ebpf, slot);
+    assert!(st.last_ns > 0 && st.cur == 0, "the pending move is stamped: {st:?}");
+    // Busy (the last packet just now, idle time 1 s): still on RSS.
+    let (_, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((cpu, d.deferred, d.moves), (Some(rss), 1, 0), "busy new flow stays on RSS");
     // Idle for 2 s (> 1 s): it moves to the reader.
-    set_flow(&mut ebpf, &key, FlowEntry { last_pkt_ns: rfs::now_ns() - 2_000_000_000, ..fresh });
+    let st = slot_state(&ebpf, slot);
+    set_slot(&mut ebpf, slot, h, other, FlowSlot { last_ns: rfs::now_ns() - 2_000_000_000, ..st });
     let (v, cpu, d) = step(&mut ebpf, &frame);
     assert_eq!((v, cpu, d.moves, d.hits), (XDP_REDIRECT, Some(other), 1, 1), "idle flow moves to its reader");
     let e = get_flow(&ebpf, &key).expect("entry");
-    assert_eq!((e.cpu, e.moves, e.pkts), (other, 1, 1));
-    assert!(e.last_pkt_ns > 0);
+    assert_eq!((e.cpu, e.moves, e.pkts), (Some(other), 1, 1));
+    assert_eq!(slot_state(&ebpf, slot).last_ns, 0, "no move pending: no stamp");
 
     // The reader moves back to the RSS CPU while packets keep coming: deferred.
-    set_flow(&mut ebpf, &key, FlowEntry { want_cpu: rss, last_pkt_ns: rfs::now_ns(), ..e });
+    let st = slot_state(&ebpf, slot);
+    set_slot(&mut ebpf, slot, h, rss, st);
     let (_, cpu, d) = step(&mut ebpf, &frame);
     assert_eq!((cpu, d.deferred, d.moves, d.hits), (Some(other), 1, 0, 1), "busy flow is not moved");
-    set_flow(&mut ebpf, &key, FlowEntry { want_cpu: rss, last_pkt_ns: rfs::now_ns() - 2_000_000_000, ..e });
+    let (_, cpu, d) = step(&mut ebpf, &frame);
+    assert_eq!((cpu, d.deferred, d.moves, d.hits), (Some(other), 1, 0, 1), "still busy");
+    let st = slot_state(&ebpf, slot);
+    set_slot(&mut ebpf, slot, h, rss, FlowSlot { last_ns: rfs::now_ns() - 2_000_000_000, ..st });
     let (_, cpu, d) = step(&mut ebpf, &frame);
     assert_eq!((cpu, d.moves), (Some(rss), 1), "idle flow follows");
+    assert_eq!(get_flow(&ebpf, &key).expect("entry").moves, 2);
 
     // UDP: the protocol is part of the key, so a TCP entry of the same ports
     // is not the UDP flow's (a miss); its own entry is a hit.
@@ -1411,7 +1480,7 @@ fn rfs_idle_gate_in_the_kernel() {
     let ukey = FlowKey::from_tuple(&ut).expect("UDP flow key");
     let urss = s.choose(&ut).cpu;
     let uother = if urss == c0 { c1 } else { c0 };
-    set_flow(&mut ebpf, &ukey, FlowEntry { cpu: uother, want_cpu: uother, ..Default::default() });
+    set_flow(&mut ebpf, &ukey, uother, true);
     let (v, cpu, d) = step(&mut ebpf, &udp);
     assert_eq!((v, cpu, d.hits, d.misses), (XDP_REDIRECT, Some(uother), 1, 0), "UDP hit goes to its reader");
     // A UDP fragment (the first, which still carries the ports) is hashed on
@@ -1425,13 +1494,13 @@ fn rfs_idle_gate_in_the_kernel() {
         ("2001:db8::1".parse().expect("ip"), "2001:db8::2".parse().expect("ip"));
     let f6 = Frame::eth(MAC_B, MAC_A).ipv6(a6, b6).tcp(1234, 443).build();
     let k6 = FlowKey::from_socket(IPPROTO_TCP, &b6.octets(), 443, &a6.octets(), 1234);
-    set_flow(&mut ebpf, &k6, FlowEntry { cpu: other, want_cpu: other, ..Default::default() });
+    set_flow(&mut ebpf, &k6, other, true);
     let (v, cpu, d) = step(&mut ebpf, &f6);
     assert_eq!((v, cpu, d.hits), (XDP_REDIRECT, Some(other), 1), "IPv6 hit");
 
     // A reader on a CPU outside --cpus: no queue there, RSS steers, counted.
     let (mut only0, s0) = load_rfs(vec![c0], Some(RfsSettings::default()));
-    set_flow(&mut only0, &key, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
+    set_flow(&mut only0, &key, c1, true);
     let (v, cpu, d) = step(&mut only0, &frame);
     assert_eq!((v, cpu, d.not_steerable), (XDP_REDIRECT, Some(s0.choose(&t).cpu), 1), "outside --cpus");
 }
@@ -1488,7 +1557,7 @@ fn rfs_costs_for_the_note() {
     let (mut rss, _) = load_rfs(vec![c0, c1], None);
     let (mut on, _) = load_rfs(vec![c0, c1], Some(RfsSettings::default()));
     let key = FlowKey::from_tuple(&t).expect("key");
-    set_flow(&mut on, &key, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
+    set_flow(&mut on, &key, c1, true);
     let (a, b) = ("198.18.0.1".parse().expect("ip"), "198.18.0.2".parse().expect("ip"));
     let miss_frame = Frame::eth(MAC_B, MAC_A).ipv4(a, b).tcp(40001, 80).payload(10).build();
     // UDP: a flow in the table, and one not (every datagram of an unconnected socket).
@@ -1496,7 +1565,7 @@ fn rfs_costs_for_the_note() {
     let udp_miss = Frame::eth(MAC_B, MAC_A).ipv4(a, b).udp(40001, 443).payload(10).build();
     let ut = Tuple::new(IpAddr::V4(a), 40000, IpAddr::V4(b), 443, IPPROTO_UDP).expect("tuple");
     let ukey = FlowKey::from_tuple(&ut).expect("UDP key");
-    set_flow(&mut on, &ukey, FlowEntry { cpu: c1, want_cpu: c1, ..Default::default() });
+    set_flow(&mut on, &ukey, c1, true);
     loader::program(&mut rss, PASS_PROG).expect("xdp_pass").load().expect("loading xdp_pass");
     let reps = 1_000_000;
     let mut cost: StdHashMap<&str, Vec<u32>> = StdHashMap::new();

@@ -20,7 +20,7 @@ pub struct FlowsArgs {
 
 pub fn run(a: FlowsArgs) -> Result<()> {
     let pinned = rfs::PinnedFlows::open(&a.iface)?;
-    let entries = rfs::entries(&pinned.flows);
+    let entries = pinned.views()?;
     let counters = pinned.counters()?;
     let rows = rfs::rows(&entries, rfs::now_ns(), a.top);
     if a.json {

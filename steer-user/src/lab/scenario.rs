@@ -432,14 +432,7 @@ fn rfs_case(online: &[u32], hit: bool) -> Result<(Ebpf, Vec<u8>)> {
             .ok_or_else(|| LabError::Msg("tuple".into()))?;
         let key = steer_common::FlowKey::from_tuple(&t).ok_or_else(|| LabError::Msg("flow key".into()))?;
         let cpu = online.first().copied().unwrap_or(0);
-        let entry = steer_common::FlowEntry { cpu, want_cpu: cpu, ..Default::default() };
-        let mut flows: aya::maps::HashMap<_, steer_common::FlowKey, steer_common::FlowEntry> =
-            aya::maps::HashMap::try_from(
-                e.map_mut(steer_common::names::map::FLOWS)
-                    .ok_or_else(|| LabError::Msg("map FLOWS".into()))?,
-            )
-            .map_err(crate::Error::ebpf)?;
-        flows.insert(key, entry, 0).map_err(crate::Error::ebpf)?;
+        crate::rfs::insert_flow(&mut e, &key, cpu, true)?;
     }
     Ok((e, frame))
 }

@@ -37,13 +37,17 @@ pub const FLOOR_PROG: &str = prog::FLOOR;
 /// maps, and loads (verifies) the steering program. Attaches nothing.
 pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
     let ncpus = cpus::possible_count()?;
+    let flow_entries = hash.rfs.map_or(rfs::UNUSED_FLOW_ENTRIES, |r| r.flow_entries);
+    let slots = steer_common::flow::slots(flow_entries);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map::CPUS, ncpus)
         .map_max_entries(map::TARGETS, ncpus)
         .map_max_entries(map::INDIR, hash.table_size)
         .map_max_entries(map::BUCKETS, hash.table_size)
         .map_max_entries(map::MOVES, hash.table_size)
-        .map_max_entries(map::FLOWS, hash.rfs.map_or(rfs::UNUSED_FLOW_ENTRIES, |r| r.flow_entries))
+        .map_max_entries(map::FLOWS, flow_entries)
+        .map_max_entries(map::RFS_WANT, slots)
+        .map_max_entries(map::RFS_SLOTS, slots)
         .load(crate::EBPF_OBJECT)
         .map_err(|e| Error::Ebpf(format!("loading the eBPF object: {e}")))?;
     write_config(&mut ebpf, hash)?;
@@ -75,6 +79,27 @@ pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
 /// Writes the configuration, indirection table and Toeplitz table. Safe on a
 /// live program: each entry is replaced atomically.
 pub fn write_config(ebpf: &mut Ebpf, hash: &HashSettings) -> Result<()> {
+    write_config_raw(ebpf, hash, hash.steer_config())
+}
+
+/// [`write_config`] on a live program, keeping the RFS steering slots
+/// consistent: when the hash that indexes them changes (kind, seed,
+/// symmetric, key), RFS is paused in CONFIG (RSS alone steers, with the new
+/// hash: the one moment every flow may change CPU, as on any hash change),
+/// the slots are rebuilt for the new hash, each flow starting on RSS until it
+/// pauses, and RFS resumes. No packet meets a slot filled for the other hash.
+pub fn apply_config(ebpf: &mut Ebpf, hash: &HashSettings) -> Result<()> {
+    if hash.rfs.is_some() && rfs::slot_hash(ebpf)? != rfs::SlotHash::new(hash) {
+        let mut paused = hash.steer_config();
+        paused.rfs = 0;
+        write_config_raw(ebpf, hash, paused)?;
+        rfs::rebuild(ebpf, &rfs::SlotHash::new(hash))?;
+    }
+    write_config(ebpf, hash)
+}
+
+/// [`write_config`] with `cfg` as the program's configuration.
+pub(crate) fn write_config_raw(ebpf: &mut Ebpf, hash: &HashSettings, cfg: SteerConfig) -> Result<()> {
     if hash.kind == HashKind::Toeplitz {
         let mut t =
             Array::<_, ToeplitzTable>::try_from(map_mut(ebpf, map::TOEPLITZ)?).map_err(Error::ebpf)?;
@@ -86,8 +111,8 @@ pub fn write_config(ebpf: &mut Ebpf, hash: &HashSettings) -> Result<()> {
             indir.set(bucket as u32, cpu, 0).map_err(Error::ebpf)?;
         }
     }
-    let mut cfg = Array::<_, SteerConfig>::try_from(map_mut(ebpf, map::CONFIG)?).map_err(Error::ebpf)?;
-    cfg.set(0, hash.steer_config(), 0).map_err(Error::ebpf)
+    let mut m = Array::<_, SteerConfig>::try_from(map_mut(ebpf, map::CONFIG)?).map_err(Error::ebpf)?;
+    m.set(0, cfg, 0).map_err(Error::ebpf)
 }
 
 pub(crate) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {

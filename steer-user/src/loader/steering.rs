@@ -40,7 +40,7 @@ fn attach_hint(e: &ProgramError, driver: &str, opts: &RunOptions) -> String {
 }
 
 /// Object map name -> pin name, for the maps every run pins.
-const PINNED_MAPS: [(&str, &str); 11] = [
+const PINNED_MAPS: [(&str, &str); 14] = [
     (map::STATS, pins::STATS),
     (map::TARGETS, pins::TARGETS),
     (map::CONFIG, pins::CONFIG),
@@ -50,6 +50,9 @@ const PINNED_MAPS: [(&str, &str); 11] = [
     (map::RFS_STATS, pins::RFS_STATS),
     (map::INNER_PROG, pins::INNER_PROG),
     (map::RFS_EXPIRED, pins::RFS_EXPIRED),
+    (map::RFS_WANT, pins::RFS_WANT),
+    (map::RFS_SLOTS, pins::RFS_SLOTS),
+    (map::TOEPLITZ, pins::TOEPLITZ),
     (map::BUCKETS, pins::BUCKETS),
     (map::REBALANCE, pins::REBALANCE),
 ];
@@ -192,8 +195,7 @@ impl Steering {
             let mut maps = std::collections::BTreeMap::new();
             for (map, pin) in PINNED_MAPS {
                 // RFS maps are pinned only when RFS runs, so `steer flows` can tell.
-                if [pins::FLOWS, pins::RFS_STATS, pins::RFS_EXPIRED].contains(&pin) && opts.hash.rfs.is_none()
-                {
+                if rfs::PINS.contains(&pin) && opts.hash.rfs.is_none() {
                     continue;
                 }
                 let m = self.ebpf.map(map).ok_or_else(|| Error::Ebpf(format!("map {map} missing")))?;
@@ -292,7 +294,7 @@ impl Steering {
                 })?;
             }
         }
-        write_config(&mut self.ebpf, &HashSettings { local_pass: self.local_pass, ..hash.clone() })?;
+        super::apply_config(&mut self.ebpf, &HashSettings { local_pass: self.local_pass, ..hash.clone() })?;
         for &cpu in old.iter().filter(|c| !hash.cpus.contains(c)) {
             cpumap_delete(&mut self.ebpf, cpu)?;
         }

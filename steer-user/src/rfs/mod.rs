@@ -1,14 +1,19 @@
 //! RFS, user side: settings, attaching the socket-tracking tracepoints, the
 //! interface's local addresses the hook filters on, ageing out UDP entries,
 //! and reading the flow table for `steer flows` (table.rs: its rows, table and
-//! JSON; sock.rs: where the UDP hook finds a socket's addresses, from BTF).
+//! JSON; sock.rs: where the UDP hook finds a socket's addresses, from BTF;
+//! slots.rs: the flow-hash-indexed steering slots the XDP program reads).
 //!
 //! The data path is in steer-ebpf (track.rs records, rfs.rs steers); the key
 //! layout is in steer-common's flow.rs.
 
+mod slots;
 pub mod sock;
 mod table;
 
+pub use slots::{
+    get_slot, insert_flow, rebuild, set_slot, slot_hash, sweep_orphans, view, FlowView, SlotHash,
+};
 pub use table::{counter_fields, now_ns, render, rows, show_addr, to_json, FlowRow};
 
 use std::{
@@ -26,7 +31,7 @@ use aya::{
 use steer_common::{
     flow::DEFAULT_FLOW_ENTRIES,
     names::{map, prog},
-    FlowEntry, FlowKey, RfsCounters, SockOffsets,
+    FlowEntry, FlowKey, FlowSlot, RfsCounters, SockOffsets, SteerConfig, ToeplitzTable,
 };
 
 use crate::{
@@ -51,6 +56,10 @@ pub const UNUSED_FLOW_ENTRIES: u32 = 16;
 pub const DEFAULT_UDP_TIMEOUT_S: u32 = 30;
 /// Largest `--udp-timeout-s`: a day.
 pub const MAX_UDP_TIMEOUT_S: u32 = 86_400;
+
+/// Pins of a run with RFS only.
+pub const PINS: [&str; 6] =
+    [pins::FLOWS, pins::RFS_STATS, pins::RFS_EXPIRED, pins::RFS_WANT, pins::RFS_SLOTS, pins::TOEPLITZ];
 
 /// Tracepoint programs and where they attach.
 pub const TRACEPOINTS: [(&str, &str, &str); 3] = [
@@ -331,39 +340,82 @@ pub fn entries<M: Borrow<MapData>>(map: &HashMap<M, FlowKey, FlowEntry>) -> Vec<
     map.iter().filter_map(|r| r.ok()).collect()
 }
 
-/// Whether UDP entry `e` has had neither a read nor a packet for longer than
-/// `timeout_ns` at `now_ns` (TCP entries never: they leave on close).
-pub fn is_stale(k: &FlowKey, e: &FlowEntry, now_ns: u64, timeout_ns: u64) -> bool {
-    k.is_udp() && now_ns.saturating_sub(e.last_read_ns.max(e.last_pkt_ns)) > timeout_ns
+/// Whether UDP entry `e` has had neither a read nor a packet (`last_pkt_ns`,
+/// 0: none seen) for longer than `timeout_ns` at `now_ns` (TCP entries never:
+/// they leave on close).
+pub fn is_stale(k: &FlowKey, e: &FlowEntry, last_pkt_ns: u64, now_ns: u64, timeout_ns: u64) -> bool {
+    k.is_udp() && now_ns.saturating_sub(e.last_read_ns.max(last_pkt_ns)) > timeout_ns
+}
+
+/// When each UDP flow last had packets, as the sweep sees it: the XDP program
+/// keeps no clock on the hit path, only a packet count per slot, so a count
+/// that grew since the previous sweep means packets since then.
+#[derive(Default)]
+pub struct PacketClock {
+    seen: std::collections::HashMap<FlowKey, (u64, u64)>,
+}
+
+impl PacketClock {
+    /// Notes `pkts` (the flow's slot count) at `now`; returns when its packets were last seen to grow (0: never).
+    pub fn observe(&mut self, k: &FlowKey, pkts: u64, now: u64) -> u64 {
+        let at = match self.seen.get(k) {
+            Some(&(n, at)) if n == pkts => at,
+            // First sight: packets counted before it may be recent.
+            None if pkts == 0 => 0,
+            _ => now,
+        };
+        self.seen.insert(*k, (pkts, at));
+        at
+    }
+
+    /// Forgets flows no longer in the table.
+    pub fn retain(&mut self, live: &std::collections::HashSet<FlowKey>) {
+        self.seen.retain(|k, _| live.contains(k));
+    }
 }
 
 /// Deletes the UDP entries of `flows` that have been idle longer than
-/// `timeout`, adds them to the `expired` counter in `expired` and returns how
-/// many went. Each is looked at again just before it goes, so that a flow that
-/// resumed while the sweep ran stays (one that resumes between that look and
-/// the delete loses its entry: the next read records it again, on RSS until
-/// it pauses, so nothing is reordered).
-pub fn expire_udp<F, X>(
+/// `timeout`, empties their steering slots (if still theirs), adds them to
+/// the `expired` counter in `expired` and returns how many went. Each is
+/// looked at again just before it goes, so that a flow that resumed while the
+/// sweep ran stays (one that resumes between that look and the delete loses
+/// its entry: the next read records it again, and its slot moves back to RSS
+/// and again to the reader through the idle gate, so nothing is reordered).
+pub fn expire_udp<F, X, W, S>(
     flows: &mut HashMap<F, FlowKey, FlowEntry>,
     expired: &mut Array<X, u64>,
+    slots: &mut (Array<W, u64>, Array<S, FlowSlot>),
+    hash: &SlotHash,
+    clock: &mut PacketClock,
     timeout: Duration,
 ) -> Result<u64>
 where
     F: std::borrow::BorrowMut<MapData>,
     X: std::borrow::BorrowMut<MapData>,
+    W: std::borrow::BorrowMut<MapData>,
+    S: Borrow<MapData>,
 {
     let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    let stale: Vec<FlowKey> = flows
-        .iter()
-        .filter_map(|r| r.ok())
-        .filter(|(k, e)| is_stale(k, e, now_ns(), timeout_ns))
-        .map(|(k, _)| k)
-        .collect();
+    let all: Vec<(FlowKey, FlowEntry)> = flows.iter().filter_map(|r| r.ok()).collect();
+    let live: std::collections::HashSet<FlowKey> = all.iter().map(|(k, _)| *k).collect();
+    clock.retain(&live);
+    let last_pkt = |clock: &mut PacketClock, k: &FlowKey| {
+        let pkts = hash.slot(k).and_then(|(s, _)| slots.1.get(&s, 0).ok()).map_or(0, |st| st.pkts);
+        clock.observe(k, pkts, now_ns())
+    };
+    let mut stale = Vec::new();
+    for (k, e) in all.iter().filter(|(k, _)| k.is_udp()) {
+        let at = last_pkt(clock, k);
+        if is_stale(k, e, at, now_ns(), timeout_ns) {
+            stale.push((*k, at));
+        }
+    }
     let mut n = 0;
-    for k in stale {
-        let still = flows.get(&k, 0).is_ok_and(|e| is_stale(&k, &e, now_ns(), timeout_ns));
+    for (k, at) in stale {
+        let still = flows.get(&k, 0).is_ok_and(|e| is_stale(&k, &e, at, now_ns(), timeout_ns));
         // ENOENT: the LRU or a close took it first; it is theirs to count.
         if still && flows.remove(&k).is_ok() {
+            slots::unwish(&mut slots.0, hash, &k)?;
             n += 1;
         }
     }
@@ -375,16 +427,25 @@ where
 }
 
 /// `steer run`'s UDP sweep: every half timeout, the UDP entries idle longer than
-/// the timeout go, so an entry leaves between one and one and a half timeouts
-/// (plus one `--interval`) after its flow's last read or packet.
+/// the timeout go, so an entry leaves between one and two timeouts (plus one
+/// `--interval`) after its flow's last read or packet. It also empties the
+/// slots of flows the LRU evicted (no event tells the hook).
 pub struct UdpSweep {
     timeout: Duration,
     last: Instant,
+    clock: PacketClock,
+    /// Evictions when the slots were last swept for them.
+    evictions: u64,
 }
 
 impl UdpSweep {
     pub fn new(timeout_s: u32) -> Self {
-        Self { timeout: Duration::from_secs(timeout_s.into()), last: Instant::now() }
+        Self {
+            timeout: Duration::from_secs(timeout_s.into()),
+            last: Instant::now(),
+            clock: PacketClock::default(),
+            evictions: 0,
+        }
     }
 
     /// Sweeps when half a timeout has passed since the last sweep. Returns how many entries went.
@@ -393,12 +454,31 @@ impl UdpSweep {
             return Ok(0);
         }
         self.last = Instant::now();
-        let [Some(flows), Some(expired)] = ebpf.maps_disjoint_mut([map::FLOWS, map::RFS_EXPIRED]) else {
-            return Err(Error::Ebpf("map FLOWS or RFS_EXPIRED missing".into()));
+        let hash = slot_hash(ebpf)?;
+        let stats = {
+            let m = ebpf.map(map::RFS_STATS).ok_or_else(|| Error::Ebpf("map RFS_STATS missing".into()))?;
+            counters(&PerCpuArray::try_from(m).map_err(Error::ebpf)?)?
+        };
+        let [Some(flows), Some(expired), Some(want), Some(state)] =
+            ebpf.maps_disjoint_mut([map::FLOWS, map::RFS_EXPIRED, map::RFS_WANT, map::RFS_SLOTS])
+        else {
+            return Err(Error::Ebpf("map FLOWS, RFS_EXPIRED, RFS_WANT or RFS_SLOTS missing".into()));
         };
         let mut flows: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(flows).map_err(Error::ebpf)?;
         let mut expired: Array<_, u64> = Array::try_from(expired).map_err(Error::ebpf)?;
-        expire_udp(&mut flows, &mut expired, self.timeout)
+        let mut slots = (
+            Array::<_, u64>::try_from(want).map_err(Error::ebpf)?,
+            Array::<_, FlowSlot>::try_from(&*state).map_err(Error::ebpf)?,
+        );
+        let n = expire_udp(&mut flows, &mut expired, &mut slots, &hash, &mut self.clock, self.timeout)?;
+        let mut c = stats;
+        c.expired = expired.get(&0, 0).unwrap_or(0);
+        let evictions = c.evictions(flows.keys().count() as u64);
+        if evictions > self.evictions {
+            sweep_orphans(&flows, &mut slots.0, &hash)?;
+            self.evictions = evictions;
+        }
+        Ok(n)
     }
 }
 
@@ -408,6 +488,11 @@ pub struct PinnedFlows {
     pub stats: PerCpuArray<MapData, RfsCounters>,
     /// The sweep's `expired` count; `None` for a run started before it existed.
     pub expired: Option<Array<MapData, u64>>,
+    /// The steering slots (hook's wishes, XDP state) and what finds a flow's slot.
+    pub want: Array<MapData, u64>,
+    pub slots: Array<MapData, FlowSlot>,
+    config: Array<MapData, SteerConfig>,
+    toeplitz: Array<MapData, ToeplitzTable>,
 }
 
 impl PinnedFlows {
@@ -437,7 +522,33 @@ impl PinnedFlows {
             ),
             false => None,
         };
-        Ok(Self { flows, stats, expired })
+        let array = |name: &str| -> Result<aya::maps::Map> { Ok(aya::maps::Map::Array(id.open_map(name)?)) };
+        let want = Array::try_from(array(pins::RFS_WANT)?).map_err(Error::ebpf)?;
+        let slots = Array::try_from(array(pins::RFS_SLOTS)?).map_err(Error::ebpf)?;
+        let config = Array::try_from(array(pins::CONFIG)?).map_err(Error::ebpf)?;
+        let toeplitz = Array::try_from(array(pins::TOEPLITZ)?).map_err(Error::ebpf)?;
+        Ok(Self { flows, stats, expired, want, slots, config, toeplitz })
+    }
+
+    /// How the live program finds a flow's slot.
+    pub fn slot_hash(&self) -> Result<SlotHash> {
+        SlotHash::from_maps(&self.config, &self.toeplitz)
+    }
+
+    /// `key`'s record joined with its slot, `None` when it is not in the table.
+    pub fn get(&self, key: &FlowKey) -> Option<FlowView> {
+        let e = self.flows.get(key, 0).ok()?;
+        let hash = self.slot_hash().ok()?;
+        Some(FlowView::join(key, &e, &hash, &self.want, &self.slots))
+    }
+
+    /// Every flow of the table, joined with its slot.
+    pub fn views(&self) -> Result<Vec<(FlowKey, FlowView)>> {
+        let hash = self.slot_hash()?;
+        Ok(entries(&self.flows)
+            .iter()
+            .map(|(k, e)| (*k, FlowView::join(k, e, &hash, &self.want, &self.slots)))
+            .collect())
     }
 
     /// Every RFS counter: the kernel side's and the sweep's `expired`.
@@ -483,18 +594,31 @@ mod tests {
             FlowKey::from_socket(IPPROTO_TCP, &a, 443, &a, 1),
         );
         let s = 1_000_000_000;
-        let e =
-            |read: u64, pkt: u64| FlowEntry { last_read_ns: read, last_pkt_ns: pkt, ..Default::default() };
+        let e = |read: u64| FlowEntry { last_read_ns: read, ..Default::default() };
         // At t = 100 s, timeout 30 s.
         let (now, t) = (100 * s, 30 * s);
-        assert!(is_stale(&udp, &e(60 * s, 0), now, t), "read 40 s ago, never a packet");
-        assert!(is_stale(&udp, &e(60 * s, 69 * s), now, t), "read 40 s ago, last packet 31 s ago");
-        assert!(!is_stale(&udp, &e(60 * s, 71 * s), now, t), "a packet 29 s ago keeps it");
-        assert!(!is_stale(&udp, &e(71 * s, 0), now, t), "a read 29 s ago keeps it");
-        assert!(!is_stale(&udp, &e(70 * s, 0), now, t), "exactly the timeout: not yet");
-        assert!(!is_stale(&tcp, &e(0, 0), now, t), "TCP entries leave on close, never by age");
+        assert!(is_stale(&udp, &e(60 * s), 0, now, t), "read 40 s ago, never a packet");
+        assert!(is_stale(&udp, &e(60 * s), 69 * s, now, t), "read 40 s ago, last packet 31 s ago");
+        assert!(!is_stale(&udp, &e(60 * s), 71 * s, now, t), "a packet 29 s ago keeps it");
+        assert!(!is_stale(&udp, &e(71 * s), 0, now, t), "a read 29 s ago keeps it");
+        assert!(!is_stale(&udp, &e(70 * s), 0, now, t), "exactly the timeout: not yet");
+        assert!(!is_stale(&tcp, &e(0), 0, now, t), "TCP entries leave on close, never by age");
         // Clocks only go forward, but an entry written after `now` was read is not stale.
-        assert!(!is_stale(&udp, &e(101 * s, 0), now, t));
+        assert!(!is_stale(&udp, &e(101 * s), 0, now, t));
+    }
+
+    #[test]
+    fn the_packet_clock_moves_only_when_the_count_grows() {
+        use steer_common::tuple::IPPROTO_UDP;
+        let a = std::net::Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
+        let k = FlowKey::from_socket(IPPROTO_UDP, &a, 443, &a, 1);
+        let mut c = PacketClock::default();
+        assert_eq!(c.observe(&k, 0, 10), 0, "no packet yet");
+        assert_eq!(c.observe(&k, 5, 20), 20, "packets since the last look");
+        assert_eq!(c.observe(&k, 5, 30), 20, "none since: the time stays");
+        assert_eq!(c.observe(&k, 6, 40), 40);
+        c.retain(&Default::default());
+        assert_eq!(c.observe(&k, 6, 50), 50, "first sight with packets counted: maybe recent");
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use steer_common::{FlowEntry, FlowKey, RfsCounters};
+use steer_common::{FlowKey, RfsCounters};
+
+use super::FlowView;
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn now_ns() -> u64 {
@@ -45,31 +47,37 @@ pub struct FlowRow {
     pub cpu: Option<u32>,
     /// CPU of the last read.
     pub reader_cpu: u32,
-    /// Packets steered by this entry.
+    /// Packets steered by the flow's slot, and the slot's moves (shared with
+    /// flows that collide in it).
     pub packets: u64,
     pub moves: u32,
-    /// Milliseconds since the entry was created / since the last packet / since the last read.
+    /// The flow's steering slot, and whether it holds another flow's wish
+    /// (a collision: this flow follows that one's reader).
+    pub slot: u32,
+    pub shared: bool,
+    /// Milliseconds since the entry was created / since the last read.
     pub age_ms: u64,
-    pub idle_ms: Option<u64>,
     pub read_ago_ms: u64,
     pub pid: u32,
     pub comm: String,
 }
 
 impl FlowRow {
-    pub fn new(k: &FlowKey, e: &FlowEntry, now_ns: u64) -> Self {
+    pub fn new(k: &FlowKey, v: &FlowView, now_ns: u64) -> Self {
         let ms = |t: u64| now_ns.saturating_sub(t) / 1_000_000;
+        let e = &v.entry;
         let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
         Self {
             proto: if k.is_udp() { "udp" } else { "tcp" },
             src: endpoint(&k.src_bytes(), k.sport()),
             dst: endpoint(&k.dst_bytes(), k.dport()),
-            cpu: (e.cpu != u32::MAX).then_some(e.cpu),
+            cpu: v.cpu,
             reader_cpu: e.want_cpu,
-            packets: e.pkts,
-            moves: e.moves.into(),
+            packets: v.pkts,
+            moves: v.moves,
+            slot: v.slot,
+            shared: v.shared,
             age_ms: ms(e.created_ns),
-            idle_ms: (e.last_pkt_ns != 0).then(|| ms(e.last_pkt_ns)),
             read_ago_ms: ms(e.last_read_ns),
             pid: e.pid,
             comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
@@ -78,7 +86,7 @@ impl FlowRow {
 }
 
 /// Rows sorted busiest first, at most `top` of them (0: all).
-pub fn rows(entries: &[(FlowKey, FlowEntry)], now_ns: u64, top: usize) -> Vec<FlowRow> {
+pub fn rows(entries: &[(FlowKey, FlowView)], now_ns: u64, top: usize) -> Vec<FlowRow> {
     let mut rows: Vec<FlowRow> = entries.iter().map(|(k, e)| FlowRow::new(k, e, now_ns)).collect();
     rows.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.src.cmp(&b.src)));
     if top > 0 {
@@ -88,7 +96,7 @@ pub fn rows(entries: &[(FlowKey, FlowEntry)], now_ns: u64, top: usize) -> Vec<Fl
 }
 
 /// The counters as `name value` pairs, in the order tables and JSON show them.
-pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 14] {
+pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 15] {
     [
         ("hits", c.hits),
         ("misses", c.misses),
@@ -104,6 +112,7 @@ pub fn counter_fields(c: &RfsCounters, live: u64) -> [(&'static str, u64); 14] {
         ("hook_closed", c.hook_closed),
         ("hook_unconnected", c.hook_unconnected),
         ("hook_other_netns", c.hook_other_netns),
+        ("collisions", c.collisions),
     ]
 }
 
@@ -113,7 +122,7 @@ pub fn render(rows: &[FlowRow], total: usize, c: &RfsCounters) -> String {
     let _ = writeln!(
         out,
         "{:<5} {:<46} {:<46} {:>4} {:>6} {:>10} {:>5} {:>9} {:>8} {:>8}  COMM",
-        "PROTO", "FLOW (remote)", "LOCAL", "CPU", "READER", "PACKETS", "MOVES", "AGE ms", "IDLE ms", "PID"
+        "PROTO", "FLOW (remote)", "LOCAL", "CPU", "READER", "PACKETS", "MOVES", "AGE ms", "READ ms", "PID"
     );
     for r in rows {
         let _ = writeln!(
@@ -122,12 +131,12 @@ pub fn render(rows: &[FlowRow], total: usize, c: &RfsCounters) -> String {
             r.proto,
             r.src,
             r.dst,
-            r.cpu.map_or("rss".to_string(), |c| c.to_string()),
+            r.cpu.map_or("rss".to_string(), |c| if r.shared { format!("{c}*") } else { c.to_string() }),
             r.reader_cpu,
             r.packets,
             r.moves,
             r.age_ms,
-            r.idle_ms.map_or("-".to_string(), |v| v.to_string()),
+            r.read_ago_ms,
             r.pid,
             r.comm
         );
@@ -135,6 +144,12 @@ pub fn render(rows: &[FlowRow], total: usize, c: &RfsCounters) -> String {
     let fields: Vec<String> =
         counter_fields(c, total as u64).iter().map(|(n, v)| format!("{n} {v}")).collect();
     let _ = writeln!(out, "{} flows ({} shown); {}", total, rows.len(), fields.join(", "));
+    if rows.iter().any(|r| r.shared) {
+        let _ = writeln!(
+            out,
+            "*: the flow's slot holds another flow's reader (a collision): it follows that one"
+        );
+    }
     out
 }
 
@@ -149,6 +164,8 @@ pub fn to_json(rows: &[FlowRow], total: usize, c: &RfsCounters) -> serde_json::V
 mod tests {
     use super::*;
 
+    use steer_common::FlowEntry;
+
     #[test]
     fn rows_show_v4_mapped_as_ipv4() {
         let local = std::net::Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
@@ -156,11 +173,18 @@ mod tests {
         let k = FlowKey::from_socket(steer_common::tuple::IPPROTO_TCP, &local, 80, &remote, 40000);
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"nginx"[..4].as_ref());
-        let e = FlowEntry { cpu: 1, want_cpu: 1, pkts: 7, created_ns: 1_000_000, comm, ..Default::default() };
-        let r = FlowRow::new(&k, &e, 3_000_000);
+        let e = FlowEntry {
+            want_cpu: 1,
+            created_ns: 1_000_000,
+            last_read_ns: 2_000_000,
+            comm,
+            ..Default::default()
+        };
+        let v = FlowView { entry: e, cpu: Some(1), want_cpu: 1, pkts: 7, ..Default::default() };
+        let r = FlowRow::new(&k, &v, 3_000_000);
         assert_eq!((r.src.as_str(), r.dst.as_str()), ("198.18.0.1:40000", "198.18.0.2:80"));
-        assert_eq!((r.cpu, r.age_ms, r.idle_ms, r.comm.as_str()), (Some(1), 2, None, "ngin"));
-        let unmoved = FlowEntry { cpu: u32::MAX, ..e };
+        assert_eq!((r.cpu, r.age_ms, r.read_ago_ms, r.comm.as_str()), (Some(1), 2, 1, "ngin"));
+        let unmoved = FlowView { cpu: None, ..v };
         assert_eq!(FlowRow::new(&k, &unmoved, 3_000_000).cpu, None);
         assert_eq!(r.proto, "tcp");
     }
@@ -170,19 +194,20 @@ mod tests {
         let local = std::net::Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
         let remote: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
         let k = FlowKey::from_socket(steer_common::tuple::IPPROTO_UDP, &local, 443, &remote.octets(), 4433);
-        let rows = rows(&[(k, FlowEntry { cpu: 0, pkts: 3, ..Default::default() })], 0, 0);
+        let rows = rows(&[(k, FlowView { cpu: Some(0), pkts: 3, ..Default::default() })], 0, 0);
         assert_eq!((rows[0].proto, rows[0].src.as_str()), ("udp", "[2001:db8::1]:4433"));
         let c = RfsCounters {
             inserts: 5,
             expired: 2,
             hook_unconnected: 9,
             hook_other_netns: 4,
+            collisions: 3,
             ..Default::default()
         };
         let text = render(&rows, 1, &c);
         assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("udp ")), "{text}");
         assert!(text.contains("expired 2, evictions 2") && text.contains("hook_unconnected 9"), "{text}");
-        assert!(text.contains("hook_other_netns 4"), "{text}");
+        assert!(text.contains("hook_other_netns 4") && text.contains("collisions 3"), "{text}");
         let v = to_json(&rows, 1, &c);
         assert_eq!(v["flows"][0]["proto"], "udp", "{v}");
         assert_eq!(
