@@ -17,6 +17,8 @@ pub mod tuple;
 pub use balance::{BucketLoad, BucketMove, RebalanceState, INDIR_MOVING};
 pub use flow::{FlowEntry, FlowKey, FlowSlot, RfsCounters, SockOffsets};
 pub use hash::{HashKind, ToeplitzTable, MS_RSS_KEY};
-pub use maps::{Counters, GenConfig, PassReason, SteerConfig};
+pub use maps::{
+    Counters, GenConfig, PassReason, SteerConfig, LOCAL_PASS_DRAINED, LOCAL_PASS_OFF, LOCAL_PASS_ON,
+};
 pub use tunnel::Encap;
 pub use tuple::Tuple;

@@ -92,6 +92,19 @@ impl Counters {
     }
 }
 
+/// [`SteerConfig::local_pass`]: every packet goes through a CPUMAP queue.
+pub const LOCAL_PASS_OFF: u32 = 0;
+/// A flow that never went through another CPU's queue is passed in place on
+/// its own CPU; one that did, only once nothing is queued for this CPU. Safe
+/// where each flow arrives on one CPU (a NIC queue's IRQ CPU).
+pub const LOCAL_PASS_ON: u32 = 1;
+/// Passed in place only once nothing is queued for this CPU: neither in its
+/// CPUMAP queue nor in this CPU's not yet flushed bulk. Safe where one flow
+/// may arrive on several CPUs one after another (a native veth, whose one
+/// NAPI instance flushes its redirects before it polls on another CPU), so a
+/// packet passed in place can overtake nothing of its flow.
+pub const LOCAL_PASS_DRAINED: u32 = 2;
+
 /// Live configuration of the XDP program (one entry of an array map), so that
 /// it can be changed without reloading.
 #[repr(C)]
@@ -109,10 +122,8 @@ pub struct SteerConfig {
     /// A flow whose reader changed CPU moves only after this long without a
     /// packet (`--migrate-idle-us`), so none of its packets overtake others.
     pub migrate_idle_us: u32,
-    /// 1: a packet steered to the CPU it arrived on is passed in place. Only
-    /// safe where each flow arrives on one CPU (a NIC queue's IRQ CPU): where
-    /// it arrives on several (veth, generic XDP) a packet passed in place can
-    /// overtake one of its flow queued from another CPU.
+    /// Whether a packet steered to the CPU it arrived on skips that CPU's
+    /// queue: one of [`LOCAL_PASS_OFF`], [`LOCAL_PASS_ON`], [`LOCAL_PASS_DRAINED`].
     pub local_pass: u32,
     /// RFS steering slots - 1 (a power of two, from `--flow-entries`): a
     /// flow's slot is its hash & this.

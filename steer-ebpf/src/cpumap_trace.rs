@@ -9,6 +9,7 @@
 //! packet has left the old CPU's queue (steer.rs).
 
 use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
     macros::map,
     maps::{Array, PerCpuArray},
     programs::TracePointContext,
@@ -31,6 +32,35 @@ pub static CPUMAP_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_S
 /// CPU: the XDP program compares them across CPUs.
 #[map]
 pub static RING: Array<u64> = Array::with_max_entries(DROP_SLOTS, 0);
+
+/// 1 while this CPU has redirected a frame into its own queue that its bulk
+/// has not flushed yet (set by the XDP program, cleared by the enqueue
+/// tracepoint, which fires on the flushing CPU).
+#[map]
+pub static SELF_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Marks a frame this CPU redirects into its own queue, until its bulk is flushed.
+#[inline(always)]
+pub fn queue_to_self() {
+    if let Some(p) = SELF_PENDING.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot of this CPU.
+        unsafe { *p = 1 };
+    }
+}
+
+/// Whether nothing is queued for `here`, the CPU this runs on: nothing in its
+/// bulk, and its queue has given out all it took in. Its kthread then is not
+/// mid-batch either: it counts a batch out with bottom halves off and hands
+/// it to the stack before it turns them on, and this runs in a bottom half.
+#[inline(always)]
+pub fn nothing_queued(here: u32) -> bool {
+    // Without the tracepoints watching steer's CPUMAP the counts say nothing.
+    if CPUMAP_ID.get(0).is_none_or(|id| *id == 0) || SELF_PENDING.get(0).is_none_or(|p| *p != 0) {
+        return false;
+    }
+    let (put, taken) = ring(here);
+    taken >= put
+}
 
 /// Adds `n` to `RING[slot]`; several CPUs may enqueue to one queue at once.
 #[inline(always)]
@@ -85,6 +115,14 @@ fn count(ctx: &TracePointContext, cpu_field: usize, slot: u32) -> u32 {
     let moved = if slot == 0 { processed.saturating_sub(drops) } else { processed };
     if moved != 0 {
         ring_add(cpu.wrapping_mul(2).wrapping_add(slot), moved as u64);
+    }
+    // SAFETY: no preconditions.
+    if slot == 0 && cpu == unsafe { bpf_get_smp_processor_id() } {
+        // This CPU's bulk for its own queue was flushed (what did not fit was dropped and counted).
+        if let Some(p) = SELF_PENDING.get_ptr_mut(0) {
+            // SAFETY: a per-CPU slot of this CPU.
+            unsafe { *p = 0 };
+        }
     }
     if drops == 0 {
         return 0;

@@ -16,11 +16,13 @@
 //! eviction) moves the slot back to RSS through the same gate.
 //!
 //! Passing in place on the reader's CPU skips every queue, so a slot whose
-//! packets have been in another CPU's queue is never passed in place
-//! afterwards (nor on its RSS CPU): its packets go through this CPU's own
-//! queue, behind which nothing can overtake them even when the old CPU's
-//! kthread lags past the idle gate (as it does when user tasks starve it). A
-//! slot that only ever sent to this CPU is passed in place.
+//! packets have been in another CPU's queue (`queued`) is passed in place
+//! (also on its RSS CPU) only while nothing at all is queued for this CPU
+//! (`cpumap_trace::nothing_queued`); otherwise its packets go through this
+//! CPU's own queue, behind which nothing can overtake them even when the old
+//! CPU's kthread lags past the idle gate (as it does when user tasks starve
+//! it). A slot that only ever sent to this CPU is passed in place where each
+//! flow arrives on one CPU (`LOCAL_PASS_ON`).
 //!
 //! Flows that collide in a slot share its decision, as in the kernel: every
 //! change of the slot's CPU is gated, so none of them is reordered by it.
@@ -118,7 +120,7 @@ pub fn steer(
             if s.queued == 0 && cpu != unsafe { bpf_get_smp_processor_id() } {
                 s.queued = 1;
             }
-            Some(crate::steer::steered(c, cpu, verdict, s.queued == 0 && cfg.local_pass != 0))
+            Some(crate::steer::steered(c, cfg, cpu, verdict, s.queued == 0))
         }
         Err(_) => {
             r.not_steerable += 1;
@@ -165,12 +167,11 @@ fn moving(cfg: &SteerConfig, s: &mut FlowSlot, want: u32, h: u32, len: u64) -> u
             None => return NO_CPU,
         },
     };
-    // SAFETY: no preconditions.
-    let in_place = cfg.local_pass != 0 && s.queued == 0 && old == unsafe { bpf_get_smp_processor_id() };
-    // Queued on a CPU other than the target: the switch waits until that queue moved past it.
-    // One sent to the target's own queue (a slot on RSS whose flows hash to several CPUs)
-    // stays ahead of what follows it there, and must not replace the tail of another queue.
-    if !in_place && old != want.wrapping_sub(1) {
+    // Queued on a CPU other than the target (or passed in place there, which this errs on):
+    // the switch waits until that queue moved past it. One sent to the target's own queue (a
+    // slot on RSS whose flows hash to several CPUs) stays ahead of what follows it there, and
+    // must not replace the tail of another queue.
+    if old != want.wrapping_sub(1) {
         s.tail = cpumap_trace::ring(old).0 + balance::TAIL_SLACK;
         s.tail_cpu = old;
     }

@@ -11,7 +11,10 @@ use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     programs::XdpContext,
 };
-use steer_common::{balance, hash, Counters, HashKind, PassReason, SteerConfig, Tuple, INDIR_MOVING};
+use steer_common::{
+    balance, hash, Counters, HashKind, PassReason, SteerConfig, Tuple, INDIR_MOVING, LOCAL_PASS_DRAINED,
+    LOCAL_PASS_ON,
+};
 
 use crate::{
     cpumap_trace,
@@ -49,21 +52,31 @@ fn pass(c: &mut Counters, reason: PassReason) -> u32 {
 /// Counts a packet steered to `cpu` and returns its verdict. Called only once
 /// the redirect succeeded, so that a CPU without a queue fails and is counted
 /// as before; when we pass, the target the helper recorded is left unused.
-/// `in_place`: whether the flow may be passed in place when `cpu` is this CPU
-/// (false for a flow that has been in a remote queue: see rfs.rs).
+/// `clean`: the flow never went through another CPU's queue (see rfs.rs).
 #[inline(always)]
-pub fn steered(c: &mut Counters, cpu: u32, verdict: u32, in_place: bool) -> u32 {
+pub fn steered(c: &mut Counters, cfg: &SteerConfig, cpu: u32, verdict: u32, clean: bool) -> u32 {
     c.redirected += 1;
     if let Some(n) = TARGETS.get_ptr_mut(cpu) {
         // SAFETY: per-CPU slot, as above.
         unsafe { *n += 1 };
     }
-    // On the chosen CPU already: pass in place like RPS, not via our own queue, kthread and switch.
     // SAFETY: no preconditions.
-    if in_place && cpu == unsafe { bpf_get_smp_processor_id() } {
+    let here = unsafe { bpf_get_smp_processor_id() };
+    if cpu != here {
+        return verdict;
+    }
+    // On the chosen CPU already: pass in place like RPS, not via our own queue, kthread and switch,
+    // where nothing of the flow can be queued behind (see LOCAL_PASS_*).
+    let in_place = match cfg.local_pass {
+        LOCAL_PASS_ON if clean => true,
+        LOCAL_PASS_ON | LOCAL_PASS_DRAINED => cpumap_trace::nothing_queued(here),
+        _ => false,
+    };
+    if in_place {
         c.local += 1;
         return xdp_action::XDP_PASS;
     }
+    cpumap_trace::queue_to_self();
     verdict
 }
 
@@ -119,11 +132,9 @@ fn moving(cfg: &SteerConfig, bucket: u32, old: u32) -> u32 {
         return want;
     }
     m.last_ns = now;
-    // SAFETY: no preconditions.
-    if cfg.local_pass == 0 || old != unsafe { bpf_get_smp_processor_id() } {
-        // Queued on the old CPU (not passed in place): the switch waits until the queue moved past it.
-        m.tail = put + balance::TAIL_SLACK;
-    }
+    // Queued on the old CPU (or passed in place there, which this errs on): the switch waits
+    // until the queue moved past it.
+    m.tail = put + balance::TAIL_SLACK;
     old
 }
 
@@ -198,7 +209,7 @@ fn steer_flow(c: &mut Counters, cfg: &SteerConfig, tuple: &Tuple, len: u64) -> u
     // where the flow always arrives on one CPU (`local_pass`), unless its RFS slot sent it
     // through another CPU's queue before (see rfs.rs).
     match CPUS.redirect(cpu, xdp_action::XDP_PASS as u64) {
-        Ok(verdict) => steered(c, cpu, verdict, cfg.local_pass != 0 && !rfs.queued),
+        Ok(verdict) => steered(c, cfg, cpu, verdict, !rfs.queued),
         Err(verdict) => {
             c.redirect_err += 1;
             verdict

@@ -36,22 +36,36 @@ pub enum XdpMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalPass {
-    /// In native mode on a NIC (each flow arrives on its queue's IRQ CPU); never on veth,
-    /// TAP or in generic mode, where one flow's packets arrive on several CPUs.
+    /// In native mode on a NIC (each flow arrives on its queue's IRQ CPU): on; on a native veth:
+    /// drained; never on TAP or in generic mode, where one flow's packets are received on
+    /// several CPUs at once.
     Auto,
-    /// Always (only where every flow arrives on one CPU).
+    /// Always for a flow that never went through another CPU's queue (only where every flow
+    /// arrives on one CPU); for one that did, as drained.
     On,
+    /// Only while nothing is queued for this CPU (its queue and its unflushed bulk both empty).
+    Drained,
     /// Never: every packet goes through a CPUMAP queue.
     Off,
 }
 
 impl LocalPass {
-    /// Whether to pass in place, once the attach mode and the driver are known.
-    pub fn resolve(self, native: bool, driver: &str) -> bool {
+    /// The XDP program's `local_pass` (`steer_common::LOCAL_PASS_*`), once the
+    /// attach mode and the driver are known.
+    pub fn resolve(self, native: bool, driver: &str) -> u32 {
+        use steer_common::{LOCAL_PASS_DRAINED, LOCAL_PASS_OFF, LOCAL_PASS_ON};
         match self {
-            Self::On => true,
-            Self::Off => false,
-            Self::Auto => native && !matches!(driver, "veth" | "tun"),
+            Self::On => LOCAL_PASS_ON,
+            Self::Drained => LOCAL_PASS_DRAINED,
+            Self::Off => LOCAL_PASS_OFF,
+            Self::Auto if !native => LOCAL_PASS_OFF,
+            Self::Auto => match driver {
+                // One NAPI instance polls a veth queue: a flow's packets are received one after another.
+                "veth" => LOCAL_PASS_DRAINED,
+                // tun runs XDP in each writer's context, on several CPUs at once.
+                "tun" => LOCAL_PASS_OFF,
+                _ => LOCAL_PASS_ON,
+            },
         }
     }
 }
@@ -89,8 +103,9 @@ pub struct HashSettings {
     pub rfs: Option<crate::rfs::RfsSettings>,
     /// Tunnels whose inner flow is hashed (`--inner`).
     pub inner: InnerSettings,
-    /// Pass a packet steered to its own CPU in place (`--local-pass`, resolved).
-    pub local_pass: bool,
+    /// When a packet steered to its own CPU is passed in place (`--local-pass`,
+    /// resolved: `steer_common::LOCAL_PASS_*`).
+    pub local_pass: u32,
     /// `--migrate-idle-us` for bucket moves (`--rebalance`) when RFS is off;
     /// with RFS its setting serves both.
     pub move_idle_us: Option<u32>,
@@ -134,7 +149,7 @@ impl HashSettings {
             rfs: None,
             inner: InnerSettings::default(),
             move_idle_us: None,
-            local_pass: true,
+            local_pass: steer_common::LOCAL_PASS_ON,
         })
     }
 
@@ -151,7 +166,7 @@ impl HashSettings {
                 .map(|r| r.migrate_idle_us)
                 .or(self.move_idle_us)
                 .unwrap_or(crate::rfs::DEFAULT_MIGRATE_IDLE_US),
-            local_pass: self.local_pass as u32,
+            local_pass: self.local_pass,
             rfs_mask: self.rfs.map_or(0, |r| steer_common::flow::slots(r.flow_entries) - 1),
             ..SteerConfig::default()
         };

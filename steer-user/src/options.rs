@@ -114,9 +114,10 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
     /// Pass a packet steered to the CPU it arrived on in place instead of through that CPU's own
-    /// queue: auto = in native mode on a NIC, never on veth/TAP or in generic mode (where one
-    /// flow's packets arrive on several CPUs and one passed in place could overtake one queued).
-    /// [default: auto]
+    /// queue: on = always (a NIC: each flow arrives on one CPU); drained = only while nothing is
+    /// queued for that CPU; auto = on in native mode on a NIC, drained on a native veth, off on
+    /// TAP and in generic mode (where one flow's packets arrive on several CPUs at once and one
+    /// passed in place could overtake one queued). [default: auto]
     #[arg(long, value_enum)]
     pub local_pass: Option<LocalPass>,
     /// Take the interface's XDP program off for the run (put back on exit), and take over

@@ -298,9 +298,11 @@ pub fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// `/proc/net/snmp` of the namespace the calling thread is in, as "Group.Field" -> value.
+/// `/proc/net/snmp` and `/proc/net/netstat` (TcpExt, IpExt, ...) of the
+/// namespace the calling thread is in, as "Group.Field" -> value.
 pub fn snmp_here() -> Result<HashMap<String, u64>> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").context("reading snmp")?;
+    let mut text = std::fs::read_to_string("/proc/thread-self/net/snmp").context("reading snmp")?;
+    text += &std::fs::read_to_string("/proc/thread-self/net/netstat").context("reading netstat")?;
     let mut out = HashMap::new();
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.chunks(2) {

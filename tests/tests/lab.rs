@@ -183,6 +183,93 @@ fn native_path_spreads_tunnelled_flows_over_every_cpu() {
     assert!(ok, "steer run failed: {err}");
 }
 
+/// TCP streams whose sender hops between the CPUs, so that each flow arrives
+/// on both (veth runs the receiving XDP where the peer transmitted), through
+/// a native veth with `--local-pass` `mode`. Returns (segments passed in
+/// place, segments the receiver queued out of order).
+fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, u64) {
+    let run = SteerRun::start(lab, &["--xdp-mode", "native", "--local-pass", mode]).unwrap();
+    let (before, snmp0) = (pinned_snapshot(&lab.rx_if), snmp(&lab.rx_ns).unwrap());
+    let rx_ip = lab.rx_ip;
+    let listener = in_ns(&lab.rx_ns, move || TcpListener::bind((rx_ip, port)).unwrap()).unwrap();
+    const STREAMS: usize = 4;
+    const BYTES: usize = 8 << 20;
+    let server = std::thread::spawn(move || {
+        let readers: Vec<_> = (0..STREAMS)
+            .map(|_| {
+                let (mut c, _) = listener.accept().unwrap();
+                std::thread::spawn(move || {
+                    let mut data = Vec::new();
+                    c.read_to_end(&mut data).unwrap();
+                    data
+                })
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap()).collect::<Vec<_>>()
+    });
+    let payload: Vec<u8> = (0..BYTES as u32).map(|i| (i % 251) as u8).collect();
+    let cpus = online();
+    let senders: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let (sent, cpus) = (payload.clone(), cpus.clone());
+            in_ns(&lab.tx_ns, move || TcpStream::connect((rx_ip, port)).unwrap())
+                .map(|mut c| {
+                    std::thread::spawn(move || {
+                        for (n, chunk) in sent.chunks(64 << 10).enumerate() {
+                            pin_to_cpu(cpus[(n + i) % cpus.len()] as usize);
+                            c.write_all(chunk).unwrap();
+                        }
+                    })
+                })
+                .unwrap()
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    for data in server.join().unwrap() {
+        assert!(data == payload, "--local-pass {mode}: a TCP stream arrived damaged or short");
+    }
+    let (d, snmp1) = (pinned_snapshot(&lab.rx_if).since(&before).total(), snmp(&lab.rx_ns).unwrap());
+    let ofo = ["TcpExt.TCPOFOQueue", "TcpExt.TCPOFODrop"]
+        .iter()
+        .map(|k| snmp1[*k].saturating_sub(snmp0[*k]))
+        .sum::<u64>();
+    println!(
+        "--local-pass {mode}: redirected {}, passed in place {}, out of order {ofo}",
+        d.redirected, d.local
+    );
+    assert!(
+        d.redirected > (STREAMS * BYTES / 1500) as u64 / 2,
+        "--local-pass {mode}: steered {}",
+        d.redirected
+    );
+    let (ok, err) = run.stop().unwrap();
+    assert!(ok, "steer run failed: {err}");
+    (d.local, ofo)
+}
+
+/// On a native veth (`--local-pass auto`: drained) a segment steered to the
+/// CPU it arrived on is passed in place only while nothing is queued for that
+/// CPU: some are, and none overtakes one of its flow, though each flow
+/// arrives on every CPU.
+#[test]
+fn native_veth_passes_in_place_only_while_nothing_is_queued() {
+    let lab = Lab::new().unwrap();
+    // TCP survives native XDP + CPUMAP only with checksums computed by the sender.
+    let tx_if = lab.tx_if.clone();
+    in_ns(&lab.tx_ns, move || steer::nic::ethtool::Ethtool::open(&tx_if)?.set_tx_checksum(false))
+        .unwrap()
+        .unwrap();
+    let (local, ofo) = hopping_tcp_through(&lab, "auto", 7101);
+    assert!(local > 0, "nothing was passed in place");
+    assert_eq!(ofo, 0, "segments were reordered");
+    // The same streams with in place always: the counter above can see reordering.
+    // (measured here: 468-932 out of order in each of 6 runs)
+    let (local, ofo) = hopping_tcp_through(&lab, "on", 7102);
+    assert!(local > 0 && ofo > 0, "--local-pass on: {local} in place, {ofo} out of order");
+}
+
 /// Per CPU x: packets x steered to itself (TARGETS[x] in x's own slot).
 fn self_steered(iface: &str) -> Vec<u64> {
     let id = steer_tests::run_id(iface).expect("finding the interface's namespace");
@@ -197,15 +284,15 @@ fn self_steered(iface: &str) -> Vec<u64> {
 #[test]
 fn native_path_passes_the_receiving_cpus_own_flows_in_place() {
     let lab = Lab::new().unwrap();
-    // On a veth the default (auto) queues everything: a veth's flows can arrive on any CPU.
-    let run = SteerRun::start(&lab, &["--xdp-mode", "native"]).unwrap();
+    // --local-pass off: every packet is queued, its own CPU's too.
+    let run = SteerRun::start(&lab, &["--xdp-mode", "native", "--local-pass", "off"]).unwrap();
     let before = pinned_snapshot(&lab.rx_if);
     generate(&lab, 1024, 1000, 5, 0).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let d = pinned_snapshot(&lab.rx_if).since(&before).total();
-    println!("--local-pass auto on a veth: redirected {}, local {}", d.redirected, d.local);
+    println!("--local-pass off: redirected {}, local {}", d.redirected, d.local);
     assert!(d.redirected >= 4900, "steered {}", d.redirected);
-    assert_eq!(d.local, 0, "auto passes nothing in place on a veth");
+    assert_eq!(d.local, 0, "off passes nothing in place");
     let (ok, err) = run.stop().unwrap();
     assert!(ok, "steer run failed: {err}");
     // The generator pinned to one CPU is a NIC queue's IRQ CPU: each flow arrives on one CPU.

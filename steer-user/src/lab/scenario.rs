@@ -17,7 +17,7 @@ use super::{
     CpuCounters, CpuPicture, LabError, Result,
 };
 use crate::{
-    config::{HashArg, HashSettings, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
+    config::{HashArg, HashSettings, LocalPass, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
     cpus, loader,
     stats::Snapshot,
 };
@@ -114,6 +114,8 @@ pub struct Active {
 fn attach(topo: &Topology, hash: Option<HashSettings>, qsize: u32) -> Result<Ebpf> {
     let ifindex = topo.rx_ifindex;
     let rx_if = topo.rx_if.clone();
+    // In place as `steer run` would on this native veth (`--local-pass auto`).
+    let hash = hash.map(|h| HashSettings { local_pass: LocalPass::Auto.resolve(true, "veth"), ..h });
     topo.rx_ns.run(move || -> Result<Ebpf> {
         let rfs = hash.as_ref().is_some_and(|h| h.rfs.is_some());
         let (mut ebpf, name) = match hash {
@@ -126,6 +128,10 @@ fn attach(topo: &Topology, hash: Option<HashSettings>, qsize: u32) -> Result<Ebp
                 (e, loader::PASS_PROG)
             }
         };
+        if name == loader::STEER_PROG {
+            // The queue counters, as `steer run` has them: moves and passing in place read them.
+            crate::stats::cpumap::attach(&mut ebpf)?;
+        }
         loader::program(&mut ebpf, name)?
             .attach_to_if_index(ifindex, AyaXdpMode::Driver)
             .map_err(|e| LabError::Msg(format!("attaching {name} natively to the lab's rx veth: {e}")))?;
@@ -165,9 +171,7 @@ impl Active {
                 let h =
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
                         .with_move_idle_us(Some(crate::rebalance::DEFAULT_MOVE_IDLE_US));
-                let mut xdp = attach(topo, Some(h), q)?;
-                // The queue counters the move gate reads, as `steer run` has them.
-                crate::stats::cpumap::attach(&mut xdp)?;
+                let xdp = attach(topo, Some(h), q)?;
                 let maps = crate::rebalance::Maps::of(&xdp)?;
                 let running = crate::rebalance::Running::spawn(
                     maps,

@@ -78,7 +78,7 @@ pub struct Steering {
     /// A foreign program `--replace` took off, to put back on stop.
     replaced: Option<crate::xdp_owner::Replaced>,
     /// `--local-pass` as resolved for this attach: kept across reconfigurations.
-    local_pass: bool,
+    local_pass: u32,
 }
 
 impl Steering {
@@ -100,11 +100,24 @@ impl Steering {
             id.remove()?;
         }
         // In place only once the attach mode is known (below): until then, every packet is queued.
-        let mut ebpf = load(&HashSettings { local_pass: false, ..opts.hash.clone() }, opts.qsize)?;
+        let mut ebpf = load(
+            &HashSettings { local_pass: steer_common::LOCAL_PASS_OFF, ..opts.hash.clone() },
+            opts.qsize,
+        )?;
         if opts.hash.rfs.is_some() {
             // Before XDP attaches: on failure, dropping `ebpf` detaches the tracepoints.
             rfs::start(&mut ebpf, &opts.iface)?;
         }
+        // The CPUMAP's counters, before XDP queues anything, so that their counts are whole.
+        // Optional: stats work without them, and without them nothing is passed in place while
+        // something might be queued (the XDP program checks they run).
+        let counted = match crate::stats::cpumap::attach(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("cpumap drops will not be counted, and --local-pass drained acts as off: {e}");
+                false
+            }
+        };
         let driver = iface::driver(&opts.iface).unwrap_or_else(|_| "unknown".into());
         let replaced = match (opts.replace, crate::xdp_owner::query(opts.ifindex)?) {
             (true, Some(was)) => {
@@ -163,14 +176,21 @@ impl Steering {
             }
         };
         let link = prog.take_link(link_id).map_err(Error::ebpf)?;
-        let local_pass = opts.local_pass.resolve(mode == Attached::Native, &driver);
-        if local_pass {
+        let local_pass = match opts.local_pass.resolve(mode == Attached::Native, &driver) {
+            steer_common::LOCAL_PASS_DRAINED if !counted => steer_common::LOCAL_PASS_OFF,
+            l => l,
+        };
+        if local_pass != steer_common::LOCAL_PASS_OFF {
             write_config(&mut ebpf, &HashSettings { local_pass, ..opts.hash.clone() })?;
         }
         log::info!(
             "{}: a packet steered to the CPU it arrived on is {} ({:?} XDP, driver {driver}, --local-pass {:?})",
             opts.iface,
-            if local_pass { "passed in place" } else { "queued like the others" },
+            match local_pass {
+                steer_common::LOCAL_PASS_ON => "passed in place",
+                steer_common::LOCAL_PASS_DRAINED => "passed in place while nothing is queued for its CPU",
+                _ => "queued like the others",
+            },
             mode,
             opts.local_pass
         );
@@ -180,10 +200,11 @@ impl Steering {
         let fd_link = FdLink::try_from(link)
             .map_err(|e| Error::Ebpf(format!("XDP was attached without a bpf link (old kernel?): {e}")))?;
         steering.pin(fd_link, opts)?;
-        // Optional: stats work without them.
-        match crate::stats::cpumap::watch(&mut steering.ebpf, &steering.id) {
-            Ok(map_id) => steering.record_map(pins::CPUMAP_DROPS, map_id)?,
-            Err(e) => log::warn!("cpumap drops will not be counted: {e}"),
+        if counted {
+            match crate::stats::cpumap::pin(&steering.ebpf, &steering.id) {
+                Ok(map_id) => steering.record_map(pins::CPUMAP_DROPS, map_id)?,
+                Err(e) => log::warn!("cpumap drops will not be shown by steer stats: {e}"),
+            }
         }
         Ok(steering)
     }

@@ -20,31 +20,26 @@ use crate::{
 const PROGS: [(&str, &str); 2] =
     [(prog::CPUMAP_ENQUEUE, "xdp_cpumap_enqueue"), (prog::CPUMAP_KTHREAD, "xdp_cpumap_kthread")];
 
-/// Points the tracepoint programs at `ebpf`'s CPUMAP, attaches them (they
-/// stay attached as long as `ebpf` lives) and pins the counters in the run's
-/// pin directory. Returns the counters map's id.
-/// Needs CAP_PERFMON (perf_event_open on a tracepoint) and tracefs.
-pub fn watch(ebpf: &mut Ebpf, run: &pins::RunId) -> Result<u32> {
-    attach(ebpf)?;
+/// Pins the counters of tracepoints [`attach`] attached in the run's pin
+/// directory. Returns the counters map's id.
+pub fn pin(ebpf: &Ebpf, run: &pins::RunId) -> Result<u32> {
     let m = ebpf.map(map::CPUMAP_DROPS).ok_or_else(|| Error::Ebpf("map CPUMAP_DROPS missing".into()))?;
     let path = run.pin_dir().join(pins::CPUMAP_DROPS);
     m.pin(&path).map_err(|e| Error::Ebpf(format!("pinning {}: {e}", path.display())))?;
     crate::loader::pinned_map_id(&path)
 }
 
-/// Tells the tracepoint programs which CPUMAP is steer's and attaches them: they
-/// count its drops and how far each queue was filled and drained (what
-/// `--rebalance` waits on before a bucket moves). The links belong to `ebpf`.
+/// Attaches the tracepoint programs and then tells them which CPUMAP is
+/// steer's: they count its drops and how far each queue was filled and
+/// drained (what `--rebalance` and passing in place while nothing is queued
+/// read; the XDP program trusts the counts only once the id is set, so it is
+/// set last, and before the XDP program queues anything). The links belong to
+/// `ebpf`. Needs CAP_PERFMON (perf_event_open on a tracepoint) and tracefs.
 pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
     let id = match ebpf.map(map::CPUS) {
         Some(aya::maps::Map::CpuMap(m)) => m.info().map_err(Error::ebpf)?.id(),
         _ => return Err(Error::Ebpf("map CPUS missing".into())),
     };
-    {
-        let m = ebpf.map_mut(map::CPUMAP_ID).ok_or_else(|| Error::Ebpf("map CPUMAP_ID missing".into()))?;
-        let mut a = Array::<_, u32>::try_from(m).map_err(Error::ebpf)?;
-        a.set(0, id, 0).map_err(Error::ebpf)?;
-    }
     for (prog, event) in PROGS {
         let p: &mut TracePoint = ebpf
             .program_mut(prog)
@@ -54,6 +49,9 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
         p.load().map_err(|e| Error::Ebpf(format!("loading {prog}: {e}")))?;
         p.attach("xdp", event).map_err(|e| Error::Ebpf(format!("attaching {prog} to xdp:{event}: {e}")))?;
     }
+    let m = ebpf.map_mut(map::CPUMAP_ID).ok_or_else(|| Error::Ebpf("map CPUMAP_ID missing".into()))?;
+    let mut a = Array::<_, u32>::try_from(m).map_err(Error::ebpf)?;
+    a.set(0, id, 0).map_err(Error::ebpf)?;
     Ok(())
 }
 
