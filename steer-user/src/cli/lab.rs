@@ -339,18 +339,7 @@ fn bench(t: &Traffic, a: BenchArgs) -> Result<()> {
         }
     }
     let b = bench_lab(t)?;
-    let mut out: Vec<ScenarioResult> = scenarios
-        .iter()
-        .map(|sc| ScenarioResult {
-            scenario: sc.clone(),
-            skipped: None,
-            flood: None,
-            rr: None,
-            rounds: Vec::new(),
-            steered: None,
-            received_rps: None,
-        })
-        .collect();
+    let mut out: Vec<ScenarioResult> = scenarios.iter().cloned().map(ScenarioResult::new).collect();
     // Alternating order, as for the real clients: drift of a noisy machine falls on every scenario alike.
     for round in 0..rounds {
         let order: Vec<usize> =

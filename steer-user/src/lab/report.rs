@@ -64,6 +64,19 @@ pub struct RoundFigures {
 }
 
 impl ScenarioResult {
+    /// A scenario before its first round.
+    pub fn new(scenario: Scenario) -> Self {
+        Self {
+            scenario,
+            skipped: None,
+            flood: None,
+            rr: None,
+            rounds: Vec::new(),
+            steered: None,
+            received_rps: None,
+        }
+    }
+
     /// Adds one round: keeps its figures, and its search and RR run when they
     /// are the median so far (the lower middle for an even count).
     pub fn add_round(&mut self, flood: Search, rr: Option<RrResult>) {
@@ -565,15 +578,7 @@ mod tests {
     }
 
     fn result(kind: super::super::scenario::Kind, name: &str, rounds: &[(f64, f64)]) -> ScenarioResult {
-        let mut r = ScenarioResult {
-            scenario: Scenario { name: name.into(), kind, cpus: vec![0, 1] },
-            skipped: None,
-            flood: None,
-            rr: None,
-            rounds: Vec::new(),
-            steered: None,
-            received_rps: None,
-        };
+        let mut r = ScenarioResult::new(Scenario { name: name.into(), kind, cpus: vec![0, 1] });
         for &(zl, tps) in rounds {
             r.add_round(search(zl, zl), Some(RrResult { tps, ..Default::default() }));
         }
