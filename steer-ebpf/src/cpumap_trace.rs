@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::map,
     maps::{Array, PerCpuArray},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 
 /// Entries of [`CPUMAP_DROPS`]: two per CPU, up to 512 CPUs.
@@ -88,29 +88,18 @@ pub fn ring(cpu: u32) -> (u64, u64) {
     (at(i), out)
 }
 
-// Offsets from /sys/kernel/tracing/events/xdp/xdp_cpumap_{enqueue,kthread}/format
-// (stable across 5.x/6.x): map_id at 8, cpu at 16, drops at 20, to_cpu at 28.
-const MAP_ID: usize = 8;
-const CPU: usize = 16;
-const DROPS: usize = 20;
-const TO_CPU: usize = 28;
-const PROCESSED: usize = 24;
+// Raw tracepoints: the arguments of TP_PROTO, read straight from the context
+// (a classic tracepoint first copies its record through the perf buffer, which
+// cost ~8 % of the zero-loss rate here). xdp_cpumap_enqueue: (int map_id,
+// unsigned processed, unsigned drops, int to_cpu); xdp_cpumap_kthread: (int
+// map_id, unsigned processed, unsigned drops, int sched, stats *), on the
+// kthread's own CPU.
 
 #[inline(always)]
-fn count(ctx: &TracePointContext, cpu_field: usize, slot: u32) -> u32 {
-    // SAFETY: reads of fixed tracepoint fields, through bpf_probe_read_kernel.
-    let (Ok(id), Ok(drops), Ok(cpu)) =
-        (unsafe { ctx.read_at::<u32>(MAP_ID) }, unsafe { ctx.read_at::<u32>(DROPS) }, unsafe {
-            ctx.read_at::<u32>(cpu_field)
-        })
-    else {
-        return 0;
-    };
+fn count(id: u32, processed: u32, drops: u32, cpu: u32, slot: u32) -> i32 {
     if CPUMAP_ID.get(0).copied().unwrap_or(0) != id {
         return 0;
     }
-    // SAFETY: as above.
-    let processed = unsafe { ctx.read_at::<u32>(PROCESSED) }.unwrap_or(0);
     // enqueue: processed counts the dropped frames too; kthread: its drops are frames it took out.
     let moved = if slot == 0 { processed.saturating_sub(drops) } else { processed };
     if moved != 0 {
@@ -134,10 +123,13 @@ fn count(ctx: &TracePointContext, cpu_field: usize, slot: u32) -> u32 {
     0
 }
 
-pub fn enqueue(ctx: &TracePointContext) -> u32 {
-    count(ctx, TO_CPU, 0)
+pub fn enqueue(ctx: &RawTracePointContext) -> i32 {
+    let arg = |n| ctx.arg::<u64>(n) as u32;
+    count(arg(0), arg(1), arg(2), arg(3), 0)
 }
 
-pub fn kthread(ctx: &TracePointContext) -> u32 {
-    count(ctx, CPU, 1)
+pub fn kthread(ctx: &RawTracePointContext) -> i32 {
+    let arg = |n| ctx.arg::<u64>(n) as u32;
+    // SAFETY: no preconditions.
+    count(arg(0), arg(1), arg(2), unsafe { bpf_get_smp_processor_id() }, 1)
 }

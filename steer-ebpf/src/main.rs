@@ -28,8 +28,8 @@ mod track;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{tracepoint, xdp},
-    programs::{TracePointContext, XdpContext},
+    macros::{raw_tracepoint, tracepoint, xdp},
+    programs::{RawTracePointContext, TracePointContext, XdpContext},
 };
 
 #[xdp]
@@ -83,14 +83,14 @@ pub fn redirect_floor(_ctx: XdpContext) -> u32 {
     }
 }
 
-// --- stats: cpumap drop counters (xdp:xdp_cpumap_enqueue / xdp:xdp_cpumap_kthread) ---
-#[tracepoint]
-pub fn cpumap_enqueue(ctx: TracePointContext) -> u32 {
+// --- stats: cpumap queue counters (raw tracepoints xdp_cpumap_enqueue / xdp_cpumap_kthread) ---
+#[raw_tracepoint(tracepoint = "xdp_cpumap_enqueue")]
+pub fn cpumap_enqueue(ctx: RawTracePointContext) -> i32 {
     cpumap_trace::enqueue(&ctx)
 }
 
-#[tracepoint]
-pub fn cpumap_kthread(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "xdp_cpumap_kthread")]
+pub fn cpumap_kthread(ctx: RawTracePointContext) -> i32 {
     cpumap_trace::kthread(&ctx)
 }
 

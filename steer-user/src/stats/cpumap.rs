@@ -5,7 +5,7 @@
 
 use aya::{
     maps::{Array, MapData, PerCpuArray},
-    programs::TracePoint,
+    programs::RawTracePoint,
     Ebpf,
 };
 
@@ -34,20 +34,21 @@ pub fn pin(ebpf: &Ebpf, run: &pins::RunId) -> Result<u32> {
 /// drained (what `--rebalance` and passing in place while nothing is queued
 /// read; the XDP program trusts the counts only once the id is set, so it is
 /// set last, and before the XDP program queues anything). The links belong to
-/// `ebpf`. Needs CAP_PERFMON (perf_event_open on a tracepoint) and tracefs.
+/// `ebpf`. Raw tracepoints: CAP_BPF and CAP_PERFMON, no tracefs.
 pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
     let id = match ebpf.map(map::CPUS) {
         Some(aya::maps::Map::CpuMap(m)) => m.info().map_err(Error::ebpf)?.id(),
         _ => return Err(Error::Ebpf("map CPUS missing".into())),
     };
     for (prog, event) in PROGS {
-        let p: &mut TracePoint = ebpf
+        let p: &mut RawTracePoint = ebpf
             .program_mut(prog)
             .ok_or_else(|| Error::Ebpf(format!("program {prog} missing")))?
             .try_into()
             .map_err(Error::ebpf)?;
         p.load().map_err(|e| Error::Ebpf(format!("loading {prog}: {e}")))?;
-        p.attach("xdp", event).map_err(|e| Error::Ebpf(format!("attaching {prog} to xdp:{event}: {e}")))?;
+        p.attach(event)
+            .map_err(|e| Error::Ebpf(format!("attaching {prog} to raw tracepoint {event}: {e}")))?;
     }
     let m = ebpf.map_mut(map::CPUMAP_ID).ok_or_else(|| Error::Ebpf("map CPUMAP_ID missing".into()))?;
     let mut a = Array::<_, u32>::try_from(m).map_err(Error::ebpf)?;
