@@ -319,6 +319,15 @@ pub fn snmp_here() -> Result<HashMap<String, u64>> {
     Ok(out)
 }
 
+/// The `TcpExt` counters (/proc/net/netstat) of the calling thread's namespace, by their names.
+pub fn tcp_ext_here() -> HashMap<String, u64> {
+    snmp_here()
+        .expect("reading snmp and netstat")
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("TcpExt.")?.to_string(), v)))
+        .collect()
+}
+
 /// `/proc/net/snmp` of network namespace `ns`.
 pub fn snmp(ns: &str) -> Result<HashMap<String, u64>> {
     in_ns(ns, snmp_here)?

@@ -35,6 +35,17 @@ fn pinned_snapshot(iface: &str) -> Snapshot {
     Snapshot::read(&p.stats, &p.targets).expect("read pinned maps")
 }
 
+/// Each of `cpus` got at least half its fair share of the `redirected` frames.
+fn assert_spread(what: &str, steered_in: &[u64], cpus: &[u32], redirected: u64) {
+    for &cpu in cpus {
+        let n = steered_in[cpu as usize];
+        assert!(
+            n >= redirected / (cpus.len() as u64 * 2),
+            "{what}: CPU {cpu} got {n} of {redirected} redirects: not spread"
+        );
+    }
+}
+
 fn online() -> Vec<u32> {
     steer::cpus::online().unwrap()
 }
@@ -106,14 +117,7 @@ fn native_path_spreads_generated_frames_over_every_cpu_and_delivers_them() {
     );
     assert!(total.seen >= FRAMES as u64 * 99 / 100, "XDP saw {} of {FRAMES}", total.seen);
     assert_eq!(total.redirected + total.passed_total() + total.redirect_err, total.seen);
-    for &cpu in &cpus {
-        let n = d.steered_in[cpu as usize];
-        assert!(
-            n >= total.redirected / (cpus.len() as u64 * 2),
-            "CPU {cpu} got {n} of {} redirects: not spread",
-            total.redirected
-        );
-    }
+    assert_spread("frames", &d.steered_in, &cpus, total.redirected);
     // The stack ran on each target CPU (cpumap's kthread counts in softnet_stat).
     for &cpu in &cpus {
         let c = cpu as usize;
@@ -170,14 +174,7 @@ fn native_path_spreads_tunnelled_flows_over_every_cpu() {
         // The interface's own few packets (IPv6 neighbour discovery) are counted too.
         assert!(total.redirected >= FRAMES * 99 / 100, "{name}: {} steered", total.redirected);
         assert_eq!(total.inner, total.redirected, "{name}: every frame steered by its inner flow");
-        for &cpu in &cpus {
-            let n = d.steered_in[cpu as usize];
-            assert!(
-                n >= total.redirected / (cpus.len() as u64 * 2),
-                "{name}: CPU {cpu} got {n} of {}: not spread",
-                total.redirected
-            );
-        }
+        assert_spread(name, &d.steered_in, &cpus, total.redirected);
     }
     let (ok, err) = run.stop().unwrap();
     assert!(ok, "steer run failed: {err}");

@@ -22,7 +22,7 @@ use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
     BucketLoad, BucketMove, FlowKey, RebalanceState, Tuple, INDIR_MOVING,
 };
-use steer_tests::{pin_to_cpu, require_root};
+use steer_tests::{pin_to_cpu, require_root, tcp_ext_here};
 
 fn cpus() -> Vec<u32> {
     let c = steer::cpus::online().unwrap();
@@ -340,23 +340,6 @@ impl Drop for SenderRps {
     }
 }
 
-/// TcpExt counters of the calling thread's namespace (/proc/net/netstat).
-fn tcp_ext() -> std::collections::HashMap<String, u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = std::collections::HashMap::new();
-    for pair in lines.chunks(2) {
-        if let [names, values] = pair {
-            if names.starts_with("TcpExt:") {
-                for (n, v) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
-                    out.insert(n.to_string(), v.parse().unwrap_or(0));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// What one TCP phase saw.
 #[derive(Debug)]
 struct TcpPhase {
@@ -423,8 +406,8 @@ fn tcp_phase(b: &steer::lab::scenario::Bench, cpus: &[u32], port: u16, idle_us: 
             r.join().unwrap();
         }
     });
-    let rx0 = b.topo.rx_ns.run(tcp_ext).unwrap();
-    let tx0 = b.topo.tx_ns.run(tcp_ext).unwrap();
+    let rx0 = b.topo.rx_ns.run(tcp_ext_here).unwrap();
+    let tx0 = b.topo.tx_ns.run(tcp_ext_here).unwrap();
     let moves0 = active.rebalance_state().unwrap().moves;
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -454,7 +437,7 @@ fn tcp_phase(b: &steer::lab::scenario::Bench, cpus: &[u32], port: u16, idle_us: 
     }
     server.join().unwrap();
     let moves = active.rebalance_state().unwrap().moves - moves0;
-    let (rx1, tx1) = (b.topo.rx_ns.run(tcp_ext).unwrap(), b.topo.tx_ns.run(tcp_ext).unwrap());
+    let (rx1, tx1) = (b.topo.rx_ns.run(tcp_ext_here).unwrap(), b.topo.tx_ns.run(tcp_ext_here).unwrap());
     active.teardown(&b.topo).unwrap();
     let d = |a: &std::collections::HashMap<String, u64>,
              z: &std::collections::HashMap<String, u64>,

@@ -34,7 +34,7 @@ use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
     FlowEntry, FlowKey, FlowSlot, RfsCounters, Tuple,
 };
-use steer_tests::{in_ns, pin_to_cpu, require_root, Lab, SteerRun};
+use steer_tests::{in_ns, pin_to_cpu, require_root, tcp_ext_here, Lab, SteerRun};
 
 /// Two CPUs at least, or the test cannot say anything about steering.
 fn two_cpus() -> (u32, u32) {
@@ -272,18 +272,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
 
 /// `TcpExt` of /proc/net/netstat in namespace `ns`.
 fn tcp_ext(ns: &str) -> StdHashMap<String, u64> {
-    in_ns(ns, || {
-        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("reading netstat");
-        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-        assert_eq!(lines.len(), 2, "TcpExt lines in netstat");
-        lines[0]
-            .split_whitespace()
-            .zip(lines[1].split_whitespace())
-            .skip(1)
-            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-            .collect()
-    })
-    .expect("entering the lab namespace")
+    in_ns(ns, tcp_ext_here).expect("entering the lab namespace")
 }
 
 /// The receiver's reordering evidence: segments it had to queue out of order.
