@@ -232,8 +232,10 @@ fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, u64) {
         .iter()
         .map(|k| snmp1[*k].saturating_sub(snmp0[*k]))
         .sum::<u64>();
+    // Shown with a failure: a retransmitted (lost) segment also arrives out of order.
+    let retrans = snmp1["Tcp.RetransSegs"].saturating_sub(snmp0["Tcp.RetransSegs"]);
     println!(
-        "--local-pass {mode}: redirected {}, passed in place {}, out of order {ofo}",
+        "--local-pass {mode}: redirected {}, passed in place {}, out of order {ofo}, retransmitted {retrans}",
         d.redirected, d.local
     );
     assert!(
