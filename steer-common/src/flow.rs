@@ -274,34 +274,11 @@ impl RfsCounters {
     }
 }
 
-/// Offsets of the tracepoint fields the hook reads, from
-/// /sys/kernel/tracing/events/{tcp/tcp_rcv_space_adjust,sock/inet_sock_set_state}/format.
-/// These formats are a stable ABI; the loader checks them at start.
+/// What the socket hooks read of the raw tracepoints' arguments and of a
+/// socket. The hooks are raw tracepoints: their arguments are the events'
+/// `TP_PROTO` (the loader checks them in the kernel's BTF), and everything else
+/// is read from `struct sock`.
 pub mod tp {
-    pub mod rcv_space_adjust {
-        pub const SKADDR: usize = 8;
-        pub const SPORT: usize = 16;
-        pub const DPORT: usize = 18;
-        pub const SADDR_V6: usize = 30;
-        pub const DADDR_V6: usize = 46;
-    }
-    pub mod set_state {
-        pub const SKADDR: usize = 8;
-        pub const NEWSTATE: usize = 20;
-        pub const SPORT: usize = 24;
-        pub const DPORT: usize = 26;
-        pub const PROTOCOL: usize = 30;
-        pub const SADDR_V6: usize = 40;
-        pub const DADDR_V6: usize = 56;
-    }
-    /// sock:sock_recv_length, after every recvmsg of every socket, in the reader.
-    pub mod recv_length {
-        pub const SK: usize = 8;
-        pub const FAMILY: usize = 16;
-        pub const PROTOCOL: usize = 18;
-        pub const RET: usize = 20;
-        pub const FLAGS: usize = 24;
-    }
     /// `TCP_CLOSE`: the socket is gone, drop its entry.
     pub const TCP_CLOSE: i32 = 7;
     /// `TCP_ESTABLISHED`: what a connected UDP socket's `skc_state` holds
@@ -313,6 +290,9 @@ pub mod tp {
     pub const MSG_ERRQUEUE: i32 = 0x2000;
     pub const AF_INET: u16 = 2;
     pub const AF_INET6: u16 = 10;
+    /// Bytes at the start of `struct sock` the hooks copy in one probe read:
+    /// every `sock_common` member they use must lie in it (the loader checks).
+    pub const SOCK_HEAD: usize = 128;
 }
 
 /// Where the socket hooks find a socket's addresses and network namespace in
@@ -330,8 +310,6 @@ pub struct SockOffsets {
     pub rcv_saddr: u32,
     /// `skc_dport` (remote port, network order).
     pub dport: u32,
-    /// `skc_num` (local port, host order).
-    pub num: u32,
     /// `skc_state` (one byte).
     pub state: u32,
     /// `skc_v6_daddr` (16 bytes; v4-mapped for a dual-stack socket's IPv4 peer).
@@ -349,7 +327,14 @@ pub struct SockOffsets {
     /// tracepoints fire for sockets of every namespace, and namespaces reuse
     /// addresses, so a socket of another one is never recorded.
     pub netns: u32,
-    pub _pad: u32,
+    /// `skc_family` (AF_INET or AF_INET6 for the sockets RFS follows).
+    pub family: u32,
+    /// `sk_protocol` (two bytes; outside the head, read on its own).
+    pub protocol: u32,
+    /// `inet_sport` in `struct inet_sock` (the local port, network order;
+    /// outside the head): it outlives `skc_num`, which a closing socket
+    /// clears when it gives its port back.
+    pub sport: u32,
     /// The address of that namespace's `struct net`, learned by the hooks
     /// from the first socket whose namespace has inode `netns` (0: not yet),
     /// so that later events compare one pointer instead of reading the inode.

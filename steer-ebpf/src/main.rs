@@ -28,8 +28,8 @@ mod track;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{raw_tracepoint, tracepoint, xdp},
-    programs::{RawTracePointContext, TracePointContext, XdpContext},
+    macros::{raw_tracepoint, xdp},
+    programs::{RawTracePointContext, XdpContext},
 };
 
 #[xdp]
@@ -46,21 +46,21 @@ pub fn steer_inner(ctx: XdpContext) -> u32 {
     steer::steer_inner(&ctx)
 }
 
-/// RFS: records the CPU a TCP flow is read on (tcp:tcp_rcv_space_adjust).
-#[tracepoint(category = "tcp", name = "tcp_rcv_space_adjust")]
-pub fn rfs_read(ctx: TracePointContext) -> u32 {
+/// RFS: records the CPU a TCP flow is read on (raw tracepoint tcp_rcv_space_adjust).
+#[raw_tracepoint(tracepoint = "tcp_rcv_space_adjust")]
+pub fn rfs_read(ctx: RawTracePointContext) -> i32 {
     track::on_read(&ctx)
 }
 
-/// RFS: records the CPU a connected UDP socket is read on (sock:sock_recv_length).
-#[tracepoint(category = "sock", name = "sock_recv_length")]
-pub fn rfs_udp_read(ctx: TracePointContext) -> u32 {
+/// RFS: records the CPU a connected UDP socket is read on (raw tracepoint sock_recv_length).
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn rfs_udp_read(ctx: RawTracePointContext) -> i32 {
     track::on_udp_read(&ctx)
 }
 
-/// RFS: drops a flow when its socket closes (sock:inet_sock_set_state).
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn rfs_state(ctx: TracePointContext) -> u32 {
+/// RFS: drops a flow when its socket closes (raw tracepoint inet_sock_set_state).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn rfs_state(ctx: RawTracePointContext) -> i32 {
     track::on_state(&ctx)
 }
 

@@ -1,21 +1,23 @@
-//! RFS socket tracking on tracepoints (this kernel has no kprobes or fentry).
+//! RFS socket tracking on raw tracepoints (this kernel has no kprobes or
+//! fentry; a raw tracepoint hands the program the event's arguments, where a
+//! classic one first builds its record and copies it through the perf buffer
+//! on every event, and these fire on every read).
 //!
-//! - `tcp:tcp_rcv_space_adjust` fires in `tcp_recvmsg`, in the reading thread,
+//! - `tcp_rcv_space_adjust(sk)` fires in `tcp_recvmsg`, in the reading thread,
 //!   on the CPU it reads on: record `flow -> this CPU`.
-//! - `sock:inet_sock_set_state` to `TCP_CLOSE`: the socket is gone, drop it,
-//!   and ignore reads on it from then on (a reset can close a socket before
-//!   the application reads it).
+//! - `inet_sock_set_state(sk, old, new)` to `TCP_CLOSE`: the socket is gone,
+//!   drop it, and ignore reads on it from then on (a reset can close a socket
+//!   before the application reads it).
+//! - `sock_recv_length(sk, ret, flags)` fires after every recvmsg of every
+//!   socket, in the reading thread: for a connected UDP socket, record
+//!   `flow -> this CPU`.
 //!
-//! - `sock:sock_recv_length` fires after every recvmsg of every socket, in the
-//!   reading thread: for a connected UDP socket, record `flow -> this CPU`.
-//!
-//! The TCP events carry the socket's addresses as `saddr_v6`/`daddr_v6`, v4-mapped
-//! for IPv4 (AF_INET and dual-stack sockets alike), local side first, ports in host
-//! order. Field offsets come from the events' `format` files (see
-//! `steer_common::flow::tp`; the loader checks them against this kernel).
-//! `sock_recv_length` carries only the socket: its addresses are read from
-//! `struct sock` at offsets the loader took from the kernel's BTF
-//! ([`steer_common::SockOffsets`]), and written in the same v4-mapped shape.
+//! Every hook reads the socket's flow from `struct sock`: one probe read
+//! copies its head ([`SOCK_HEAD`] bytes, which hold every `sock_common` member
+//! the hooks use) into a per-CPU buffer, where the members sit at offsets the
+//! loader took from the kernel's BTF ([`steer_common::SockOffsets`]); only
+//! `sk_protocol` lies further and takes a read of its own. Addresses are kept
+//! in one shape, v4-mapped for IPv4 (AF_INET and dual-stack sockets alike).
 //!
 //! UDP follows the kernel's RFS: only a connected socket (`skc_state` ==
 //! TCP_ESTABLISHED, the test of `sock_rps_record_flow`) has a flow; an
@@ -40,16 +42,17 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_jiffies64,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
-    programs::TracePointContext,
-    EbpfContext,
+    macros::map,
+    maps::PerCpuArray,
+    programs::RawTracePointContext,
 };
 use steer_common::{
     flow::{
         self,
-        tp::{self, rcv_space_adjust as rsa, recv_length as rl, set_state as ss},
+        tp::{self, SOCK_HEAD},
         V4_MAPPED_WORD,
     },
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
@@ -58,70 +61,124 @@ use steer_common::{
 
 use crate::maps::{CLOSED, CONFIG, FLOWS, LOCAL_ADDRS, RFS_STATS, RFS_WANT, SOCK_OFFSETS};
 
+/// One copy of a socket's head per hook and CPU: the state hook also fires in
+/// softirqs, which can interrupt a read hook on its CPU mid-copy.
+#[map]
+static SOCK_HEADS: PerCpuArray<[u8; SOCK_HEAD]> = PerCpuArray::with_max_entries(3, 0);
+
+/// Which of [`SOCK_HEADS`] a hook copies into.
+const HEAD_TCP_READ: u32 = 0;
+const HEAD_UDP_READ: u32 = 1;
+const HEAD_STATE: u32 = 2;
+
 #[inline(always)]
 fn rfs_counters() -> Option<&'static mut RfsCounters> {
     // SAFETY: a per-CPU slot; tracepoint programs do not nest on one CPU.
     RFS_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// 16 bytes of the event record at `off` (2-byte aligned in both formats),
-/// read straight from the context: tracepoint records are readable in place
-/// with aligned loads, which is cheaper than a probe-read helper call.
-#[inline(always)]
-fn addr(ctx: &TracePointContext, off: usize) -> [u8; 16] {
-    let p = ctx.as_ptr() as *const u16;
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < 8 {
-        // SAFETY: inside the record (offsets from its format file), u16-aligned.
-        let w = unsafe { *p.add(off / 2 + i) };
-        let b = w.to_ne_bytes();
-        out[i * 2] = b[0];
-        out[i * 2 + 1] = b[1];
-        i += 1;
+/// A socket, as a copy of its head.
+struct Sock {
+    head: *const u8,
+}
+
+impl Sock {
+    /// Copies the head of the socket at `addr` into this hook's buffer `buf`.
+    #[inline(always)]
+    fn read(addr: u64, buf: u32) -> Option<Self> {
+        let p = SOCK_HEADS.get_ptr_mut(buf)?;
+        // SAFETY: this hook's per-CPU buffer; the helper checks the kernel address itself.
+        unsafe { bpf_probe_read_kernel_buf(addr as *const u8, &mut *p) }.ok()?;
+        Some(Self { head: p as *const u8 })
     }
-    out
-}
 
-/// The socket's kernel address (`skaddr`), 8-byte aligned in both formats.
-#[inline(always)]
-fn skaddr(ctx: &TracePointContext, off: usize) -> u64 {
-    // SAFETY: inside the record (offset from its format file), u64-aligned.
-    unsafe { *(ctx.as_ptr() as *const u64).add(off / 8) }
-}
-
-#[inline(always)]
-fn word16(ctx: &TracePointContext, off: usize) -> u16 {
-    // SAFETY: as above.
-    unsafe { *(ctx.as_ptr() as *const u16).add(off / 2) }
-}
-
-/// The socket's flow key, if its local address is on the steered interface.
-#[inline(always)]
-fn key(ctx: &TracePointContext, sport: usize, dport: usize, saddr: usize, daddr: usize) -> Option<FlowKey> {
-    let local = addr(ctx, saddr);
-    LOCAL_ADDRS.get_ptr(&local)?;
-    Some(FlowKey::from_socket(IPPROTO_TCP, &local, word16(ctx, sport), &addr(ctx, daddr), word16(ctx, dport)))
-}
-
-/// A TCP read: the flow's reader is on this CPU now.
-pub fn on_read(ctx: &TracePointContext) -> u32 {
-    let Some(r) = rfs_counters() else {
-        return 0;
-    };
-    let Some(key) = key(ctx, rsa::SPORT, rsa::DPORT, rsa::SADDR_V6, rsa::DADDR_V6) else {
-        r.hook_filtered += 1;
-        return 0;
-    };
-    let Some(off) = sock_offsets() else {
-        return 0;
-    };
-    let sk = skaddr(ctx, rsa::SKADDR);
-    if !in_our_netns(sk, off) {
-        r.hook_other_netns += 1;
-        return 0;
+    /// The member of type `T` at byte `off` of the head.
+    #[inline(always)]
+    fn at<T: Copy>(&self, off: u32) -> Option<T> {
+        let off = off as usize;
+        if off > SOCK_HEAD - core::mem::size_of::<T>() {
+            return None;
+        }
+        // SAFETY: inside the buffer (just checked), which the probe read filled whole.
+        Some(unsafe { core::ptr::read_unaligned(self.head.add(off) as *const T) })
     }
-    record(r, &key, Some(sk))
+}
+
+/// What a read hook last decided about a socket on this CPU, reused for
+/// further reads of that socket in the same jiffy: a busy reader fires the
+/// hook on every read, and the kernel's own RFS pays only a table write for
+/// it (it keeps the flow hash in the socket). A socket freed and reused at the
+/// same address within the jiffy keeps the old verdict until the next one.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SeenCache {
+    sk: u64,
+    jiffies: u64,
+    /// [`VERDICT_FLOW`]: the wish the flow's slot held (valid while it still holds it).
+    want: u64,
+    slot: u32,
+    verdict: u32,
+}
+
+/// Entries of [`SEEN`] per hook (a power of two), indexed by socket address.
+const CACHE_SLOTS: u32 = 512;
+const CACHE_TCP_READ: u32 = 0;
+const CACHE_UDP_READ: u32 = CACHE_SLOTS;
+
+/// Per CPU: a reader that moves to another CPU finds no verdict there.
+#[map]
+static SEEN: PerCpuArray<SeenCache> = PerCpuArray::with_max_entries(2 * CACHE_SLOTS, 0);
+
+/// Verdicts: nothing kept (0), or what the read was counted as.
+const VERDICT_NONE: u32 = 1;
+const VERDICT_FLOW: u32 = 2;
+const VERDICT_UNCONNECTED: u32 = 3;
+const VERDICT_FOREIGN: u32 = 4;
+const VERDICT_OTHER_NETNS: u32 = 5;
+
+impl SeenCache {
+    /// This CPU's entry for `sk` in the cache starting at `base`.
+    #[inline(always)]
+    fn of(base: u32, sk: u64) -> Option<&'static mut Self> {
+        // Fibonacci hashing of the address: slab objects are aligned, their low bits alike.
+        let i = (sk.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 55) as u32 & (CACHE_SLOTS - 1);
+        // SAFETY: a per-CPU slot; a read hook does not nest with itself on one CPU.
+        SEEN.get_ptr_mut(base + i).map(|p| unsafe { &mut *p })
+    }
+
+    /// Whether this read of `sk` repeats one decided earlier in this jiffy
+    /// (and counts it as that one was); for a flow, only while its slot still
+    /// holds the wish (a close, a collision, an expiry or the reader's move to
+    /// another CPU changed it).
+    #[inline(always)]
+    fn repeats(&self, r: &mut RfsCounters, sk: u64) -> bool {
+        // SAFETY: no preconditions.
+        if self.sk != sk || self.jiffies != unsafe { bpf_jiffies64() } {
+            return false;
+        }
+        match self.verdict {
+            VERDICT_NONE => {}
+            VERDICT_FLOW => {
+                if RFS_WANT.get(self.slot).is_none_or(|w| *w != self.want) {
+                    return false;
+                }
+                r.hook_events += 1;
+            }
+            VERDICT_UNCONNECTED => r.hook_unconnected += 1,
+            VERDICT_FOREIGN => r.hook_filtered += 1,
+            VERDICT_OTHER_NETNS => r.hook_other_netns += 1,
+            _ => return false,
+        }
+        true
+    }
+
+    #[inline(always)]
+    fn keep(&mut self, sk: u64, verdict: u32) {
+        self.sk = sk;
+        // SAFETY: no preconditions.
+        self.jiffies = unsafe { bpf_jiffies64() };
+        self.verdict = verdict;
+    }
 }
 
 /// The loader's offsets and namespace, once filled.
@@ -133,13 +190,13 @@ fn sock_offsets() -> Option<&'static mut SockOffsets> {
     (off.size != 0).then_some(off)
 }
 
-/// Whether the socket at `sk` belongs to the steered interface's network
-/// namespace. One probe read (its `struct net *`) once the namespace's
-/// address is known; until then a second one, its inode number, and the
+/// Whether the socket `s` belongs to the steered interface's network
+/// namespace: its `struct net *`, compared with the namespace's address once
+/// known; until then a probe read of the namespace's inode number, and the
 /// first match teaches the address.
 #[inline(always)]
-fn in_our_netns(sk: u64, off: &mut SockOffsets) -> bool {
-    let Some(net) = sk_read::<u64>(sk, off.net) else {
+fn in_our_netns(s: &Sock, off: &mut SockOffsets) -> bool {
+    let Some(net) = s.at::<u64>(off.net) else {
         return false;
     };
     if net != 0 && net == off.net_addr {
@@ -152,8 +209,9 @@ fn in_our_netns(sk: u64, off: &mut SockOffsets) -> bool {
     true
 }
 
-/// `T` at byte `off` of the kernel object at `sk` (a socket, its namespace):
-/// kernel memory, so a probe read, which fails cleanly (None) instead of faulting.
+/// `T` at byte `off` of the kernel object at `sk` (a socket past its head, its
+/// namespace): kernel memory, so a probe read, which fails cleanly (None)
+/// instead of faulting.
 #[inline(always)]
 fn sk_read<T>(sk: u64, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address itself.
@@ -182,100 +240,157 @@ fn is_any(a: &[u8; 16]) -> bool {
     true
 }
 
-/// A UDP read (sock:sock_recv_length): a connected socket's flow is read on this CPU.
-pub fn on_udp_read(ctx: &TracePointContext) -> u32 {
-    // Every recvmsg of every socket on the host lands here: the cheapest test first.
-    if word16(ctx, rl::PROTOCOL) != IPPROTO_UDP as u16 {
+/// A TCP read (`tcp_rcv_space_adjust(sk)`): the flow's reader is on this CPU now.
+pub fn on_read(ctx: &RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    let (Some(r), Some(e)) = (rfs_counters(), SeenCache::of(CACHE_TCP_READ, sk)) else {
+        return 0;
+    };
+    if e.repeats(r, sk) {
         return 0;
     }
-    let p = ctx.as_ptr() as *const i32;
-    // SAFETY: inside the record (offsets from its format file), 4-byte aligned.
-    let (ret, flags) = unsafe { (*p.add(rl::RET / 4), *p.add(rl::FLAGS / 4)) };
+    let Some(off) = sock_offsets() else {
+        return 0;
+    };
+    let Some(s) = Sock::read(sk, HEAD_TCP_READ) else {
+        return 0;
+    };
+    seen(r, e, sk, flow_of(&s, sk, IPPROTO_TCP, off), true)
+}
+
+/// A read of any socket (`sock_recv_length(sk, ret, flags)`): a connected UDP
+/// socket's flow is read on this CPU.
+pub fn on_udp_read(ctx: &RawTracePointContext) -> i32 {
+    // Every recvmsg of every socket on the host lands here: the cheapest tests first.
+    let (sk, ret, flags) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
     if ret < 0 || flags & (tp::MSG_PEEK | tp::MSG_ERRQUEUE) != 0 {
         return 0;
     }
-    let (Some(r), Some(off)) = (rfs_counters(), sock_offsets()) else {
+    let (Some(r), Some(e)) = (rfs_counters(), SeenCache::of(CACHE_UDP_READ, sk)) else {
         return 0;
     };
-    match udp_key(skaddr(ctx, rl::SK), word16(ctx, rl::FAMILY), off) {
-        Udp::Flow(key) => record(r, &key, None),
-        Udp::Unconnected => {
-            r.hook_unconnected += 1;
-            0
-        }
-        Udp::Foreign => {
-            r.hook_filtered += 1;
-            0
-        }
-        Udp::OtherNetns => {
-            r.hook_other_netns += 1;
-            0
-        }
+    if e.repeats(r, sk) {
+        return 0;
     }
+    let Some(off) = sock_offsets() else {
+        return 0;
+    };
+    if sk_read::<u16>(sk, off.protocol) != Some(IPPROTO_UDP as u16) {
+        // Most reads of a proxy are TCP ones: not this hook's, for the rest of the jiffy too.
+        e.keep(sk, VERDICT_NONE);
+        return 0;
+    }
+    let Some(s) = Sock::read(sk, HEAD_UDP_READ) else {
+        return 0;
+    };
+    seen(r, e, sk, flow_of(&s, sk, IPPROTO_UDP, off), false)
 }
 
-enum Udp {
+/// What a hook found in a socket.
+enum Seen {
     Flow(FlowKey),
-    /// Not connected (no peer): reads datagrams of many flows.
+    /// A UDP socket that is not connected (no peer): reads datagrams of many flows.
     Unconnected,
-    /// Bound to an address that is not the interface's (or unreadable).
+    /// Bound to an address that is not the interface's, not IP, or unreadable.
     Foreign,
     /// A socket of another network namespace.
     OtherNetns,
 }
 
+/// Records a read of what [`flow_of`] found, or counts why not, and keeps
+/// the verdict in `e` for the rest of the jiffy. `sk`: the socket, for TCP
+/// (see [`record`]).
 #[inline(always)]
-fn udp_key(sk: u64, family: u16, off: &mut SockOffsets) -> Udp {
-    let local = match family {
-        tp::AF_INET => sk_read::<u32>(sk, off.rcv_saddr).map(v4_mapped),
-        tp::AF_INET6 => sk_read::<[u8; 16]>(sk, off.v6_rcv_saddr),
-        _ => None,
+fn seen(r: &mut RfsCounters, e: &mut SeenCache, sk: u64, what: Seen, tcp: bool) -> i32 {
+    let verdict = match what {
+        Seen::Flow(key) => match record(r, &key, tcp.then_some(sk)) {
+            Some((slot, want)) => {
+                e.slot = slot;
+                e.want = want;
+                VERDICT_FLOW
+            }
+            None => VERDICT_NONE,
+        },
+        Seen::Unconnected => {
+            r.hook_unconnected += 1;
+            VERDICT_UNCONNECTED
+        }
+        Seen::Foreign => {
+            r.hook_filtered += 1;
+            VERDICT_FOREIGN
+        }
+        Seen::OtherNetns => {
+            r.hook_other_netns += 1;
+            VERDICT_OTHER_NETNS
+        }
     };
-    let Some(local) = local else {
-        return Udp::Foreign;
+    e.keep(sk, verdict);
+    0
+}
+
+/// The flow (packet direction) of socket `s` of protocol `proto`, if packets
+/// through the steered interface reach it. A TCP socket the hooks see has a
+/// peer; a UDP one only once connected. `sk`: the socket's address, for its
+/// local port.
+#[inline(always)]
+fn flow_of(s: &Sock, sk: u64, proto: u8, off: &mut SockOffsets) -> Seen {
+    let v6 = match s.at::<u16>(off.family) {
+        Some(tp::AF_INET) => false,
+        Some(tp::AF_INET6) => true,
+        _ => return Seen::Foreign,
     };
-    let connected = sk_read::<u8>(sk, off.state) == Some(tp::TCP_ESTABLISHED);
+    let addr = |v4: u32, v6_off: u32| {
+        if v6 {
+            s.at::<[u8; 16]>(v6_off)
+        } else {
+            s.at::<u32>(v4).map(v4_mapped)
+        }
+    };
+    let Some(local) = addr(off.rcv_saddr, off.v6_rcv_saddr) else {
+        return Seen::Foreign;
+    };
+    let connected = proto == IPPROTO_TCP || s.at::<u8>(off.state) == Some(tp::TCP_ESTABLISHED);
     // An unconnected socket bound to every address reads the interface's packets too.
     if LOCAL_ADDRS.get_ptr(&local).is_none() && (connected || !is_any(&local)) {
-        return Udp::Foreign;
+        return Seen::Foreign;
     }
-    if !in_our_netns(sk, off) {
-        return Udp::OtherNetns;
+    if !in_our_netns(s, off) {
+        return Seen::OtherNetns;
     }
     if !connected {
-        return Udp::Unconnected;
+        return Seen::Unconnected;
     }
-    let remote = match family {
-        tp::AF_INET => sk_read::<u32>(sk, off.daddr).map(v4_mapped),
-        _ => sk_read::<[u8; 16]>(sk, off.v6_daddr),
-    };
+    // inet_sport, not skc_num: a socket that closes gives its port back (skc_num = 0) before
+    // the event, and a reset can close one before its application reads.
     let (Some(remote), Some(rport), Some(lport)) =
-        (remote, sk_read::<u16>(sk, off.dport), sk_read::<u16>(sk, off.num))
+        (addr(off.daddr, off.v6_daddr), s.at::<u16>(off.dport), sk_read::<u16>(sk, off.sport))
     else {
-        return Udp::Foreign;
+        return Seen::Foreign;
     };
-    let rport = u16::from_be(rport);
-    if rport == 0 {
-        return Udp::Unconnected;
+    let (rport, lport) = (u16::from_be(rport), u16::from_be(lport));
+    if rport == 0 && proto == IPPROTO_UDP {
+        return Seen::Unconnected;
     }
-    Udp::Flow(FlowKey::from_socket(IPPROTO_UDP, &local, lport, &remote, rport))
+    Seen::Flow(FlowKey::from_socket(proto, &local, lport, &remote, rport))
 }
 
 /// The flow hash of `key` (packet direction) under the live settings and
 /// the `RFS_WANT` slot it picks, as the XDP program computes them.
 #[inline(always)]
-fn slot_of(key: &FlowKey) -> Option<(u32, *mut u64)> {
+fn slot_of(key: &FlowKey) -> Option<(u32, u32, *mut u64)> {
     let cfg = CONFIG.get(0)?;
     let h = crate::steer::flow_hash(cfg, &key.to_tuple())?;
-    Some((h, RFS_WANT.get_ptr_mut(h & cfg.rfs_mask)?))
+    let slot = h & cfg.rfs_mask;
+    Some((h, slot, RFS_WANT.get_ptr_mut(slot)?))
 }
 
 /// Points `key`'s steering slot at `cpu`. Written only when it changes, so
 /// that a steady reader leaves the XDP side's cached copy alone; a wish of
-/// another flow (another tag) it replaces is a collision.
+/// another flow (another tag) it replaces is a collision. Returns the slot
+/// and the wish it now holds.
 #[inline(always)]
-fn wish(r: &mut RfsCounters, key: &FlowKey, cpu: u32) {
-    let Some((h, p)) = slot_of(key) else { return };
+fn wish(r: &mut RfsCounters, key: &FlowKey, cpu: u32) -> Option<(u32, u64)> {
+    let (h, slot, p) = slot_of(key)?;
     let new = flow::want(h, cpu);
     // SAFETY: an aligned u64 of an array map; the XDP program reads it whole.
     unsafe {
@@ -287,13 +402,14 @@ fn wish(r: &mut RfsCounters, key: &FlowKey, cpu: u32) {
             *p = new;
         }
     }
+    Some((slot, new))
 }
 
 /// Empties `key`'s steering slot if it still holds this flow's wish: the slot
 /// then moves back to RSS through the XDP program's gate.
 #[inline(always)]
 fn unwish(key: &FlowKey) {
-    let Some((h, p)) = slot_of(key) else { return };
+    let Some((h, _, p)) = slot_of(key) else { return };
     // SAFETY: as above.
     unsafe {
         let old = *p;
@@ -305,8 +421,9 @@ fn unwish(key: &FlowKey) {
 
 /// Records that `key` is read on this CPU now. `sk`: the socket, checked
 /// against the closed ones before a new entry is made (TCP; UDP has no close).
+/// Returns the flow's steering slot and the wish it holds, once recorded.
 #[inline(always)]
-fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> u32 {
+fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> Option<(u32, u64)> {
     r.hook_events += 1;
     // SAFETY: no preconditions.
     let (cpu, now) = unsafe { (bpf_get_smp_processor_id(), bpf_ktime_get_ns()) };
@@ -326,13 +443,12 @@ fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> u32 {
             e.comm = bpf_get_current_comm().unwrap_or_default();
         }
         // Also when the CPU is the same: a colliding flow, an expiry or a rebuild may have taken the slot.
-        wish(r, key, cpu);
-        return 0;
+        return wish(r, key, cpu);
     }
     // Only new entries can be stale: a closed socket's entry is gone already.
     if sk.is_some_and(|sk| CLOSED.get_ptr(&sk).is_some()) {
         r.hook_closed += 1;
-        return 0;
+        return None;
     }
     let entry = FlowEntry {
         want_cpu: cpu,
@@ -343,33 +459,36 @@ fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> u32 {
     };
     if FLOWS.insert(key, &entry, BPF_NOEXIST as u64).is_ok() {
         r.inserts += 1;
-        wish(r, key, cpu);
+        return wish(r, key, cpu);
     }
-    0
+    None
 }
 
-/// A state change: on close, drop the flow and remember the socket as closed;
-/// any other state means the socket (or a new one at that address) lives.
-pub fn on_state(ctx: &TracePointContext) -> u32 {
-    if word16(ctx, ss::PROTOCOL) != IPPROTO_TCP as u16 {
-        return 0;
-    }
-    let Some(key) = key(ctx, ss::SPORT, ss::DPORT, ss::SADDR_V6, ss::DADDR_V6) else {
-        return 0;
-    };
+/// A state change (`inet_sock_set_state(sk, old, new)`): on close, drop the
+/// flow and remember the socket as closed; any other state means the socket
+/// (or a new one at that address) lives.
+pub fn on_state(ctx: &RawTracePointContext) -> i32 {
+    let (sk, newstate) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2) as i32);
     let Some(off) = sock_offsets() else {
         return 0;
     };
-    let sk = skaddr(ctx, ss::SKADDR);
-    // Another namespace's close of the same 4-tuple must not drop this one's entry.
-    if !in_our_netns(sk, off) {
-        if let Some(r) = rfs_counters() {
-            r.hook_other_netns += 1;
-        }
+    if sk_read::<u16>(sk, off.protocol) != Some(IPPROTO_TCP as u16) {
         return 0;
     }
-    // SAFETY: inside the record (offset from its format file), 4-byte aligned.
-    let newstate = unsafe { *(ctx.as_ptr() as *const i32).add(ss::NEWSTATE / 4) };
+    let Some(s) = Sock::read(sk, HEAD_STATE) else {
+        return 0;
+    };
+    let key = match flow_of(&s, sk, IPPROTO_TCP, off) {
+        Seen::Flow(key) => key,
+        // Another namespace's close of the same 4-tuple must not drop this one's entry.
+        Seen::OtherNetns => {
+            if let Some(r) = rfs_counters() {
+                r.hook_other_netns += 1;
+            }
+            return 0;
+        }
+        Seen::Unconnected | Seen::Foreign => return 0,
+    };
     if newstate != tp::TCP_CLOSE {
         let _ = CLOSED.remove(&sk);
         return 0;

@@ -7,8 +7,8 @@
 //!   attaching it to an interface.
 //! - `CAP_PERFMON`: the verifier accepts steer_xdp's pointer arithmetic on
 //!   packet and map values only for "perfmon-capable" loaders (EACCES otherwise);
-//!   also attaching the cpumap tracepoints.
-//! - `CAP_SYS_ADMIN`: only to mount bpffs or tracefs when they are not mounted
+//!   also attaching the raw tracepoints (cpumap counters, RFS socket hooks).
+//! - `CAP_SYS_ADMIN`: only to mount bpffs when it is not mounted
 //!   (a container gets them as hostPath mounts instead). The kernel also
 //!   accepts it in place of CAP_BPF and CAP_PERFMON, as before 5.8.
 

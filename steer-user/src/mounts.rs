@@ -1,15 +1,14 @@
-//! bpffs and tracefs: the machine does not mount them at boot, and
-//! `ip netns exec` gives a fresh /sys without them. steer mounts what it needs.
+//! bpffs: the machine does not mount it at boot, and `ip netns exec` gives a
+//! fresh /sys without it. steer mounts it where it is missing. (Every
+//! tracepoint steer uses is a raw one, which needs no tracefs.)
 
 use std::{ffi::CString, path::Path};
 
 use crate::error::{Error, Result};
 
 pub const BPFFS: &str = "/sys/fs/bpf";
-pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-const TRACEFS_MAGIC: i64 = 0x7472_6163;
 
 fn fs_magic(path: &str) -> Option<i64> {
     let c = CString::new(path).ok()?;
@@ -51,11 +50,6 @@ fn ensure(path: &str, fstype: &str, magic: i64) -> Result<bool> {
 /// Mounts bpffs at /sys/fs/bpf unless it is there. Returns whether it mounted.
 pub fn ensure_bpffs() -> Result<bool> {
     ensure(BPFFS, "bpf", BPF_FS_MAGIC)
-}
-
-/// Mounts tracefs at /sys/kernel/tracing unless it is there.
-pub fn ensure_tracefs() -> Result<bool> {
-    ensure(TRACEFS, "tracefs", TRACEFS_MAGIC)
 }
 
 pub fn is_bpffs(path: &Path) -> bool {

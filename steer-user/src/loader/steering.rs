@@ -87,7 +87,6 @@ impl Steering {
     /// tracepoints. On any error nothing stays attached or pinned.
     pub fn start(opts: &RunOptions) -> Result<Self> {
         mounts::ensure_bpffs()?;
-        mounts::ensure_tracefs()?;
         let id = pins::RunId { netns: pins::netns()?, ifindex: opts.ifindex, iface: opts.iface.clone() };
         if let Some(pid) = id.live_owner() {
             return Err(Error::Ebpf(format!("steer (pid {pid}) is already running on \"{}\"", opts.iface)));

@@ -25,7 +25,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::TracePoint,
+    programs::RawTracePoint,
     Ebpf,
 };
 use steer_common::{
@@ -36,7 +36,7 @@ use steer_common::{
 
 use crate::{
     error::{Error, Result},
-    mounts, pins,
+    pins,
 };
 
 /// Default `--migrate-idle-us`. The kernel's RFS moves a flow once the old
@@ -61,11 +61,12 @@ pub const MAX_UDP_TIMEOUT_S: u32 = 86_400;
 pub const PINS: [&str; 6] =
     [pins::FLOWS, pins::RFS_STATS, pins::RFS_EXPIRED, pins::RFS_WANT, pins::RFS_SLOTS, pins::TOEPLITZ];
 
-/// Tracepoint programs and where they attach.
-pub const TRACEPOINTS: [(&str, &str, &str); 3] = [
-    (prog::RFS_READ, "tcp", "tcp_rcv_space_adjust"),
-    (prog::RFS_UDP_READ, "sock", "sock_recv_length"),
-    (prog::RFS_STATE, "sock", "inet_sock_set_state"),
+/// The socket hooks and the raw tracepoints they attach to (whose
+/// arguments `sock::EVENTS` checks).
+pub const TRACEPOINTS: [(&str, &str); 3] = [
+    (prog::RFS_READ, "tcp_rcv_space_adjust"),
+    (prog::RFS_UDP_READ, "sock_recv_length"),
+    (prog::RFS_STATE, "inet_sock_set_state"),
 ];
 
 /// How the XDP program chooses a CPU.
@@ -172,11 +173,10 @@ impl RfsSettings {
 
 /// Starts socket tracking on a loaded object: fills the interface's local
 /// addresses, the hooks' `struct sock` offsets and the namespace (the calling
-/// thread's, which holds `iface`), loads and attaches the tracepoint programs. The links belong to `ebpf`; dropping it detaches
+/// thread's, which holds `iface`), loads and attaches the raw tracepoint
+/// programs (no tracefs needed). The links belong to `ebpf`; dropping it detaches
 /// them. Call before attaching XDP, so that a failure here leaves nothing changed.
 pub fn start(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    mounts::ensure_tracefs()?;
-    check_formats()?;
     // Before the hooks attach: without them they would record nothing, silently.
     let offsets = sock::offsets(std::path::Path::new(sock::VMLINUX_BTF), crate::pins::netns()?)?;
     let m = ebpf.map_mut(map::SOCK_OFFSETS).ok_or_else(|| Error::Ebpf("map SOCK_OFFSETS missing".into()))?;
@@ -187,87 +187,17 @@ pub fn start(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
     if n == 0 {
         log::warn!("{iface} has no IP address yet: RFS records nothing until it has one");
     }
-    for (prog, category, name) in TRACEPOINTS {
-        let tp: &mut TracePoint = ebpf
+    for (prog, event) in TRACEPOINTS {
+        let tp: &mut RawTracePoint = ebpf
             .program_mut(prog)
             .ok_or_else(|| Error::Ebpf(format!("program {prog} missing from the object")))?
             .try_into()
             .map_err(Error::ebpf)?;
         tp.load().map_err(|e| Error::Ebpf(format!("verifier rejected {prog}: {e}")))?;
-        tp.attach(category, name)
-            .map_err(|e| Error::Ebpf(format!("attaching {prog} to {category}:{name}: {e}")))?;
+        tp.attach(event)
+            .map_err(|e| Error::Ebpf(format!("attaching {prog} to raw tracepoint {event}: {e}")))?;
     }
     Ok(())
-}
-
-/// A tracepoint field: name, offset, size.
-type Field = (&'static str, usize, usize);
-
-/// Checks that the tracepoints' fields sit where the hook reads them.
-fn check_formats() -> Result<()> {
-    use steer_common::flow::tp::{rcv_space_adjust as r, recv_length as l, set_state as s};
-    let want: [(&str, &[Field]); 3] = [
-        (
-            "tcp/tcp_rcv_space_adjust",
-            &[
-                ("skaddr", r::SKADDR, 8),
-                ("sport", r::SPORT, 2),
-                ("dport", r::DPORT, 2),
-                ("saddr_v6", r::SADDR_V6, 16),
-                ("daddr_v6", r::DADDR_V6, 16),
-            ],
-        ),
-        (
-            "sock/inet_sock_set_state",
-            &[
-                ("skaddr", s::SKADDR, 8),
-                ("newstate", s::NEWSTATE, 4),
-                ("sport", s::SPORT, 2),
-                ("dport", s::DPORT, 2),
-                ("protocol", s::PROTOCOL, 2),
-                ("saddr_v6", s::SADDR_V6, 16),
-                ("daddr_v6", s::DADDR_V6, 16),
-            ],
-        ),
-        (
-            "sock/sock_recv_length",
-            &[
-                ("sk", l::SK, 8),
-                ("family", l::FAMILY, 2),
-                ("protocol", l::PROTOCOL, 2),
-                ("ret", l::RET, 4),
-                ("flags", l::FLAGS, 4),
-            ],
-        ),
-    ];
-    for (event, fields) in want {
-        let path = format!("{}/events/{event}/format", mounts::TRACEFS);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
-        for (name, off, size) in fields.iter() {
-            if field(&text, name) != Some((*off, *size)) {
-                return Err(Error::Ebpf(format!(
-                    "tracepoint {event} has no field {name} at offset {off} size {size} ({path}): this kernel's \
-                     format differs from the one steer was built for, RFS cannot run; use --mode rss"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Offset and size of field `name` in a tracepoint format file.
-fn field(format: &str, name: &str) -> Option<(usize, usize)> {
-    format.lines().find_map(|l| {
-        let mut parts = l.trim().split(';').map(str::trim);
-        let decl = parts.next()?.strip_prefix("field:")?;
-        let ident = decl.rsplit(' ').next()?.split('[').next()?;
-        if ident != name {
-            return None;
-        }
-        let off = parts.next()?.strip_prefix("offset:")?.parse().ok()?;
-        let size = parts.next()?.strip_prefix("size:")?.parse().ok()?;
-        Some((off, size))
-    })
 }
 
 /// Addresses of `iface` in the calling thread's network namespace, as the
@@ -619,14 +549,5 @@ mod tests {
         assert_eq!(c.observe(&k, 6, 40), 40);
         c.retain(&Default::default());
         assert_eq!(c.observe(&k, 6, 50), 50, "first sight with packets counted: maybe recent");
-    }
-
-    #[test]
-    fn format_fields_are_found() {
-        let f = "\tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;\n\
-                 \tfield:__u8 saddr_v6[16];\toffset:30;\tsize:16;\tsigned:0;\n";
-        assert_eq!(field(f, "sport"), Some((16, 2)));
-        assert_eq!(field(f, "saddr_v6"), Some((30, 16)));
-        assert_eq!(field(f, "dport"), None);
     }
 }
