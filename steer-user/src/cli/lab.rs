@@ -282,7 +282,7 @@ fn bench_round(b: &Bench, a: &BenchArgs, round: u32, index: usize, r: &mut Scena
     let conns = (b.online.len() as u32 * 2).max(2);
     let port = 7100 + 2 * index as u16 + 60 * (round as u16 % 100);
     let rr = match s {
-        Ok(_) if !a.no_rr => Some(lab::rr::run(&b.topo, port, conns, 1, rr_secs, bulk_secs)),
+        Ok(_) if !a.no_rr => Some(scenario::request_response(b, &active, port, conns, rr_secs, bulk_secs)),
         _ => None,
     };
     active.teardown(&b.topo)?;

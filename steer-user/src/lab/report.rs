@@ -467,13 +467,13 @@ impl BenchResult {
         if !rr.is_empty() {
             let _ = writeln!(out, "\n## TCP request/response\n");
             let _ =
-                writeln!(out, "| scenario | connections | transactions/s | p50 µs | p99 µs | bulk Gbit/s |");
-            let _ = writeln!(out, "|---|---|---|---|---|---|");
+                writeln!(out, "| scenario | connections | transactions/s | p50 µs | p99 µs | switches/tx | in place | bulk Gbit/s |");
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
             for s in rr {
                 if let Some(r) = &s.rr {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {} | {:.1} | {:.1} | {} |",
+                        "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
                         s.scenario.name,
                         r.connections,
                         spread(&s.rounds.iter().filter_map(|r| r.tps).collect::<Vec<_>>(), |v| format!(
@@ -481,6 +481,8 @@ impl BenchResult {
                         )),
                         r.p50_us,
                         r.p99_us,
+                        r.switches_per_tx.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
+                        r.in_place.map(|v| format!("{:.0} %", v * 100.0)).unwrap_or_else(|| "-".into()),
                         r.bulk_gbps.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into())
                     );
                 }

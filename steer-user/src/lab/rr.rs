@@ -27,6 +27,14 @@ pub struct RrResult {
     pub p99_us: f64,
     /// Many-stream bulk transfer, Gbit/s (None when not run).
     pub bulk_gbps: Option<f64>,
+    /// Context switches on the whole machine per transaction while it ran:
+    /// each round trip wakes the client and the server (2), and whatever
+    /// carries a packet to another CPU's task adds to it (a cpumap kthread is
+    /// switched in, an RPS softirq is not).
+    pub switches_per_tx: Option<f64>,
+    /// steer scenarios: the share of the requests the XDP program passed in
+    /// place (`--local-pass`) instead of queueing them to a CPU's kthread.
+    pub in_place: Option<f64>,
 }
 
 /// Serves `listener` until `stop`: echoes `size`-byte requests, or (size 0)
@@ -156,7 +164,7 @@ pub fn run(
             tps: all.len() as f64 / elapsed.max(1e-9),
             p50_us: percentile(&all, 0.50),
             p99_us: percentile(&all, 0.99),
-            bulk_gbps: None,
+            ..Default::default()
         })
     })();
     stop.store(true, Ordering::Relaxed);

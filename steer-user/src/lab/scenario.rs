@@ -99,6 +99,34 @@ impl Bench {
     }
 }
 
+/// TCP request/response (`connections` connections, `secs`) on the active
+/// scenario, with the context switches per transaction and, for steer, the
+/// share of requests passed in place; then the bulk transfer (`bulk_secs`).
+pub fn request_response(
+    b: &Bench,
+    active: &Active,
+    port: u16,
+    connections: u32,
+    secs: f64,
+    bulk_secs: f64,
+) -> Result<super::rr::RrResult> {
+    let (before, switches) = (active.snapshot(), crate::stats::procstat::context_switches()?);
+    let mut r = super::rr::run(&b.topo, port, connections, 1, secs, 0.0)?;
+    let (after, switches_after) = (active.snapshot(), crate::stats::procstat::context_switches()?);
+    let tx = r.transactions.max(1) as f64;
+    r.switches_per_tx = Some(switches_after.saturating_sub(switches) as f64 / tx);
+    if let (Some(x), Some(y)) = (before, after) {
+        let sum = |s: &Snapshot, f: fn(&steer_common::Counters) -> u64| s.per_cpu.iter().map(f).sum::<u64>();
+        let seen = sum(&y, |c| c.seen).saturating_sub(sum(&x, |c| c.seen));
+        let local = sum(&y, |c| c.local).saturating_sub(sum(&x, |c| c.local));
+        r.in_place = (seen > 0).then(|| local as f64 / seen as f64);
+    }
+    if bulk_secs > 0.0 {
+        r.bulk_gbps = Some(super::rr::bulk(&b.topo, port.wrapping_add(1), connections, bulk_secs)?);
+    }
+    Ok(r)
+}
+
 /// What a scenario keeps in place while it is measured.
 pub struct Active {
     pub scenario: Scenario,

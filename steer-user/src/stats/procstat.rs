@@ -62,6 +62,16 @@ pub fn parse(text: &str, hz: f64) -> Vec<CpuTimes> {
     out
 }
 
+/// Context switches since boot, all CPUs (the `ctxt` line).
+pub fn parse_context_switches(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+}
+
+pub fn context_switches() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/stat").map_err(|e| Error::io("reading /proc/stat", e))?;
+    parse_context_switches(&text).ok_or_else(|| Error::Ebpf("/proc/stat has no ctxt line".into()))
+}
+
 pub fn read() -> Result<Vec<CpuTimes>> {
     let text = std::fs::read_to_string("/proc/stat").map_err(|e| Error::io("reading /proc/stat", e))?;
     Ok(parse(&text, ticks_per_second()))
@@ -70,6 +80,13 @@ pub fn read() -> Result<Vec<CpuTimes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_switches_come_from_the_ctxt_line() {
+        assert_eq!(parse_context_switches("cpu  1 2 3\nctxt 123456\nbtime 1\n"), Some(123456));
+        assert_eq!(parse_context_switches("cpu  1 2 3\n"), None);
+        assert!(context_switches().is_ok_and(|n| n > 0));
+    }
 
     #[test]
     fn parses_cpu_lines_and_skips_the_sum() {
