@@ -73,7 +73,8 @@ const HEAD_STATE: u32 = 2;
 
 #[inline(always)]
 fn rfs_counters() -> Option<&'static mut RfsCounters> {
-    // SAFETY: a per-CPU slot; tracepoint programs do not nest on one CPU.
+    // SAFETY: a per-CPU slot of plain counters: the state hook, which can interrupt a read hook on
+    // its CPU from a softirq, may at worst make one increment of the other lose its count.
     RFS_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
