@@ -61,12 +61,13 @@ pub const MAX_UDP_TIMEOUT_S: u32 = 86_400;
 pub const PINS: [&str; 6] =
     [pins::FLOWS, pins::RFS_STATS, pins::RFS_EXPIRED, pins::RFS_WANT, pins::RFS_SLOTS, pins::TOEPLITZ];
 
-/// The socket hooks and the raw tracepoints they attach to (whose
-/// arguments `sock::EVENTS` checks).
-pub const TRACEPOINTS: [(&str, &str); 3] = [
-    (prog::RFS_READ, "tcp_rcv_space_adjust"),
-    (prog::RFS_UDP_READ, "sock_recv_length"),
-    (prog::RFS_STATE, "inet_sock_set_state"),
+/// The socket hooks, the raw tracepoints they attach to, and the arguments
+/// they read (after the context pointer every `btf_trace_*` prototype starts
+/// with; checked in the kernel's BTF by `sock::offsets`): a socket, then `int`s.
+pub const TRACEPOINTS: [(&str, &str, &[&str]); 3] = [
+    (prog::RFS_READ, "tcp_rcv_space_adjust", &["sock"]),
+    (prog::RFS_UDP_READ, "sock_recv_length", &["sock", "int", "int"]),
+    (prog::RFS_STATE, "inet_sock_set_state", &["sock", "int", "int"]),
 ];
 
 /// How the XDP program chooses a CPU.
@@ -187,7 +188,7 @@ pub fn start(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
     if n == 0 {
         log::warn!("{iface} has no IP address yet: RFS records nothing until it has one");
     }
-    for (prog, event) in TRACEPOINTS {
+    for (prog, event, _) in TRACEPOINTS {
         let tp: &mut RawTracePoint = ebpf
             .program_mut(prog)
             .ok_or_else(|| Error::Ebpf(format!("program {prog} missing from the object")))?

@@ -41,15 +41,6 @@ const PROTOCOL: &str = "sk_protocol";
 /// In `struct inet_sock`, which starts with `struct sock`.
 const SPORT: &str = "inet_sport";
 
-/// The raw tracepoints the hooks attach to and the arguments they read
-/// (after the context pointer every `btf_trace_*` prototype starts with):
-/// a socket first, then `int`s.
-pub const EVENTS: [(&str, &[&str]); 3] = [
-    ("tcp_rcv_space_adjust", &["sock"]),
-    ("sock_recv_length", &["sock", "int", "int"]),
-    ("inet_sock_set_state", &["sock", "int", "int"]),
-];
-
 /// The namespace's inode number in `struct net` (`ns_common.inum`, what
 /// /proc/PID/ns/net shows).
 const NET_INUM: &str = "ns.inum";
@@ -81,7 +72,7 @@ pub fn offsets(path: &Path, netns: u64) -> Result<SockOffsets> {
     })?;
     let types = TypeInformation::new(&Bytes(data))
         .map_err(|e| Error::Ebpf(format!("parsing the kernel's BTF {}: {e:?}", path.display())))?;
-    for (event, args) in EVENTS {
+    for (_, event, args) in super::TRACEPOINTS {
         check_event(&types, event, args).map_err(|what| {
             Error::Ebpf(format!(
                 "raw tracepoint {event}: {what} in the kernel's BTF ({}); RFS cannot run on this kernel, use --mode rss",
@@ -216,7 +207,7 @@ mod tests {
     fn this_kernels_raw_tracepoints_take_what_the_hooks_read() {
         let data = std::fs::read(VMLINUX_BTF).unwrap();
         let types = TypeInformation::new(&Bytes(data)).unwrap();
-        for (event, args) in EVENTS {
+        for (_, event, args) in super::super::TRACEPOINTS {
             check_event(&types, event, args).unwrap_or_else(|e| panic!("{event}: {e}"));
         }
         let e = check_event(&types, "sock_recv_length", &["sock", "int"]).unwrap_err();
