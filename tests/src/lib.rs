@@ -328,6 +328,89 @@ pub fn tcp_ext_here() -> HashMap<String, u64> {
         .collect()
 }
 
+/// Packets dropped by every device of the calling thread's namespace so far:
+/// the rx and tx "drop" columns of `/proc/net/dev` (a veth whose peer's ring
+/// is full counts its drop there).
+pub fn device_drops_here() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev").context("reading /proc/net/dev")?;
+    let mut total = 0;
+    // "  if: rx_bytes rx_packets rx_errs rx_drop ... (8 rx fields) tx_bytes tx_packets tx_errs tx_drop ..."
+    for line in text.lines().skip(2) {
+        let Some((_, fields)) = line.split_once(':') else { continue };
+        let v: Vec<u64> = fields.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        if v.len() >= 12 {
+            total += v[3] + v[11];
+        }
+    }
+    Ok(total)
+}
+
+/// TCP between a lab's two namespaces over a stretch of traffic: how much
+/// arrived out of order, whether the sender itself recognised reordering, and
+/// how many packets were dropped on the way. A dropped segment leaves a hole
+/// that the receiver also queues out of order, so its out-of-order count
+/// proves reordering only where nothing was dropped; the sender's reordering
+/// detection (a segment it took for lost arriving after all) is no drop's
+/// doing.
+#[derive(Debug)]
+pub struct TcpOrder {
+    /// TcpExt.TCPOFOQueue + TCPOFODrop of the receiver.
+    pub out_of_order: u64,
+    /// TcpExt.TCPSACKReorder + TCPTSReorder + TCPRenoReorder of the sender.
+    pub sender_saw_reordering: u64,
+    /// Device drops in either namespace, plus what the caller counted (steer's CPUMAP queues).
+    pub dropped: u64,
+}
+
+impl TcpOrder {
+    /// Nothing was dropped, so `out_of_order` is all reordering.
+    pub fn conclusive(&self) -> bool {
+        self.dropped == 0
+    }
+
+    /// Reordering for certain.
+    pub fn reordered(&self) -> bool {
+        self.sender_saw_reordering > 0 || (self.conclusive() && self.out_of_order > 0)
+    }
+}
+
+/// The counters [`TcpOrder`] is the difference of, for `tx_ns` -> `rx_ns`.
+pub struct TcpOrderProbe {
+    tx_ns: String,
+    rx_ns: String,
+    tx: HashMap<String, u64>,
+    rx: HashMap<String, u64>,
+    drops: u64,
+}
+
+const OUT_OF_ORDER: [&str; 2] = ["TcpExt.TCPOFOQueue", "TcpExt.TCPOFODrop"];
+const SENDER_REORDER: [&str; 3] = ["TcpExt.TCPSACKReorder", "TcpExt.TCPTSReorder", "TcpExt.TCPRenoReorder"];
+
+impl TcpOrderProbe {
+    pub fn start(tx_ns: &str, rx_ns: &str) -> Result<Self> {
+        let (tx, rx) = (snmp(tx_ns)?, snmp(rx_ns)?);
+        let drops = in_ns(tx_ns, device_drops_here)?? + in_ns(rx_ns, device_drops_here)??;
+        Ok(Self { tx_ns: tx_ns.into(), rx_ns: rx_ns.into(), tx, rx, drops })
+    }
+
+    /// What happened since [`TcpOrderProbe::start`]; `other_drops`: drops
+    /// counted elsewhere over the same stretch.
+    pub fn finish(self, other_drops: u64) -> Result<TcpOrder> {
+        let (tx, rx) = (snmp(&self.tx_ns)?, snmp(&self.rx_ns)?);
+        let drops = in_ns(&self.tx_ns, device_drops_here)?? + in_ns(&self.rx_ns, device_drops_here)??;
+        let grew = |a: &HashMap<String, u64>, z: &HashMap<String, u64>, keys: &[&str]| -> u64 {
+            keys.iter()
+                .map(|k| z.get(*k).copied().unwrap_or(0).saturating_sub(a.get(*k).copied().unwrap_or(0)))
+                .sum()
+        };
+        Ok(TcpOrder {
+            out_of_order: grew(&self.rx, &rx, &OUT_OF_ORDER),
+            sender_saw_reordering: grew(&self.tx, &tx, &SENDER_REORDER),
+            dropped: drops.saturating_sub(self.drops) + other_drops,
+        })
+    }
+}
+
 /// `/proc/net/snmp` of network namespace `ns`.
 pub fn snmp(ns: &str) -> Result<HashMap<String, u64>> {
     in_ns(ns, snmp_here)?

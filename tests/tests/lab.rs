@@ -27,7 +27,7 @@ use steer::{
     testrun,
 };
 use steer_common::GenConfig;
-use steer_tests::{in_ns, pin_to_cpu, snmp, softnet_processed, Lab, SteerRun};
+use steer_tests::{in_ns, pin_to_cpu, snmp, softnet_processed, Lab, SteerRun, TcpOrder, TcpOrderProbe};
 
 fn pinned_snapshot(iface: &str) -> Snapshot {
     let id = steer_tests::run_id(iface).expect("finding the interface's namespace");
@@ -180,13 +180,21 @@ fn native_path_spreads_tunnelled_flows_over_every_cpu() {
     assert!(ok, "steer run failed: {err}");
 }
 
+/// Frames steer's CPUMAP queues dropped so far (full queue or kthread), all CPUs.
+fn cpumap_drops(iface: &str) -> u64 {
+    let id = steer_tests::run_id(iface).expect("finding the interface's namespace");
+    let map = steer::stats::cpumap::open(&id).expect("the run pins its cpumap drop counters");
+    steer::stats::cpumap::read(&map, online().len()).unwrap().iter().map(|d| d.enqueue + d.kthread).sum()
+}
+
 /// TCP streams whose sender hops between the CPUs, so that each flow arrives
 /// on both (veth runs the receiving XDP where the peer transmitted), through
-/// a native veth with `--local-pass` `mode`. Returns (segments passed in
-/// place, segments the receiver queued out of order).
-fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, u64) {
+/// a native veth with `--local-pass` `mode`. Returns the segments passed in
+/// place and what TCP saw of their order.
+fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, TcpOrder) {
     let run = SteerRun::start(lab, &["--xdp-mode", "native", "--local-pass", mode]).unwrap();
-    let (before, snmp0) = (pinned_snapshot(&lab.rx_if), snmp(&lab.rx_ns).unwrap());
+    let (before, drops0) = (pinned_snapshot(&lab.rx_if), cpumap_drops(&lab.rx_if));
+    let probe = TcpOrderProbe::start(&lab.tx_ns, &lab.rx_ns).unwrap();
     let rx_ip = lab.rx_ip;
     let listener = in_ns(&lab.rx_ns, move || TcpListener::bind((rx_ip, port)).unwrap()).unwrap();
     const STREAMS: usize = 4;
@@ -227,17 +235,9 @@ fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, u64) {
     for data in server.join().unwrap() {
         assert!(data == payload, "--local-pass {mode}: a TCP stream arrived damaged or short");
     }
-    let (d, snmp1) = (pinned_snapshot(&lab.rx_if).since(&before).total(), snmp(&lab.rx_ns).unwrap());
-    let ofo = ["TcpExt.TCPOFOQueue", "TcpExt.TCPOFODrop"]
-        .iter()
-        .map(|k| snmp1[*k].saturating_sub(snmp0[*k]))
-        .sum::<u64>();
-    // Shown with a failure: a retransmitted (lost) segment also arrives out of order.
-    let retrans = snmp1["Tcp.RetransSegs"].saturating_sub(snmp0["Tcp.RetransSegs"]);
-    println!(
-        "--local-pass {mode}: redirected {}, passed in place {}, out of order {ofo}, retransmitted {retrans}",
-        d.redirected, d.local
-    );
+    let d = pinned_snapshot(&lab.rx_if).since(&before).total();
+    let order = probe.finish(cpumap_drops(&lab.rx_if) - drops0).unwrap();
+    println!("--local-pass {mode}: redirected {}, passed in place {}, {order:?}", d.redirected, d.local);
     assert!(
         d.redirected > (STREAMS * BYTES / 1500) as u64 / 2,
         "--local-pass {mode}: steered {}",
@@ -245,13 +245,15 @@ fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, u64) {
     );
     let (ok, err) = run.stop().unwrap();
     assert!(ok, "steer run failed: {err}");
-    (d.local, ofo)
+    (d.local, order)
 }
 
 /// On a native veth (`--local-pass auto`: drained) a segment steered to the
 /// CPU it arrived on is passed in place only while nothing is queued for that
 /// CPU: some are, and none overtakes one of its flow, though each flow
-/// arrives on every CPU.
+/// arrives on every CPU. Bulk TCP on two CPUs now and then overflows the
+/// veth's ring or a CPUMAP queue, and a drop's hole looks like reordering to
+/// the receiver: such a run says nothing and is repeated (3 of 20 runs here).
 #[test]
 fn native_veth_passes_in_place_only_while_nothing_is_queued() {
     let lab = Lab::new().unwrap();
@@ -260,13 +262,25 @@ fn native_veth_passes_in_place_only_while_nothing_is_queued() {
     in_ns(&lab.tx_ns, move || steer::nic::ethtool::Ethtool::open(&tx_if)?.set_tx_checksum(false))
         .unwrap()
         .unwrap();
-    let (local, ofo) = hopping_tcp_through(&lab, "auto", 7101);
-    assert!(local > 0, "nothing was passed in place");
-    assert_eq!(ofo, 0, "segments were reordered");
-    // The same streams with in place always: the counter above can see reordering.
-    // (measured here: 468-932 out of order in each of 6 runs)
-    let (local, ofo) = hopping_tcp_through(&lab, "on", 7102);
-    assert!(local > 0 && ofo > 0, "--local-pass on: {local} in place, {ofo} out of order");
+    const ATTEMPTS: u16 = 5;
+    let mut conclusive = false;
+    for attempt in 0..ATTEMPTS {
+        let (local, order) = hopping_tcp_through(&lab, "auto", 7101 + attempt);
+        assert!(local > 0, "nothing was passed in place");
+        assert!(!order.reordered(), "segments were reordered: {order:?}");
+        if order.conclusive() {
+            conclusive = true;
+            break;
+        }
+    }
+    assert!(
+        conclusive,
+        "packets were dropped in each of {ATTEMPTS} runs: reordering could not be told apart"
+    );
+    // The same streams with in place always: the probe above can see reordering.
+    // (measured here: 468-932 out of order in each of 6 runs, the sender saw 40-373 of them)
+    let (local, order) = hopping_tcp_through(&lab, "on", 7120);
+    assert!(local > 0 && order.reordered(), "--local-pass on: {local} in place, {order:?}");
 }
 
 /// Per CPU x: packets x steered to itself (TARGETS[x] in x's own slot).

@@ -274,7 +274,9 @@ fn in_the_lab_buckets_move_off_the_hot_cpu_and_the_imbalance_falls() {
     require_root();
     let cpus: Vec<u32> = cpus().into_iter().take(2).collect();
     let b = Bench::new(GenSettings { flows: 65, skew: Skew::HeavyLight, ..Default::default() }).expect("lab");
-    let plan = SkewPlan { rounds: 1, balance_secs: 0.5, ..SkewPlan::quick() };
+    // Well inside what the lab carries on two CPUs (the bench's 600 kpps is close to the edge
+    // there, and a busy machine then loses a few frames whatever steers them).
+    let plan = SkewPlan { rounds: 1, balance_secs: 0.5, balance_pps: 400_000.0, ..SkewPlan::quick() };
     let search = Plan { max_frames: 50_000, step_secs: 0.2, steps: 1, loss_pct: 0.1 };
     let sc = |name: &str, kind| Scenario { name: name.into(), kind, cpus: cpus.clone() };
     let fixed = measure(&b, &sc("static", Kind::SteerRss), 0, &plan, &search).unwrap().unwrap();
@@ -302,7 +304,7 @@ fn in_the_lab_buckets_move_off_the_hot_cpu_and_the_imbalance_falls() {
         share(&m.steered_pps)
     );
     // Nothing is lost at a rate both handle: the moves dropped no packet.
-    assert!(m.loss_pct < 0.1, "loss {:.3} %", m.loss_pct);
+    assert!(m.loss_pct < 0.1, "loss {:.3} % (static table: {:.3} %)", m.loss_pct, f.loss_pct);
 }
 
 /// Kernel RPS on the lab's sending veth (the ACKs' receive path), put back
