@@ -73,6 +73,9 @@ pub struct Counters {
     pub inner: u64,
     /// Passed unsteered, by [`PassReason`].
     pub passed: [u64; PASS_REASONS],
+    /// Part of `local`: steered to another CPU, but passed in place because
+    /// this CPU had headroom ([`SPREAD_BUSY`]).
+    pub kept: u64,
 }
 
 impl Counters {
@@ -82,6 +85,7 @@ impl Counters {
         self.redirect_err += o.redirect_err;
         self.local += o.local;
         self.inner += o.inner;
+        self.kept += o.kept;
         for (a, b) in self.passed.iter_mut().zip(o.passed.iter()) {
             *a += b;
         }
@@ -133,7 +137,22 @@ pub struct SteerConfig {
     /// UDP tunnels hashed on their inner flow, by destination port
     /// ([`crate::tunnel::udp_slot`]); 0 ends the table.
     pub udp_tunnels: [u32; crate::tunnel::MAX_UDP_TUNNELS],
+    /// [`SPREAD_ALWAYS`] or [`SPREAD_BUSY`].
+    pub spread: u32,
 }
+
+/// [`SteerConfig::spread`]: every packet goes to its flow's CPU.
+pub const SPREAD_ALWAYS: u32 = 0;
+/// A CPU hands packets to other CPUs only while it is busy: a NAPI poll on it
+/// used its whole budget within the last [`BUSY_HOLD_JIFFIES`]. Otherwise it
+/// processes what it received itself, as without steering, where that cannot
+/// reorder a flow: no hand-off, no wake-up of another CPU's kthread for
+/// light traffic.
+pub const SPREAD_BUSY: u32 = 1;
+
+/// Jiffies a CPU stays busy after its last full poll: long enough that a
+/// load near the edge does not flap (4-40 ms whatever HZ is).
+pub const BUSY_HOLD_JIFFIES: u64 = 10;
 
 /// Configuration of the lab generator program (`lab_gen`).
 #[repr(C)]

@@ -31,7 +31,9 @@ pub mod map {
     pub const RING: &str = "RING";
     pub const RFS_WANT: &str = "RFS_WANT";
     pub const RFS_SLOTS: &str = "RFS_SLOTS";
-    pub const ALL: [&str; 26] = [
+    pub const BUSY_UNTIL: &str = "BUSY_UNTIL";
+    pub const PENDING: &str = "PENDING";
+    pub const ALL: [&str; 28] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -58,6 +60,8 @@ pub mod map {
         RING,
         RFS_WANT,
         RFS_SLOTS,
+        BUSY_UNTIL,
+        PENDING,
     ];
 }
 
@@ -80,7 +84,9 @@ pub mod prog {
     /// CPUMAP drop counters.
     pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
-    pub const ALL: [&str; 10] = [
+    /// Marks a CPU under pressure (`--spread busy`).
+    pub const NAPI_POLL: &str = "napi_poll";
+    pub const ALL: [&str; 11] = [
         STEER,
         STEER_INNER,
         LAB_GEN,
@@ -91,5 +97,6 @@ pub mod prog {
         RFS_UDP_READ,
         CPUMAP_ENQUEUE,
         CPUMAP_KTHREAD,
+        NAPI_POLL,
     ];
 }

@@ -33,32 +33,33 @@ pub static CPUMAP_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_S
 #[map]
 pub static RING: Array<u64> = Array::with_max_entries(DROP_SLOTS, 0);
 
-/// 1 while this CPU has redirected a frame into its own queue that its bulk
-/// has not flushed yet (set by the XDP program, cleared by the enqueue
-/// tracepoint, which fires on the flushing CPU).
+/// `[cpu]`: 1 while this CPU has redirected a frame towards `cpu` that its
+/// bulk has not flushed into `cpu`'s queue yet (set by the XDP program,
+/// cleared by the enqueue tracepoint, which fires on the flushing CPU).
 #[map]
-pub static SELF_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(DROP_SLOTS / 2, 0);
 
-/// Marks a frame this CPU redirects into its own queue, until its bulk is flushed.
+/// Marks a frame this CPU redirects towards `cpu`, until its bulk is flushed.
 #[inline(always)]
-pub fn queue_to_self() {
-    if let Some(p) = SELF_PENDING.get_ptr_mut(0) {
+pub fn pending(cpu: u32) {
+    if let Some(p) = PENDING.get_ptr_mut(cpu) {
         // SAFETY: a per-CPU slot of this CPU.
         unsafe { *p = 1 };
     }
 }
 
-/// Whether nothing is queued for `here`, the CPU this runs on: nothing in its
-/// bulk, and its queue has given out all it took in. Its kthread then is not
-/// mid-batch either: it counts a batch out with bottom halves off and hands
-/// it to the stack before it turns them on, and this runs in a bottom half.
+/// Whether nothing is queued for `cpu` from here: nothing in this CPU's bulk
+/// for it, and its queue has given out all it took in. When `cpu` is the CPU
+/// this runs on, its kthread then is not mid-batch either: it counts a batch
+/// out with bottom halves off and hands it to the stack before it turns them
+/// on, and this runs in a bottom half.
 #[inline(always)]
-pub fn nothing_queued(here: u32) -> bool {
+pub fn nothing_queued(cpu: u32) -> bool {
     // Without the tracepoints watching steer's CPUMAP the counts say nothing.
-    if CPUMAP_ID.get(0).is_none_or(|id| *id == 0) || SELF_PENDING.get(0).is_none_or(|p| *p != 0) {
+    if CPUMAP_ID.get(0).is_none_or(|id| *id == 0) || PENDING.get(cpu).is_none_or(|p| *p != 0) {
         return false;
     }
-    let (put, taken) = ring(here);
+    let (put, taken) = ring(cpu);
     taken >= put
 }
 
@@ -105,10 +106,9 @@ fn count(id: u32, processed: u32, drops: u32, cpu: u32, slot: u32) -> i32 {
     if moved != 0 {
         ring_add(cpu.wrapping_mul(2).wrapping_add(slot), moved as u64);
     }
-    // SAFETY: no preconditions.
-    if slot == 0 && cpu == unsafe { bpf_get_smp_processor_id() } {
-        // This CPU's bulk for its own queue was flushed (what did not fit was dropped and counted).
-        if let Some(p) = SELF_PENDING.get_ptr_mut(0) {
+    if slot == 0 {
+        // This CPU's bulk for `cpu` was flushed (what did not fit was dropped and counted).
+        if let Some(p) = PENDING.get_ptr_mut(cpu) {
             // SAFETY: a per-CPU slot of this CPU.
             unsafe { *p = 0 };
         }

@@ -22,6 +22,7 @@ mod cpumap_trace;
 mod lab;
 mod maps;
 mod parse;
+mod pressure;
 mod rfs;
 mod steer;
 mod track;
@@ -92,6 +93,12 @@ pub fn cpumap_enqueue(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "xdp_cpumap_kthread")]
 pub fn cpumap_kthread(ctx: RawTracePointContext) -> i32 {
     cpumap_trace::kthread(&ctx)
+}
+
+/// `--spread busy`: marks a CPU under pressure when a NAPI poll on it used its whole budget.
+#[raw_tracepoint(tracepoint = "napi_poll")]
+pub fn napi_poll(ctx: RawTracePointContext) -> i32 {
+    pressure::on_poll(&ctx)
 }
 
 #[cfg(not(test))]

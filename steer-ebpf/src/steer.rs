@@ -1,6 +1,10 @@
 //! How the CPU is chosen: flow hash -> bucket of the indirection table -> CPU,
 //! then a redirect into that CPU's CPUMAP queue, or XDP_PASS when that CPU is
-//! the one the packet is already on.
+//! the one the packet is already on. With `--spread busy` a CPU that is not
+//! busy (pressure.rs) also passes what it would send elsewhere, once nothing
+//! of the flow can still be queued there: a hand-off costs the other CPU a
+//! kthread wake-up and a context switch, which only pays when this CPU
+//! cannot keep up.
 //!
 //! A tunnelled packet takes two programs: `steer_xdp` finds the tunnel and
 //! tail-calls `steer_inner`, which parses the inner flow and steers it the
@@ -13,13 +17,14 @@ use aya_ebpf::{
 };
 use steer_common::{
     balance, hash, Counters, HashKind, PassReason, SteerConfig, Tuple, INDIR_MOVING, LOCAL_PASS_DRAINED,
-    LOCAL_PASS_ON,
+    LOCAL_PASS_OFF, LOCAL_PASS_ON, SPREAD_BUSY,
 };
 
 use crate::{
     cpumap_trace,
     maps::{BUCKETS, CONFIG, CPUS, INDIR, INNER_PROG, MOVES, STATS, TARGETS, TOEPLITZ, TUNNEL_AT},
     parse::{parse, parse_tunnel, Parsed},
+    pressure,
 };
 
 #[inline(always)]
@@ -63,6 +68,19 @@ pub fn steered(c: &mut Counters, cfg: &SteerConfig, cpu: u32, verdict: u32, clea
     // SAFETY: no preconditions.
     let here = unsafe { bpf_get_smp_processor_id() };
     if cpu != here {
+        // `--spread busy`: a CPU that is not busy keeps the packet, unless something may still be
+        // queued for its CPU (a packet of this flow could be among it). The other way round needs
+        // no check: a CPU turns busy only between two NAPI polls, when what it kept is in the stack.
+        if cfg.spread == SPREAD_BUSY
+            && cfg.local_pass != LOCAL_PASS_OFF
+            && !pressure::busy()
+            && cpumap_trace::nothing_queued(cpu)
+        {
+            c.local += 1;
+            c.kept += 1;
+            return xdp_action::XDP_PASS;
+        }
+        cpumap_trace::pending(cpu);
         return verdict;
     }
     // On the chosen CPU already: pass in place like RPS, not via our own queue, kthread and switch,
@@ -76,7 +94,7 @@ pub fn steered(c: &mut Counters, cfg: &SteerConfig, cpu: u32, verdict: u32, clea
         c.local += 1;
         return xdp_action::XDP_PASS;
     }
-    cpumap_trace::queue_to_self();
+    cpumap_trace::pending(here);
     verdict
 }
 

@@ -70,6 +70,26 @@ impl LocalPass {
     }
 }
 
+/// When a CPU hands the packets it receives to their flows' CPUs (`--spread`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Only while it is busy (a NAPI poll on it used its whole budget); otherwise it processes
+    /// them itself, as without steering, wherever --local-pass may pass in place.
+    Busy,
+    /// Always: every packet goes to its flow's CPU.
+    Always,
+}
+
+impl Spread {
+    fn config(self) -> u32 {
+        match self {
+            Self::Busy => steer_common::SPREAD_BUSY,
+            Self::Always => steer_common::SPREAD_ALWAYS,
+        }
+    }
+}
+
 /// Hash choice on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,6 +129,9 @@ pub struct HashSettings {
     /// `--migrate-idle-us` for bucket moves (`--rebalance`) when RFS is off;
     /// with RFS its setting serves both.
     pub move_idle_us: Option<u32>,
+    /// When a CPU hands packets on (`--spread`). What a caller that says nothing gets is
+    /// `Always`; `steer run`'s own default is `Busy`.
+    pub spread: Spread,
 }
 
 /// What `steer hash` prints for a flow.
@@ -150,6 +173,7 @@ impl HashSettings {
             inner: InnerSettings::default(),
             move_idle_us: None,
             local_pass: steer_common::LOCAL_PASS_ON,
+            spread: Spread::Always,
         })
     }
 
@@ -171,6 +195,7 @@ impl HashSettings {
             ..SteerConfig::default()
         };
         self.inner.apply(&mut cfg);
+        cfg.spread = self.spread.config();
         cfg
     }
 
@@ -183,6 +208,12 @@ impl HashSettings {
     /// The same settings with RFS on (`Some`) or off.
     pub fn with_rfs(mut self, rfs: Option<crate::rfs::RfsSettings>) -> Self {
         self.rfs = rfs;
+        self
+    }
+
+    /// The same settings with other `--spread` settings.
+    pub fn with_spread(mut self, spread: Spread) -> Self {
+        self.spread = spread;
         self
     }
 

@@ -136,8 +136,15 @@ impl Collector for SteerCollector {
         counter_family(
             e,
             "steer_local",
-            "Packets steered to the CPU they arrived on and passed in place, by CPU",
+            "Packets passed in place on the CPU they arrived on (steered to it, or kept), by CPU",
             opt(|t| t.local),
+        )?;
+        counter_family(
+            e,
+            "steer_kept",
+            "Packets steered to another CPU but processed where they arrived, which was not busy \
+             (--spread busy), by CPU",
+            opt(|t| t.kept),
         )?;
         counter_family(
             e,

@@ -19,7 +19,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, FromArgMatches as _};
 
 use crate::{
-    config::{HashArg, HashSettings, LocalPass, RunOptions, XdpMode, DEFAULT_TABLE_SIZE},
+    config::{HashArg, HashSettings, LocalPass, RunOptions, Spread, XdpMode, DEFAULT_TABLE_SIZE},
     cpus,
     error::{Error, Result},
     inner::InnerSettings,
@@ -120,6 +120,13 @@ pub struct RunArgs {
     /// passed in place could overtake one queued). [default: auto]
     #[arg(long, value_enum)]
     pub local_pass: Option<LocalPass>,
+    /// When a CPU hands the packets it receives to their flows' CPUs: busy = only while it is
+    /// busy (a NAPI poll on it used its whole budget: it cannot keep up), and until then it
+    /// processes them itself, as without steering (no hand-off to another CPU's queue and kthread
+    /// for light traffic); always = every packet. busy keeps packets only where --local-pass may
+    /// pass them in place. [default: busy]
+    #[arg(long, value_enum)]
+    pub spread: Option<Spread>,
     /// Take the interface's XDP program off for the run (put back on exit), and take over
     /// from a crashed earlier steer run.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
@@ -218,6 +225,7 @@ const XDP_ONLY: &[&str] = &[
     "qsize",
     "xdp-mode",
     "local-pass",
+    "spread",
     "replace",
     "mode",
     "flow-entries",
@@ -242,6 +250,7 @@ pub const LIVE: &[&str] = &[
     "table-size",
     "inner",
     "inner-udp-ports",
+    "spread",
     "interval",
     "quiet",
     "rebalance",
@@ -362,7 +371,11 @@ impl RunArgs {
                 };
                 EngineRun::Xdp(RunOptions::new(
                     &iface,
-                    self.hash.settings()?.with_rfs(rfs).with_move_idle_us(move_idle_us),
+                    self.hash
+                        .settings()?
+                        .with_rfs(rfs)
+                        .with_move_idle_us(move_idle_us)
+                        .with_spread(self.spread.unwrap_or(Spread::Busy)),
                     self.qsize.unwrap_or(crate::config::DEFAULT_QSIZE),
                     self.xdp_mode.unwrap_or(XdpMode::Auto),
                     self.replace.unwrap_or(false),

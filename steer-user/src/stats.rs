@@ -64,6 +64,7 @@ impl Snapshot {
                 local: a.local.saturating_sub(b.local),
                 inner: a.inner.saturating_sub(b.inner),
                 passed: a.passed,
+                kept: a.kept.saturating_sub(b.kept),
             };
             for (x, y) in d.passed.iter_mut().zip(b.passed.iter()) {
                 *x = x.saturating_sub(*y);
@@ -151,8 +152,11 @@ pub struct CpuTotals {
     pub xdp_rx: Option<u64>,
     /// Packets this CPU steered: handed to the CPUMAP, or passed in place (`local`).
     pub redirected: Option<u64>,
-    /// Part of `redirected`: steered to this CPU itself, so passed in place.
+    /// Part of `redirected`: passed in place on this CPU (steered to itself, or `kept`).
     pub local: Option<u64>,
+    /// Part of `local`: steered to another CPU, but processed here because this CPU
+    /// was not busy (`--spread busy`).
+    pub kept: Option<u64>,
     /// Tunnelled packets this CPU steered by their inner flow (`--inner`).
     pub inner: Option<u64>,
     /// Packets redirected to this CPU (as a target), from every CPU.
@@ -200,6 +204,7 @@ impl Sample {
                     xdp_rx: c.map(|c| c.seen),
                     redirected: c.map(|c| c.redirected),
                     local: c.map(|c| c.local),
+                    kept: c.map(|c| c.kept),
                     inner: c.map(|c| c.inner),
                     steered_in: self.xdp.as_ref().map(|x| x.steered_in.get(cpu).copied().unwrap_or(0)),
                     passed: c.map(|c| c.passed_total()),
@@ -251,6 +256,9 @@ pub struct CpuRates {
     pub steering: bool,
     pub xdp_rx_pps: Option<f64>,
     pub redirected_pps: Option<f64>,
+    /// Part of `redirected_pps`: steered elsewhere but processed on this CPU, which was not
+    /// busy (`--spread busy`).
+    pub kept_pps: Option<f64>,
     pub steered_in_pps: Option<f64>,
     pub passed_pps: Option<f64>,
     /// Packets steered by the RFS flow table (`--mode rfs` only).
@@ -339,6 +347,7 @@ impl Report {
                 steering: steering_cpus.contains(&n.cpu),
                 xdp_rx_pps: orate(n.xdp_rx, b.xdp_rx),
                 redirected_pps: orate(n.redirected, b.redirected),
+                kept_pps: orate(n.kept, b.kept),
                 steered_in_pps: orate(n.steered_in, b.steered_in),
                 passed_pps: orate(n.passed, b.passed),
                 rfs_hits_pps: orate(n.rfs_hits, b.rfs_hits),
@@ -403,6 +412,7 @@ fn sum_rates(cpus: &[CpuRates]) -> CpuRates {
         steering: false,
         xdp_rx_pps: osum(|c| c.xdp_rx_pps),
         redirected_pps: osum(|c| c.redirected_pps),
+        kept_pps: osum(|c| c.kept_pps),
         steered_in_pps: osum(|c| c.steered_in_pps),
         passed_pps: osum(|c| c.passed_pps),
         rfs_hits_pps: osum(|c| c.rfs_hits_pps),

@@ -36,7 +36,8 @@ fn quick_bench_measures_every_scenario_and_steer_steers() {
     let dir = std::env::temp_dir().join(format!("steer-bench-test-{}", std::process::id()));
     let sock_flow_before = std::fs::read_to_string(SOCK_FLOW).unwrap();
     let child = Command::new(steer_bin())
-        .args(["lab", "bench", "--quick", "--no-cost", "--out"])
+        // One round: this checks that every scenario measures and steers, not the figures.
+        .args(["lab", "bench", "--quick", "--no-cost", "--rounds", "1", "--out"])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
 };
 use steer::{
-    config::{HashArg, HashSettings},
+    config::{HashArg, HashSettings, Spread},
     inner::InnerSettings,
     loader::{self, PASS_PROG, STEER_PROG},
     packet::{Frame, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP},
@@ -19,6 +19,7 @@ use steer::{
     testrun,
 };
 use steer_common::{
+    names::map,
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
     Encap, FlowKey, FlowSlot, PassReason, RfsCounters, Tuple,
 };
@@ -799,11 +800,105 @@ fn rfs_flow_that_was_queued_elsewhere_is_never_passed_in_place() {
     }
 }
 
+/// `BUSY_UNTIL` of `cpu` (the jiffy up to which it counts as busy).
+fn set_busy_until(ebpf: &mut Ebpf, cpu: u32, until: u64) {
+    let mut m: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map_mut(map::BUSY_UNTIL).expect("BUSY_UNTIL map")).expect("per-CPU array");
+    let mut v: Vec<u64> = m.get(&0, 0).expect("read BUSY_UNTIL").iter().copied().collect();
+    v[cpu as usize] = until;
+    m.set(0, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write BUSY_UNTIL");
+}
+
+/// `PENDING[to]` as CPU `on` sees it (a redirect towards `to` in its bulk, not flushed yet).
+fn set_pending(ebpf: &mut Ebpf, on: u32, to: u32, pending: u32) {
+    let mut m: PerCpuArray<_, u32> =
+        PerCpuArray::try_from(ebpf.map_mut(map::PENDING).expect("PENDING map")).expect("per-CPU array");
+    let mut v: Vec<u32> = m.get(&to, 0).expect("read PENDING").iter().copied().collect();
+    v[on as usize] = pending;
+    m.set(to, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write PENDING");
+}
+
+/// `--spread busy`: a CPU that is not busy keeps a packet its flow would send
+/// to another CPU (XDP_PASS, counted as steered to that CPU and as `kept`),
+/// and only while nothing is queued there; a busy CPU, a CPU steer does not
+/// steer to, and a program whose queue counters are not running send it on.
+#[test]
+fn spread_busy_keeps_a_packet_only_on_a_steering_cpu_that_is_not_busy_with_nothing_queued_for_its_cpu() {
+    require_root();
+    let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_spread(Spread::Busy);
+    for &c in &cpus {
+        let (frame, t) = flow_for(&settings, IPPROTO_UDP, c, false);
+        let away = settings.choose(&t).cpu;
+        on_cpu(c, || {
+            let mut ebpf = load(&settings);
+            let kept = |d: &Snapshot| d.total().kept;
+            // The queue counters are not attached (CPUMAP_ID 0): what is queued is unknown.
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!((v, kept(&d)), (XDP_REDIRECT, 0), "without queue counters nothing is kept");
+            let mut id: Array<_, u32> =
+                Array::try_from(ebpf.map_mut(map::CPUMAP_ID).expect("CPUMAP_ID map")).expect("array");
+            id.set(0, 1, 0).expect("CPUMAP_ID");
+            // Each redirect marks CPU `away` pending until a flush that never comes under BPF_PROG_TEST_RUN.
+            set_pending(&mut ebpf, c, away, 0);
+            let (v, d) = once(&mut ebpf, &frame);
+            println!("on CPU {c}, flow to CPU {away}, not busy: verdict {v}, {:?}", d.total());
+            assert_eq!(v, XDP_PASS, "not busy, nothing queued: kept in place");
+            assert_eq!(tally(&d), (1, 1, 1, 0, 0));
+            assert_eq!((kept(&d), cpu_that_got(&d)), (1, Some(away)), "counted as steered to CPU {away}");
+            set_busy_until(&mut ebpf, c, u64::MAX);
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!((v, kept(&d), cpu_that_got(&d)), (XDP_REDIRECT, 0, Some(away)), "busy: spread");
+            set_busy_until(&mut ebpf, c, 0);
+            set_pending(&mut ebpf, c, away, 0);
+            set_ring(&mut ebpf, away, 10, 9);
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!(
+                (v, kept(&d)),
+                (XDP_REDIRECT, 0),
+                "a frame still queued on CPU {away}: sent behind it"
+            );
+            set_ring(&mut ebpf, away, 10, 10);
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!(
+                (v, kept(&d)),
+                (XDP_REDIRECT, 0),
+                "the redirect to CPU {away} above is not flushed yet: sent behind it"
+            );
+            set_pending(&mut ebpf, c, away, 0);
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!((v, kept(&d)), (XDP_PASS, 1), "drained again: kept");
+            let always = HashSettings { spread: Spread::Always, ..settings.clone() };
+            loader::write_config(&mut ebpf, &always).expect("--spread always");
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!((v, kept(&d)), (XDP_REDIRECT, 0), "--spread always");
+        });
+        // Steering to the other CPU only: this one is always busy for the program.
+        let only: Vec<u32> = vec![away];
+        let s =
+            HashSettings::new(HashArg::Fast, None, 0, false, 256, only).unwrap().with_spread(Spread::Busy);
+        on_cpu(c, || {
+            let mut ebpf = load(&s);
+            let mut id: Array<_, u32> =
+                Array::try_from(ebpf.map_mut(map::CPUMAP_ID).expect("CPUMAP_ID map")).expect("array");
+            id.set(0, 1, 0).expect("CPUMAP_ID");
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!(
+                (v, d.total().kept, cpu_that_got(&d)),
+                (XDP_REDIRECT, 0, Some(away)),
+                "CPU {c} is not steered to"
+            );
+        });
+    }
+}
+
 /// Sets what the cpumap tracepoints would have counted for `cpu`'s queue:
 /// frames put in and taken out (nothing is enqueued under BPF_PROG_TEST_RUN).
 fn set_ring(ebpf: &mut Ebpf, cpu: u32, put: u64, taken: u64) {
-    let mut ring: Array<_, u64> =
-        Array::try_from(ebpf.map_mut(steer_common::names::map::RING).expect("RING map")).expect("array");
+    let mut ring: Array<_, u64> = Array::try_from(ebpf.map_mut(map::RING).expect("RING map")).expect("array");
     ring.set(cpu * 2, put, 0).expect("RING put");
     ring.set(cpu * 2 + 1, taken, 0).expect("RING taken");
 }

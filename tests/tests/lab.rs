@@ -26,7 +26,7 @@ use steer::{
     stats::Snapshot,
     testrun,
 };
-use steer_common::GenConfig;
+use steer_common::{Counters, GenConfig};
 use steer_tests::{in_ns, pin_to_cpu, snmp, softnet_processed, Lab, SteerRun, TcpOrder, TcpOrderProbe};
 
 fn pinned_snapshot(iface: &str) -> Snapshot {
@@ -109,15 +109,19 @@ fn native_path_spreads_generated_frames_over_every_cpu_and_delivers_them() {
         .saturating_sub(snmp0["Udp.NoPorts"] + snmp0["Udp.InDatagrams"]);
     let ip_in = snmp1["Ip.InReceives"] - snmp0["Ip.InReceives"];
     println!(
-        "generated {FRAMES}, steer saw {}, redirected {}, steered in per CPU {:?}, reached IP {ip_in}, UDP {delivered}, softnet processed delta {:?}",
+        "generated {FRAMES}, steer saw {}, redirected {} (kept {}), steered in per CPU {:?}, reached IP {ip_in}, UDP {delivered}, softnet processed delta {:?}",
         total.seen,
         total.redirected,
+        total.kept,
         d.steered_in,
         softnet1.iter().zip(&softnet0).map(|(a, b)| a - b).collect::<Vec<_>>()
     );
     assert!(total.seen >= FRAMES as u64 * 99 / 100, "XDP saw {} of {FRAMES}", total.seen);
     assert_eq!(total.redirected + total.passed_total() + total.redirect_err, total.seen);
     assert_spread("frames", &d.steered_in, &cpus, total.redirected);
+    // --spread busy (the default): the flood fills the generator CPU's NAPI polls, which makes it
+    // busy from the first full one: it spreads, and keeps at most what came before.
+    assert!(total.kept * 100 < total.redirected, "kept {} of {} in a flood", total.kept, total.redirected);
     // The stack ran on each target CPU (cpumap's kthread counts in softnet_stat).
     for &cpu in &cpus {
         let c = cpu as usize;
@@ -191,8 +195,9 @@ fn cpumap_drops(iface: &str) -> u64 {
 /// on both (veth runs the receiving XDP where the peer transmitted), through
 /// a native veth with `--local-pass` `mode`. Returns the segments passed in
 /// place and what TCP saw of their order.
-fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, TcpOrder) {
-    let run = SteerRun::start(lab, &["--xdp-mode", "native", "--local-pass", mode]).unwrap();
+fn hopping_tcp_through(lab: &Lab, mode: &str, spread: &str, port: u16) -> (Counters, TcpOrder) {
+    let run =
+        SteerRun::start(lab, &["--xdp-mode", "native", "--local-pass", mode, "--spread", spread]).unwrap();
     let (before, drops0) = (pinned_snapshot(&lab.rx_if), cpumap_drops(&lab.rx_if));
     let probe = TcpOrderProbe::start(&lab.tx_ns, &lab.rx_ns).unwrap();
     let rx_ip = lab.rx_ip;
@@ -237,7 +242,10 @@ fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, TcpOrder) {
     }
     let d = pinned_snapshot(&lab.rx_if).since(&before).total();
     let order = probe.finish(cpumap_drops(&lab.rx_if) - drops0).unwrap();
-    println!("--local-pass {mode}: redirected {}, passed in place {}, {order:?}", d.redirected, d.local);
+    println!(
+        "--local-pass {mode} --spread {spread}: redirected {}, passed in place {} (kept {}), {order:?}",
+        d.redirected, d.local, d.kept
+    );
     assert!(
         d.redirected > (STREAMS * BYTES / 1500) as u64 / 2,
         "--local-pass {mode}: steered {}",
@@ -245,42 +253,64 @@ fn hopping_tcp_through(lab: &Lab, mode: &str, port: u16) -> (u64, TcpOrder) {
     );
     let (ok, err) = run.stop().unwrap();
     assert!(ok, "steer run failed: {err}");
-    (d.local, order)
+    (d, order)
+}
+
+/// A lab whose sending veth computes TCP checksums itself: TCP survives
+/// native XDP + CPUMAP only that way.
+fn lab_for_native_tcp() -> Lab {
+    let lab = Lab::new().unwrap();
+    let tx_if = lab.tx_if.clone();
+    in_ns(&lab.tx_ns, move || steer::nic::ethtool::Ethtool::open(&tx_if)?.set_tx_checksum(false))
+        .unwrap()
+        .unwrap();
+    lab
+}
+
+/// Hopping TCP (above) until a run drops nothing: bulk TCP on two CPUs now and
+/// then overflows the veth's ring or a CPUMAP queue, and a drop's hole looks
+/// like reordering to the receiver (3 of 20 runs here), so such a run says
+/// nothing and is repeated. No run may show reordering the sender saw.
+fn hopping_tcp_without_drops(lab: &Lab, mode: &str, spread: &str, port: u16) -> Counters {
+    const ATTEMPTS: u16 = 5;
+    for attempt in 0..ATTEMPTS {
+        let (d, order) = hopping_tcp_through(lab, mode, spread, port + attempt);
+        assert!(
+            !order.reordered(),
+            "--local-pass {mode} --spread {spread}: segments were reordered: {order:?}"
+        );
+        if order.conclusive() {
+            return d;
+        }
+    }
+    panic!("packets were dropped in each of {ATTEMPTS} runs: reordering could not be told apart");
 }
 
 /// On a native veth (`--local-pass auto`: drained) a segment steered to the
 /// CPU it arrived on is passed in place only while nothing is queued for that
 /// CPU: some are, and none overtakes one of its flow, though each flow
-/// arrives on every CPU. Bulk TCP on two CPUs now and then overflows the
-/// veth's ring or a CPUMAP queue, and a drop's hole looks like reordering to
-/// the receiver: such a run says nothing and is repeated (3 of 20 runs here).
+/// arrives on every CPU. (`--spread always`: every segment goes to its CPU.)
 #[test]
 fn native_veth_passes_in_place_only_while_nothing_is_queued() {
-    let lab = Lab::new().unwrap();
-    // TCP survives native XDP + CPUMAP only with checksums computed by the sender.
-    let tx_if = lab.tx_if.clone();
-    in_ns(&lab.tx_ns, move || steer::nic::ethtool::Ethtool::open(&tx_if)?.set_tx_checksum(false))
-        .unwrap()
-        .unwrap();
-    const ATTEMPTS: u16 = 5;
-    let mut conclusive = false;
-    for attempt in 0..ATTEMPTS {
-        let (local, order) = hopping_tcp_through(&lab, "auto", 7101 + attempt);
-        assert!(local > 0, "nothing was passed in place");
-        assert!(!order.reordered(), "segments were reordered: {order:?}");
-        if order.conclusive() {
-            conclusive = true;
-            break;
-        }
-    }
-    assert!(
-        conclusive,
-        "packets were dropped in each of {ATTEMPTS} runs: reordering could not be told apart"
-    );
+    let lab = lab_for_native_tcp();
+    let d = hopping_tcp_without_drops(&lab, "auto", "always", 7101);
+    assert!(d.local > 0 && d.kept == 0, "passed in place {}, kept {}", d.local, d.kept);
     // The same streams with in place always: the probe above can see reordering.
     // (measured here: 468-932 out of order in each of 6 runs, the sender saw 40-373 of them)
-    let (local, order) = hopping_tcp_through(&lab, "on", 7120);
-    assert!(local > 0 && order.reordered(), "--local-pass on: {local} in place, {order:?}");
+    let (d, order) = hopping_tcp_through(&lab, "on", "always", 7120);
+    assert!(d.local > 0 && order.reordered(), "--local-pass on: {} in place, {order:?}", d.local);
+}
+
+/// `--spread busy` (the default) on the same hopping streams: a CPU keeps
+/// segments its flow would send to the other CPU while it is not busy, and
+/// spreads them once a NAPI poll on it is full; none is overtaken across those
+/// switches, or across the flows' hops between CPUs.
+#[test]
+fn spread_busy_keeps_light_traffic_where_it_arrives_without_reordering() {
+    let lab = lab_for_native_tcp();
+    let d = hopping_tcp_without_drops(&lab, "auto", "busy", 7130);
+    assert!(d.kept > 0, "nothing was kept where it arrived: {d:?}");
+    assert!(d.kept < d.redirected, "everything was kept: the streams never made a CPU busy ({d:?})");
 }
 
 /// Per CPU x: packets x steered to itself (TARGETS[x] in x's own slot).
@@ -298,7 +328,9 @@ fn self_steered(iface: &str) -> Vec<u64> {
 fn native_path_passes_the_receiving_cpus_own_flows_in_place() {
     let lab = Lab::new().unwrap();
     // --local-pass off: every packet is queued, its own CPU's too.
-    let run = SteerRun::start(&lab, &["--xdp-mode", "native", "--local-pass", "off"]).unwrap();
+    // --spread always: the CPU chosen for each flow is where it goes, even before the first full poll.
+    let run = SteerRun::start(&lab, &["--xdp-mode", "native", "--local-pass", "off", "--spread", "always"])
+        .unwrap();
     let before = pinned_snapshot(&lab.rx_if);
     generate(&lab, 1024, 1000, 5, 0).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -309,7 +341,8 @@ fn native_path_passes_the_receiving_cpus_own_flows_in_place() {
     let (ok, err) = run.stop().unwrap();
     assert!(ok, "steer run failed: {err}");
     // The generator pinned to one CPU is a NIC queue's IRQ CPU: each flow arrives on one CPU.
-    let run = SteerRun::start(&lab, &["--xdp-mode", "native", "--local-pass", "on"]).unwrap();
+    let run =
+        SteerRun::start(&lab, &["--xdp-mode", "native", "--local-pass", "on", "--spread", "always"]).unwrap();
     for irq in online() {
         let before = pinned_snapshot(&lab.rx_if);
         let (mine0, snmp0) = (self_steered(&lab.rx_if), snmp(&lab.rx_ns).unwrap());
@@ -587,7 +620,19 @@ fn native_mode_on_veth_warns_when_tcp_checksums_break() {
     // traffic, but TCP from the peer loses CHECKSUM_PARTIAL on the way through
     // the CPUMAP and the receiver drops it as a checksum error. steer must say so.
     let lab = Lab::new().unwrap();
-    let args = ["run", "--iface", lab.rx_if.as_str(), "--xdp-mode", "native", "--quiet", "--interval", "0.2"];
+    // --spread always: light traffic would otherwise stay where it arrives and never cross the CPUMAP.
+    let args = [
+        "run",
+        "--iface",
+        lab.rx_if.as_str(),
+        "--xdp-mode",
+        "native",
+        "--spread",
+        "always",
+        "--quiet",
+        "--interval",
+        "0.2",
+    ];
     let child = lab.steer(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let run = SteerRun { child, iface: lab.rx_if.clone() };
     std::thread::sleep(Duration::from_millis(500));

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
 };
 use steer::{
-    config::{HashArg, HashSettings},
+    config::{HashArg, HashSettings, Spread},
     loader::{self, STEER_PROG},
     packet::Frame,
     rebalance::{Maps, Rebalancer, Settings},
@@ -278,7 +278,8 @@ fn in_the_lab_buckets_move_off_the_hot_cpu_and_the_imbalance_falls() {
     // there, and a busy machine then loses a few frames whatever steers them).
     let plan = SkewPlan { rounds: 1, balance_secs: 0.5, balance_pps: 400_000.0, ..SkewPlan::quick() };
     let search = Plan { max_frames: 50_000, step_secs: 0.2, steps: 1, loss_pct: 0.1 };
-    let sc = |name: &str, kind| Scenario { name: name.into(), kind, cpus: cpus.clone() };
+    // Every packet to its bucket's CPU: the table's placement is what is measured.
+    let sc = |name: &str, kind| Scenario::new(name, kind, cpus.clone()).with_spread(Spread::Always);
     let fixed = measure(&b, &sc("static", Kind::SteerRss), 0, &plan, &search).unwrap().unwrap();
     let moved = measure(&b, &sc("rebalance", Kind::SteerRebalance), 0, &plan, &search).unwrap().unwrap();
     let (f, m) = (&fixed.balance, &moved.balance);
@@ -370,7 +371,8 @@ fn tcp_phase(b: &steer::lab::scenario::Bench, cpus: &[u32], port: u16, idle_us: 
         },
     };
     use steer::lab::scenario::{Active, Kind, Scenario};
-    let sc = Scenario { name: "rebalance".into(), kind: Kind::SteerRebalance, cpus: cpus.to_vec() };
+    // Every segment through its bucket's CPU, so that a move could reorder it.
+    let sc = Scenario::new("rebalance", Kind::SteerRebalance, cpus.to_vec()).with_spread(Spread::Always);
     let mut active = Active::setup(b, &sc).unwrap().unwrap();
     {
         let ebpf = active.xdp_mut().unwrap();

@@ -131,8 +131,8 @@ fn demo(t: &Traffic) -> Result<()> {
     let plan = Plan::quick();
     let mut results = Vec::new();
     for sc in [
-        Scenario { name: "no steering".into(), kind: Kind::NoSteering, cpus: vec![] },
-        Scenario { name: "steer rss".into(), kind: Kind::SteerRss, cpus: b.online.clone() },
+        Scenario::new("no steering", Kind::NoSteering, vec![]),
+        Scenario::new("steer rss", Kind::SteerRss, b.online.clone()),
     ] {
         let active = Active::setup(&b, &sc)?.context("scenario not available")?;
         let s = scenario::search(&b, &active, &plan);

@@ -580,7 +580,7 @@ mod tests {
     }
 
     fn result(kind: super::super::scenario::Kind, name: &str, rounds: &[(f64, f64)]) -> ScenarioResult {
-        let mut r = ScenarioResult::new(Scenario { name: name.into(), kind, cpus: vec![0, 1] });
+        let mut r = ScenarioResult::new(Scenario::new(name, kind, vec![0, 1]));
         for &(zl, tps) in rounds {
             r.add_round(search(zl, zl), Some(RrResult { tps, ..Default::default() }));
         }

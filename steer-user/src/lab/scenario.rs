@@ -17,7 +17,7 @@ use super::{
     CpuCounters, CpuPicture, LabError, Result,
 };
 use crate::{
-    config::{HashArg, HashSettings, LocalPass, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
+    config::{HashArg, HashSettings, LocalPass, Spread, DEFAULT_QSIZE, DEFAULT_TABLE_SIZE},
     cpus, loader,
     stats::Snapshot,
 };
@@ -47,24 +47,45 @@ pub struct Scenario {
     pub kind: Kind,
     /// CPUs the scenario spreads over (empty for no steering).
     pub cpus: Vec<u32>,
+    /// steer's `--spread` (the steer kinds only).
+    pub spread: Spread,
+}
+
+impl Scenario {
+    /// A scenario with steer's defaults (`--spread busy`, as `steer run` has it).
+    pub fn new(name: impl Into<String>, kind: Kind, cpus: Vec<u32>) -> Self {
+        Self { name: name.into(), kind, cpus, spread: Spread::Busy }
+    }
+
+    pub fn with_spread(mut self, spread: Spread) -> Self {
+        self.spread = spread;
+        self
+    }
 }
 
 /// The bench's scenarios for this machine: every mode over all CPUs and,
-/// where there is more than one CPU, without the IRQ CPU.
+/// where there is more than one CPU, without the IRQ CPU; and steer with
+/// `--spread always` over all CPUs, the side-by-side of its default.
 pub fn standard(online: &[u32], irq_cpu: u32) -> Vec<Scenario> {
     let all = online.to_vec();
     let rest: Vec<u32> = online.iter().copied().filter(|c| *c != irq_cpu).collect();
-    let mut v = vec![Scenario { name: "no steering".into(), kind: Kind::NoSteering, cpus: vec![] }];
+    let mut v = vec![Scenario::new("no steering", Kind::NoSteering, vec![])];
     let mut both = |kind: Kind, label: &str| {
-        v.push(Scenario { name: format!("{label} all CPUs"), kind, cpus: all.clone() });
+        v.push(Scenario::new(format!("{label} all CPUs"), kind, all.clone()));
         if !rest.is_empty() {
-            v.push(Scenario { name: format!("{label} without CPU {irq_cpu}"), kind, cpus: rest.clone() });
+            v.push(Scenario::new(format!("{label} without CPU {irq_cpu}"), kind, rest.clone()));
         }
     };
     both(Kind::KernelRps, "kernel RPS");
     both(Kind::KernelRfs, "kernel RPS+RFS");
     both(Kind::SteerRss, "steer rss");
     both(Kind::SteerRfs, "steer rfs");
+    for (kind, label) in [(Kind::SteerRss, "steer rss"), (Kind::SteerRfs, "steer rfs")] {
+        v.push(
+            Scenario::new(format!("{label} --spread always all CPUs"), kind, all.clone())
+                .with_spread(Spread::Always),
+        );
+    }
     v
 }
 
@@ -174,6 +195,7 @@ impl Active {
     /// Sets the scenario up. `Ok(None)`: not available in this build (the reason is logged by the caller).
     pub fn setup(b: &Bench, sc: &Scenario) -> Result<Option<Self>> {
         let (topo, q) = (&b.topo, b.qsize);
+        let spread = sc.spread;
         let (xdp, rps) = match sc.kind {
             Kind::NoSteering => (attach(topo, None, q)?, None),
             Kind::KernelRps => (attach(topo, None, q)?, Some(KernelRps::apply(topo, &sc.cpus, None)?)),
@@ -182,7 +204,8 @@ impl Active {
             }
             Kind::SteerRss => {
                 let h =
-                    HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?;
+                    HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
+                        .with_spread(spread);
                 (attach(topo, Some(h), q)?, None)
             }
             Kind::SteerRfs => {
@@ -192,13 +215,15 @@ impl Active {
                 )?;
                 let h =
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
-                        .with_rfs(Some(rfs));
+                        .with_rfs(Some(rfs))
+                        .with_spread(spread);
                 (attach(topo, Some(h), q)?, None)
             }
             Kind::SteerRebalance => {
                 let h =
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
-                        .with_move_idle_us(Some(crate::rebalance::DEFAULT_MOVE_IDLE_US));
+                        .with_move_idle_us(Some(crate::rebalance::DEFAULT_MOVE_IDLE_US))
+                        .with_spread(spread);
                 let xdp = attach(topo, Some(h), q)?;
                 let maps = crate::rebalance::Maps::of(&xdp)?;
                 let running = crate::rebalance::Running::spawn(

@@ -25,9 +25,9 @@ use super::{
 pub fn scenarios(online: &[u32]) -> Vec<Scenario> {
     let all = online.to_vec();
     vec![
-        Scenario { name: "kernel RPS all CPUs".into(), kind: Kind::KernelRps, cpus: all.clone() },
-        Scenario { name: "steer static all CPUs".into(), kind: Kind::SteerRss, cpus: all.clone() },
-        Scenario { name: "steer --rebalance all CPUs".into(), kind: Kind::SteerRebalance, cpus: all },
+        Scenario::new("kernel RPS all CPUs", Kind::KernelRps, all.clone()),
+        Scenario::new("steer static all CPUs", Kind::SteerRss, all.clone()),
+        Scenario::new("steer --rebalance all CPUs", Kind::SteerRebalance, all),
     ]
 }
 

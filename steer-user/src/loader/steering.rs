@@ -113,7 +113,10 @@ impl Steering {
         let counted = match crate::stats::cpumap::attach(&mut ebpf) {
             Ok(()) => true,
             Err(e) => {
-                log::warn!("cpumap drops will not be counted, and --local-pass drained acts as off: {e}");
+                log::warn!(
+                    "cpumap drops will not be counted, --local-pass drained acts as off and --spread busy as \
+                     always: {e}"
+                );
                 false
             }
         };
@@ -193,6 +196,18 @@ impl Steering {
             mode,
             opts.local_pass
         );
+        if opts.hash.spread == crate::config::Spread::Busy {
+            log::info!(
+                "{}: {}",
+                opts.iface,
+                if local_pass == steer_common::LOCAL_PASS_OFF {
+                    "--spread busy acts as always here: nothing may be passed in place"
+                } else {
+                    "a CPU processes what it receives itself until it is busy (a full NAPI poll), then spreads \
+                     it (--spread busy)"
+                }
+            );
+        }
         let mut steering =
             Self { ebpf, iface: opts.iface.clone(), id, mode, driver, link: None, replaced, local_pass };
         // From here on, a failure must leave nothing behind: `pin` cleans up itself.

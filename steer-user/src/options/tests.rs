@@ -29,6 +29,7 @@ fn sample(key: &str) -> Option<(&'static str, Engine)> {
         "qsize" => ("64", Engine::Xdp),
         "xdp-mode" => ("\"skb\"", Engine::Xdp),
         "local-pass" => ("\"off\"", Engine::Xdp),
+        "spread" => ("\"always\"", Engine::Xdp),
         "replace" => ("true", Engine::Xdp),
         "mode" => ("\"rfs\"", Engine::Xdp),
         "flow-entries" => ("1024", Engine::Xdp),
@@ -225,6 +226,28 @@ fn rebalance_options_are_checked_and_need_rebalance() {
     let EngineRun::Xdp(o) = r.engine else { panic!("engine xdp expected") };
     assert_eq!((o.hash.rfs, o.hash.steer_config().migrate_idle_us), (None, 800));
     assert!(cli(&["--iface", "lo"]).validate().unwrap().rebalance.is_none());
+}
+
+#[test]
+fn spread_reaches_the_data_path_and_applies_live() {
+    let cfg = |args: &[&str]| {
+        let mut a = vec!["--iface", "lo"];
+        a.extend_from_slice(args);
+        match cli(&a).validate().unwrap().engine {
+            EngineRun::Xdp(o) => o.hash.steer_config().spread,
+            EngineRun::Kernel { .. } => panic!("engine xdp expected"),
+        }
+    };
+    assert_eq!(cfg(&[]), steer_common::SPREAD_BUSY, "the default");
+    assert_eq!(cfg(&["--spread", "always"]), steer_common::SPREAD_ALWAYS);
+    let e =
+        cli(&["--iface", "lo", "--engine", "kernel", "--spread", "busy"]).validate().unwrap_err().to_string();
+    assert!(e.contains("--spread") && e.contains("--engine xdp"), "{e}");
+    let e = parse("iface = \"a\"\nspread = \"sometimes\"\n").unwrap_err().to_string();
+    assert!(e.contains("\"sometimes\"") && e.contains("busy, always"), "{e}");
+    let a = parse("iface = \"a\"\n").unwrap();
+    let b = parse("iface = \"a\"\nspread = \"always\"\n").unwrap();
+    assert!(a.restart_only_changes(&b).is_empty(), "{:?}", a.restart_only_changes(&b));
 }
 
 #[test]

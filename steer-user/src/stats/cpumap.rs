@@ -1,7 +1,10 @@
 //! cpumap queue drops: the `cpumap_enqueue`/`cpumap_kthread` tracepoint
 //! programs (steer-ebpf/src/cpumap_trace.rs) count drops of steer's own CPUMAP
 //! into a per-CPU array that `steer run` pins as `cpumap_drops`, for
-//! `steer stats` and `--metrics` in other processes.
+//! `steer stats` and `--metrics` in other processes. They also count what
+//! each queue took in and gave out, which the XDP program reads before it
+//! passes a packet in place; `napi_poll` (steer-ebpf/src/pressure.rs), which
+//! tells it when a CPU is busy (`--spread busy`), is attached with them.
 
 use aya::{
     maps::{Array, MapData, PerCpuArray},
@@ -17,8 +20,11 @@ use crate::{
     pins,
 };
 
-const PROGS: [(&str, &str); 2] =
-    [(prog::CPUMAP_ENQUEUE, "xdp_cpumap_enqueue"), (prog::CPUMAP_KTHREAD, "xdp_cpumap_kthread")];
+const PROGS: [(&str, &str); 3] = [
+    (prog::CPUMAP_ENQUEUE, "xdp_cpumap_enqueue"),
+    (prog::CPUMAP_KTHREAD, "xdp_cpumap_kthread"),
+    (prog::NAPI_POLL, "napi_poll"),
+];
 
 /// Pins the counters of tracepoints [`attach`] attached in the run's pin
 /// directory. Returns the counters map's id.
@@ -31,9 +37,10 @@ pub fn pin(ebpf: &Ebpf, run: &pins::RunId) -> Result<u32> {
 
 /// Attaches the tracepoint programs and then tells them which CPUMAP is
 /// steer's: they count its drops and how far each queue was filled and
-/// drained (what `--rebalance` and passing in place while nothing is queued
-/// read; the XDP program trusts the counts only once the id is set, so it is
-/// set last, and before the XDP program queues anything). The links belong to
+/// drained (what `--rebalance`, passing in place while nothing is queued and
+/// `--spread busy` read; the XDP program trusts the counts, and keeps nothing
+/// in place, only once the id is set, so it is set last, and before the XDP
+/// program queues anything). The links belong to
 /// `ebpf`. Raw tracepoints: CAP_BPF and CAP_PERFMON, no tracefs.
 pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
     let id = match ebpf.map(map::CPUS) {

@@ -75,6 +75,16 @@ pub fn render_table(r: &Report) -> String {
         line(&mut out, c.cpu.to_string(), c, mark.to_string().repeat(n));
     }
     line(&mut out, "all".into(), &r.all, String::new());
+    if let (Some(kept), Some(steered)) = (r.all.kept_pps, r.all.redirected_pps) {
+        if kept > 0.0 {
+            let _ = writeln!(
+                out,
+                "kept where they arrived (--spread busy, CPU not busy): {} of {} steered",
+                si(Some(kept)),
+                si(Some(steered))
+            );
+        }
+    }
     match (r.attached.is_some(), r.imbalance) {
         (true, Some(i)) => {
             let _ = writeln!(out, "imbalance (max/mean steered-in over steering CPUs): {i:.2}");
