@@ -411,6 +411,36 @@ impl TcpOrderProbe {
     }
 }
 
+/// Kernel RPS on a lab's sending veth, the receive path of its ACKs, onto the
+/// senders' CPU: TCP sends new segments from wherever an ACK is processed, so
+/// without it a flow's segments leave from the readers' CPUs too, and two CPUs
+/// feeding the receiving veth at once reorder them before any XDP program sees
+/// them. Put back on drop, so that no NIC snapshot outlives the lab.
+pub struct SenderRps {
+    ns: String,
+    iface: String,
+}
+
+impl SenderRps {
+    pub fn apply(ns: &str, iface: &str, cpu: u32) -> Self {
+        let out =
+            netns_exec(ns, steer_bin(), &["nic", "apply", "--iface", iface, "--rps-cpus", &cpu.to_string()])
+                .output()
+                .unwrap();
+        assert!(out.status.success(), "rps on the sender's veth: {}", String::from_utf8_lossy(&out.stderr));
+        Self { ns: ns.into(), iface: iface.into() }
+    }
+}
+
+impl Drop for SenderRps {
+    fn drop(&mut self) {
+        let out = netns_exec(&self.ns, steer_bin(), &["nic", "restore", "--iface", &self.iface]).output();
+        if !out.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("steer nic restore on {}: {out:?}", self.iface);
+        }
+    }
+}
+
 /// `/proc/net/snmp` of network namespace `ns`.
 pub fn snmp(ns: &str) -> Result<HashMap<String, u64>> {
     in_ns(ns, snmp_here)?

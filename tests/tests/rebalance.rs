@@ -308,41 +308,6 @@ fn in_the_lab_buckets_move_off_the_hot_cpu_and_the_imbalance_falls() {
     assert!(m.loss_pct < 0.1, "loss {:.3} % (static table: {:.3} %)", m.loss_pct, f.loss_pct);
 }
 
-/// Kernel RPS on the lab's sending veth (the ACKs' receive path), put back
-/// on drop so that no NIC snapshot outlives the lab.
-struct SenderRps {
-    ns: String,
-    iface: String,
-}
-
-impl SenderRps {
-    fn apply(ns: &str, iface: &str, cpu: u32) -> Self {
-        let out = steer_tests::netns_exec(
-            ns,
-            steer_tests::steer_bin(),
-            &["nic", "apply", "--iface", iface, "--rps-cpus", &cpu.to_string()],
-        )
-        .output()
-        .unwrap();
-        assert!(out.status.success(), "rps on the sender's veth: {}", String::from_utf8_lossy(&out.stderr));
-        Self { ns: ns.into(), iface: iface.into() }
-    }
-}
-
-impl Drop for SenderRps {
-    fn drop(&mut self) {
-        let out = steer_tests::netns_exec(
-            &self.ns,
-            steer_tests::steer_bin(),
-            &["nic", "restore", "--iface", &self.iface],
-        )
-        .output();
-        if !out.as_ref().is_ok_and(|o| o.status.success()) {
-            eprintln!("steer nic restore on {}: {out:?}", self.iface);
-        }
-    }
-}
-
 /// What one TCP phase saw.
 #[derive(Debug)]
 struct TcpPhase {
@@ -472,7 +437,7 @@ fn tcp_flows_are_not_reordered_while_their_buckets_move() {
     // ACKs (and the segments they clock out) to it too. (A flow entering on
     // either CPU is reordered by the local fast path without any move.)
     let tx_if = b.topo.tx_if.clone();
-    let _rps = SenderRps::apply(&b.topo.tx_ns.name, &tx_if, cpus[0]);
+    let _rps = steer_tests::SenderRps::apply(&b.topo.tx_ns.name, &tx_if, cpus[0]);
     let ungated = tcp_phase(&b, &cpus, 7771, 0);
     let idle = steer::rebalance::DEFAULT_MOVE_IDLE_US;
     let gated = tcp_phase(&b, &cpus, 7772, idle);

@@ -34,7 +34,7 @@ use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
     FlowEntry, FlowKey, FlowSlot, RfsCounters, Tuple,
 };
-use steer_tests::{in_ns, pin_to_cpu, require_root, tcp_ext_here, Lab, SteerRun};
+use steer_tests::{in_ns, pin_to_cpu, require_root, tcp_ext_here, Lab, SenderRps, SteerRun};
 
 /// Two CPUs at least, or the test cannot say anything about steering.
 fn two_cpus() -> (u32, u32) {
@@ -408,6 +408,7 @@ fn rfs_flow_follows_a_moving_reader_without_reordering() {
     let reader = Reader::start("rfs-mover", c0, vec![c.server.clone()]);
     // Bursts of 100 back-to-back segments (the reader reads, and so asks for
     // the move, in the middle of one), then a 5 ms pause: moves wait for it.
+    let _acks = SenderRps::apply(&lab.tx_ns, &lab.tx_if, c1);
     let senders = Senders::start(&conns, c1, 100, Duration::from_millis(5));
     wait_for("flow steered to the reader's first CPU", Duration::from_secs(5), || {
         entry(&flows, &c.key).is_some_and(|e| e.cpu == Some(c0))
@@ -518,6 +519,7 @@ fn rfs_colliding_flows_share_slots_without_reordering_and_are_counted() {
     let r0 = Reader::start("rfs-coll-a", c0, conns[..4].iter().map(|c| c.server.clone()).collect());
     let r1 = Reader::start("rfs-coll-b", c1, conns[4..].iter().map(|c| c.server.clone()).collect());
     // Bursts with pauses: the shared slots go idle now and then, so they do move.
+    let _acks = SenderRps::apply(&lab.tx_ns, &lab.tx_if, c1);
     let senders = Senders::start(&conns, c1, 20, Duration::from_millis(20));
     std::thread::sleep(Duration::from_secs(2));
     let sent = senders.stop();
