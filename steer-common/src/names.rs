@@ -84,9 +84,12 @@ pub mod prog {
     /// CPUMAP drop counters.
     pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
-    /// Marks a CPU under pressure (`--spread busy`).
+    /// Marks a CPU busy (`--spread busy`).
     pub const NAPI_POLL: &str = "napi_poll";
-    pub const ALL: [&str; 11] = [
+    /// The cost table's breakdown of `steer_xdp`: parser, then parser and hash, each before a redirect.
+    pub const COST_PARSE: &str = "cost_parse";
+    pub const COST_HASH: &str = "cost_hash";
+    pub const ALL: [&str; 13] = [
         STEER,
         STEER_INNER,
         LAB_GEN,
@@ -98,5 +101,7 @@ pub mod prog {
         CPUMAP_ENQUEUE,
         CPUMAP_KTHREAD,
         NAPI_POLL,
+        COST_PARSE,
+        COST_HASH,
     ];
 }

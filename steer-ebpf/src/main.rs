@@ -8,7 +8,9 @@
 //!   BPF_PROG_TEST_RUN with live frames; it varies the source port per frame so
 //!   that many flows interleave packet by packet, like a NIC's receive ring.
 //! - `xdp_pass`: a bare XDP_PASS, the baseline for per-packet cost;
-//!   `redirect_floor`: a bare redirect into the CPUMAP, the floor of any steering.
+//!   `redirect_floor`: a bare redirect into the CPUMAP, the floor of any steering;
+//!   `cost_parse`, `cost_hash`: steer_xdp's parser, then also its hash, before
+//!   that redirect (where steer_xdp's time goes, for the bench's cost table).
 //! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues.
 //! - `rfs_read`, `rfs_udp_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
 //!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
@@ -82,6 +84,20 @@ pub fn redirect_floor(_ctx: XdpContext) -> u32 {
     match maps::CPUS.redirect(0, xdp_action::XDP_PASS as u64) {
         Ok(v) | Err(v) => v,
     }
+}
+
+/// The cost table's breakdown of `steer_xdp`: its parser, then a redirect
+/// into CPU 0's queue (no hash, no counting).
+#[xdp]
+pub fn cost_parse(ctx: XdpContext) -> u32 {
+    steer::cost_parse(&ctx)
+}
+
+/// The cost table's breakdown: parser, hash and indirection table, then the
+/// redirect (no counting, no passing in place).
+#[xdp]
+pub fn cost_hash(ctx: XdpContext) -> u32 {
+    steer::cost_hash(&ctx)
 }
 
 // --- stats: cpumap queue counters (raw tracepoints xdp_cpumap_enqueue / xdp_cpumap_kthread) ---

@@ -88,6 +88,9 @@ fn load_raw32(p: *const u8, at: usize) -> u32 {
     unsafe { (p.add(at) as *const u32).read_unaligned() }
 }
 
+// Inlined into each program that parses: an out-of-line copy would get the packet pointers as
+// plain arguments, and the verifier refuses arithmetic on those.
+#[inline(always)]
 pub fn parse(ctx: &XdpContext, cfg: &SteerConfig) -> Result<Parsed, PassReason> {
     let eth = bytes(ctx, 0, 14).ok_or(PassReason::Truncated)?;
     let mut proto = load_be16(eth, 12);

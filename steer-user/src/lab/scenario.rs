@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use aya::{programs::XdpMode as AyaXdpMode, Ebpf, EbpfLoader};
+use steer_common::names::prog;
 
 use super::{
     check_stop,
@@ -447,6 +448,11 @@ pub struct Cost {
     /// steer fast on a frame whose bucket `--rebalance` is moving (not idle
     /// yet): the clock read and the idle check every packet of such a bucket pays.
     pub moving_ns: f64,
+    /// steer fast's parser, then the floor's redirect: `parse_ns - floor_ns` is the parse.
+    pub parse_ns: f64,
+    /// Its parser, hash and indirection table, then the redirect: `hash_ns - parse_ns` is the
+    /// hash and table, and `fast_ns - hash_ns` the counting and the choice to pass in place.
+    pub hash_ns: f64,
 }
 
 /// steer fast with `frame`'s bucket marked moving to another CPU; the idle
@@ -531,8 +537,13 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
     loader::program(&mut pass, loader::PASS_PROG)?.load().map_err(crate::Error::ebpf)?;
     let (mut miss, tcp) = rfs_case(&online, false)?;
     let (mut hit, _) = rfs_case(&online, true)?;
-    let mut floor = load(HashArg::Fast)?;
-    loader::program(&mut floor, loader::FLOOR_PROG)?.load().map_err(crate::Error::ebpf)?;
+    let with = |p: &str| -> Result<Ebpf> {
+        let mut e = load(HashArg::Fast)?;
+        loader::program(&mut e, p)?.load().map_err(crate::Error::ebpf)?;
+        Ok(e)
+    };
+    let (mut floor, mut parse_only, mut hash_only) =
+        (with(loader::FLOOR_PROG)?, with(prog::COST_PARSE)?, with(prog::COST_HASH)?);
     let udp = steer_common::Tuple::new(
         std::net::Ipv4Addr::new(198, 18, 0, 1).into(),
         10000,
@@ -542,7 +553,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
     )
     .ok_or_else(|| LabError::Msg("tuple".into()))?;
     let mut moving = moving_case(&online, &udp)?;
-    let mut runs: [Vec<f64>; 9] = Default::default();
+    let mut runs: [Vec<f64>; 11] = Default::default();
     for _ in 0..rounds {
         for (i, (e, name, f)) in [
             (&mut pass, loader::PASS_PROG, &frame),
@@ -554,6 +565,8 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
             (&mut inner_off, loader::STEER_PROG, &frame),
             (&mut tunnel, loader::STEER_PROG, &vxlan),
             (&mut moving, loader::STEER_PROG, &frame),
+            (&mut parse_only, prog::COST_PARSE, &frame),
+            (&mut hash_only, prog::COST_HASH, &frame),
         ]
         .into_iter()
         .enumerate()
@@ -586,5 +599,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         inner_off_ns: min(&runs[6]),
         vxlan_ns: min(&runs[7]),
         moving_ns: min(&runs[8]),
+        parse_ns: min(&runs[9]),
+        hash_ns: min(&runs[10]),
     })
 }
