@@ -73,18 +73,9 @@ fn missing(name: &str, attr: &str) -> Error {
     Error::io(format!("RTM_GETLINK for \"{name}\""), std::io::Error::other(format!("no {attr} in the reply")))
 }
 
-/// `Tcp: InCsumErrors` of this process's network namespace.
+/// `Tcp: InCsumErrors` of the calling thread's network namespace.
 pub fn tcp_in_csum_errors() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/self/net/snmp")
-        .map_err(|e| Error::io("reading /proc/self/net/snmp", e))?;
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().unwrap_or_default(), tcp.next().unwrap_or_default());
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "InCsumErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .ok_or_else(|| Error::io("parsing /proc/self/net/snmp", std::io::ErrorKind::InvalidData.into()))
+    crate::stats::snmp::counter("Tcp", "InCsumErrors")
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod buckets;
 pub mod cpumap;
 pub mod procstat;
+pub mod snmp;
 pub mod softnet;
 mod source;
 mod table;

@@ -304,8 +304,16 @@ fn in_the_lab_buckets_move_off_the_hot_cpu_and_the_imbalance_falls() {
         share(&f.steered_pps),
         share(&m.steered_pps)
     );
-    // Nothing is lost at a rate both handle: the moves dropped no packet.
-    assert!(m.loss_pct < 0.1, "loss {:.3} % (static table: {:.3} %)", m.loss_pct, f.loss_pct);
+    // Nothing is lost on the way at a rate both handle: the moves dropped no packet. (What a
+    // sink's full socket refused is its reader's delay, on a CPU it shares with the generator.)
+    let lost = m.loss_pct - m.socket_full_pct;
+    assert!(
+        lost < 0.1,
+        "lost {lost:.3} % on the way ({:.3} % in all, {:.3} % at full sockets; static table: {:.3} %)",
+        m.loss_pct,
+        m.socket_full_pct,
+        f.loss_pct
+    );
 }
 
 /// What one TCP phase saw.

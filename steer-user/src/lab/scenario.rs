@@ -291,6 +291,11 @@ pub struct Sample {
     pub delivered: u64,
     pub delivered_pps: f64,
     pub loss_pct: f64,
+    /// Part of the loss: datagrams that reached a sink's socket while it was
+    /// full (Udp RcvbufErrors of the receiving namespace): the reader, not the
+    /// receive path, fell behind (on the generator's CPU the sink shares the
+    /// CPU with the spinning generator).
+    pub socket_full: u64,
     pub cpu: CpuPicture,
     /// Per CPU: frames steer redirected there (steer scenarios only).
     pub steered_in: Vec<u64>,
@@ -302,11 +307,13 @@ pub struct Sample {
 pub fn measure(b: &Bench, active: &Active, frames: u64, rate: Option<f64>) -> Result<Sample> {
     check_stop()?;
     let s0 = active.snapshot();
-    let d0 = b.sinks.total();
+    let rcvbuf = || b.topo.rx_ns.run(|| crate::stats::snmp::counter("Udp", "RcvbufErrors"));
+    let (d0, f0) = (b.sinks.total(), rcvbuf()??);
     let c0 = CpuCounters::read()?;
     let burst = b.gen.send(frames, rate)?;
     let c1 = CpuCounters::read()?;
     let d1 = b.sinks.settle(Duration::from_secs(2));
+    let f1 = rcvbuf()??;
     let delivered = d1.saturating_sub(d0);
     let mut s = Sample {
         target_pps: rate,
@@ -319,6 +326,7 @@ pub fn measure(b: &Bench, active: &Active, frames: u64, rate: Option<f64>) -> Re
         delivered,
         delivered_pps: delivered as f64 / burst.secs.max(1e-9),
         loss_pct: 100.0 * burst.sent.saturating_sub(delivered) as f64 / burst.sent.max(1) as f64,
+        socket_full: f1.saturating_sub(f0),
         cpu: c1.since(&c0, burst.secs),
         ..Default::default()
     };

@@ -72,6 +72,8 @@ impl SkewPlan {
 pub struct Balance {
     pub offered_pps: f64,
     pub loss_pct: f64,
+    /// Part of the loss: the sinks' sockets were full (see `Sample::socket_full`), in %.
+    pub socket_full_pct: f64,
     /// Packets per second the stack processed on each CPU (softnet), by CPU id.
     pub processed_pps: Vec<f64>,
     /// max/mean of `processed_pps` over the scenario's CPUs.
@@ -132,6 +134,7 @@ pub fn measure(
         let balance = Balance {
             offered_pps: s.offered_pps,
             loss_pct: s.loss_pct,
+            socket_full_pct: 100.0 * s.socket_full as f64 / s.sent.max(1) as f64,
             processed_ratio: per_cpu_ratio(&s.cpu.pps, &sc.cpus),
             processed_pps: s.cpu.pps.clone(),
             steered_ratio: per_cpu_ratio(&steered, &sc.cpus),
