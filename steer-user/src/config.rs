@@ -74,11 +74,11 @@ impl LocalPass {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Spread {
+    /// Always: every packet goes to its flow's CPU.
+    Always,
     /// Only while it is busy (a NAPI poll on it used its whole budget); otherwise it processes
     /// them itself, as without steering, wherever --local-pass may pass in place.
     Busy,
-    /// Always: every packet goes to its flow's CPU.
-    Always,
 }
 
 impl Spread {
@@ -129,8 +129,7 @@ pub struct HashSettings {
     /// `--migrate-idle-us` for bucket moves (`--rebalance`) when RFS is off;
     /// with RFS its setting serves both.
     pub move_idle_us: Option<u32>,
-    /// When a CPU hands packets on (`--spread`). What a caller that says nothing gets is
-    /// `Always`; `steer run`'s own default is `Busy`.
+    /// When a CPU hands packets on (`--spread`; `Always` unless a caller says otherwise).
     pub spread: Spread,
 }
 

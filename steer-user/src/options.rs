@@ -120,11 +120,11 @@ pub struct RunArgs {
     /// passed in place could overtake one queued). [default: auto]
     #[arg(long, value_enum)]
     pub local_pass: Option<LocalPass>,
-    /// When a CPU hands the packets it receives to their flows' CPUs: busy = only while it is
-    /// busy (a NAPI poll on it used its whole budget: it cannot keep up), and until then it
+    /// When a CPU hands the packets it receives to their flows' CPUs: always = every packet;
+    /// busy = only while it is busy (a NAPI poll on it used its whole budget), and until then it
     /// processes them itself, as without steering (no hand-off to another CPU's queue and kthread
-    /// for light traffic); always = every packet. busy keeps packets only where --local-pass may
-    /// pass them in place. [default: busy]
+    /// for light traffic), wherever --local-pass may pass in place. busy cannot see a CPU that
+    /// applications keep busy: for receive CPUs that idle between packets. [default: always]
     #[arg(long, value_enum)]
     pub spread: Option<Spread>,
     /// Take the interface's XDP program off for the run (put back on exit), and take over
@@ -375,7 +375,7 @@ impl RunArgs {
                         .settings()?
                         .with_rfs(rfs)
                         .with_move_idle_us(move_idle_us)
-                        .with_spread(self.spread.unwrap_or(Spread::Busy)),
+                        .with_spread(self.spread.unwrap_or(Spread::Always)),
                     self.qsize.unwrap_or(crate::config::DEFAULT_QSIZE),
                     self.xdp_mode.unwrap_or(XdpMode::Auto),
                     self.replace.unwrap_or(false),

@@ -94,7 +94,8 @@ fn generate_frames(
 fn native_path_spreads_generated_frames_over_every_cpu_and_delivers_them() {
     let lab = Lab::new().unwrap();
     let cpus = online();
-    let run = SteerRun::start(&lab, &["--xdp-mode", "native"]).unwrap();
+    // --spread busy: the flood must make the generator's CPU busy, so that it spreads.
+    let run = SteerRun::start(&lab, &["--xdp-mode", "native", "--spread", "busy"]).unwrap();
     let before = pinned_snapshot(&lab.rx_if);
     let snmp0 = snmp(&lab.rx_ns).unwrap();
     let softnet0 = softnet_processed().unwrap();
@@ -119,8 +120,8 @@ fn native_path_spreads_generated_frames_over_every_cpu_and_delivers_them() {
     assert!(total.seen >= FRAMES as u64 * 99 / 100, "XDP saw {} of {FRAMES}", total.seen);
     assert_eq!(total.redirected + total.passed_total() + total.redirect_err, total.seen);
     assert_spread("frames", &d.steered_in, &cpus, total.redirected);
-    // --spread busy (the default): the flood fills the generator CPU's NAPI polls, which makes it
-    // busy from the first full one: it spreads, and keeps at most what came before.
+    // The flood fills the generator CPU's NAPI polls, which makes it busy from the first full one:
+    // it spreads, and keeps at most what came before.
     assert!(total.kept * 100 < total.redirected, "kept {} of {} in a flood", total.kept, total.redirected);
     // The stack ran on each target CPU (cpumap's kthread counts in softnet_stat).
     for &cpu in &cpus {
@@ -301,7 +302,7 @@ fn native_veth_passes_in_place_only_while_nothing_is_queued() {
     assert!(d.local > 0 && order.reordered(), "--local-pass on: {} in place, {order:?}", d.local);
 }
 
-/// `--spread busy` (the default) on the same hopping streams: a CPU keeps
+/// `--spread busy` on the same hopping streams: a CPU keeps
 /// segments its flow would send to the other CPU while it is not busy, and
 /// spreads them once a NAPI poll on it is full; none is overtaken across those
 /// switches, or across the flows' hops between CPUs.
