@@ -262,6 +262,8 @@ fn metrics_scrape_parses_and_counters_match_json() -> Result<()> {
             ("steer_redirected_total", "redirected"),
             ("steer_steered_in_total", "steered_in"),
             ("steer_redirect_errors_total", "redirect_err"),
+            ("steer_local_total", "local"),
+            ("steer_kept_total", "kept"),
         ] {
             let (a, b) = (metric(&s1, name, &[("cpu", &c)]), metric(&s2, name, &[("cpu", &c)]));
             let (a, b) = (a.with_context(|| format!("{name} cpu {c} missing:\n{body}"))?, b.unwrap_or(-1.0));
