@@ -80,6 +80,7 @@ pub fn steered(c: &mut Counters, cfg: &SteerConfig, cpu: u32, verdict: u32, clea
             c.kept += 1;
             return xdp_action::XDP_PASS;
         }
+        // Marked under --spread always too: a SIGHUP may turn busy on while this frame is in the bulk.
         cpumap_trace::pending(cpu);
         return verdict;
     }

@@ -389,15 +389,19 @@ const SENDER_REORDER: [&str; 3] = ["TcpExt.TCPSACKReorder", "TcpExt.TCPTSReorder
 impl TcpOrderProbe {
     pub fn start(tx_ns: &str, rx_ns: &str) -> Result<Self> {
         let (tx, rx) = (snmp(tx_ns)?, snmp(rx_ns)?);
-        let drops = in_ns(tx_ns, device_drops_here)?? + in_ns(rx_ns, device_drops_here)??;
+        let drops = Self::device_drops(tx_ns, rx_ns)?;
         Ok(Self { tx_ns: tx_ns.into(), rx_ns: rx_ns.into(), tx, rx, drops })
+    }
+
+    fn device_drops(tx_ns: &str, rx_ns: &str) -> Result<u64> {
+        Ok(in_ns(tx_ns, device_drops_here)?? + in_ns(rx_ns, device_drops_here)??)
     }
 
     /// What happened since [`TcpOrderProbe::start`]; `other_drops`: drops
     /// counted elsewhere over the same stretch.
     pub fn finish(self, other_drops: u64) -> Result<TcpOrder> {
         let (tx, rx) = (snmp(&self.tx_ns)?, snmp(&self.rx_ns)?);
-        let drops = in_ns(&self.tx_ns, device_drops_here)?? + in_ns(&self.rx_ns, device_drops_here)??;
+        let drops = Self::device_drops(&self.tx_ns, &self.rx_ns)?;
         let grew = |a: &HashMap<String, u64>, z: &HashMap<String, u64>, keys: &[&str]| -> u64 {
             keys.iter()
                 .map(|k| z.get(*k).copied().unwrap_or(0).saturating_sub(a.get(*k).copied().unwrap_or(0)))

@@ -196,7 +196,6 @@ impl Active {
     /// Sets the scenario up. `Ok(None)`: not available in this build (the reason is logged by the caller).
     pub fn setup(b: &Bench, sc: &Scenario) -> Result<Option<Self>> {
         let (topo, q) = (&b.topo, b.qsize);
-        let spread = sc.spread;
         let (xdp, rps) = match sc.kind {
             Kind::NoSteering => (attach(topo, None, q)?, None),
             Kind::KernelRps => (attach(topo, None, q)?, Some(KernelRps::apply(topo, &sc.cpus, None)?)),
@@ -206,7 +205,7 @@ impl Active {
             Kind::SteerRss => {
                 let h =
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
-                        .with_spread(spread);
+                        .with_spread(sc.spread);
                 (attach(topo, Some(h), q)?, None)
             }
             Kind::SteerRfs => {
@@ -217,14 +216,14 @@ impl Active {
                 let h =
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
                         .with_rfs(Some(rfs))
-                        .with_spread(spread);
+                        .with_spread(sc.spread);
                 (attach(topo, Some(h), q)?, None)
             }
             Kind::SteerRebalance => {
                 let h =
                     HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, sc.cpus.clone())?
                         .with_move_idle_us(Some(crate::rebalance::DEFAULT_MOVE_IDLE_US))
-                        .with_spread(spread);
+                        .with_spread(sc.spread);
                 let xdp = attach(topo, Some(h), q)?;
                 let maps = crate::rebalance::Maps::of(&xdp)?;
                 let running = crate::rebalance::Running::spawn(
