@@ -143,16 +143,20 @@ pub struct SteerConfig {
 
 /// [`SteerConfig::spread`]: every packet goes to its flow's CPU.
 pub const SPREAD_ALWAYS: u32 = 0;
-/// A CPU hands packets to other CPUs only while it is busy: a NAPI poll on it
-/// used its whole budget within the last [`BUSY_HOLD_JIFFIES`]. Otherwise it
-/// processes what it received itself, as without steering, where that cannot
-/// reorder a flow: no hand-off, no wake-up of another CPU's kthread for
-/// light traffic.
+/// A CPU hands packets to other CPUs only where that pays (steer-ebpf's
+/// pressure.rs): to every CPU while it is busy (a NAPI poll on it used its
+/// whole budget within the last [`BUSY_HOLD_JIFFIES`]), to the CPUs that idled
+/// within [`IDLE_RECENT_JIFFIES`] while it did not, to none while it idles
+/// itself. Otherwise it processes what it received itself, as without
+/// steering, where that cannot reorder a flow.
 pub const SPREAD_BUSY: u32 = 1;
 
 /// Jiffies a CPU stays busy after its last full poll: long enough that a
 /// load near the edge does not flap (4-40 ms whatever HZ is).
 pub const BUSY_HOLD_JIFFIES: u64 = 10;
+
+/// A CPU that idled within this many jiffies has headroom (`--spread busy`).
+pub const IDLE_RECENT_JIFFIES: u64 = 2;
 
 /// Configuration of the lab generator program (`lab_gen`).
 #[repr(C)]

@@ -33,7 +33,9 @@ pub mod map {
     pub const RFS_SLOTS: &str = "RFS_SLOTS";
     pub const BUSY_UNTIL: &str = "BUSY_UNTIL";
     pub const PENDING: &str = "PENDING";
-    pub const ALL: [&str; 28] = [
+    pub const SPREAD_TO: &str = "SPREAD_TO";
+    pub const LAST_IDLE: &str = "LAST_IDLE";
+    pub const ALL: [&str; 30] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -62,6 +64,8 @@ pub mod map {
         RFS_SLOTS,
         BUSY_UNTIL,
         PENDING,
+        SPREAD_TO,
+        LAST_IDLE,
     ];
 }
 
@@ -86,10 +90,12 @@ pub mod prog {
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
     /// Marks a CPU busy (`--spread busy`).
     pub const NAPI_POLL: &str = "napi_poll";
+    /// When each CPU last idled (`--spread busy`).
+    pub const CPU_IDLE: &str = "cpu_idle";
     /// The cost table's breakdown of `steer_xdp`: parser, then parser and hash, each before a redirect.
     pub const COST_PARSE: &str = "cost_parse";
     pub const COST_HASH: &str = "cost_hash";
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         STEER,
         STEER_INNER,
         LAB_GEN,
@@ -101,6 +107,7 @@ pub mod prog {
         CPUMAP_ENQUEUE,
         CPUMAP_KTHREAD,
         NAPI_POLL,
+        CPU_IDLE,
         COST_PARSE,
         COST_HASH,
     ];

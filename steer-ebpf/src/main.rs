@@ -12,6 +12,7 @@
 //!   `cost_parse`, `cost_hash`: steer_xdp's parser, then also its hash, before
 //!   that redirect (where steer_xdp's time goes, for the bench's cost table).
 //! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues.
+//! - `napi_poll`, `cpu_idle`: where each CPU hands packets under `--spread busy` (pressure.rs).
 //! - `rfs_read`, `rfs_udp_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
 //!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
 #![no_std]
@@ -111,10 +112,16 @@ pub fn cpumap_kthread(ctx: RawTracePointContext) -> i32 {
     cpumap_trace::kthread(&ctx)
 }
 
-/// `--spread busy`: marks a CPU under pressure when a NAPI poll on it used its whole budget.
+/// `--spread busy`: at the end of each NAPI poll, where the CPU hands packets during its next one.
 #[raw_tracepoint(tracepoint = "napi_poll")]
 pub fn napi_poll(ctx: RawTracePointContext) -> i32 {
     pressure::on_poll(&ctx)
+}
+
+/// `--spread busy`: when a CPU last idled.
+#[raw_tracepoint(tracepoint = "cpu_idle")]
+pub fn cpu_idle(ctx: RawTracePointContext) -> i32 {
+    pressure::on_idle(&ctx)
 }
 
 #[cfg(not(test))]

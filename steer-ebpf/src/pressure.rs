@@ -1,38 +1,108 @@
-//! Whether this CPU is busy, for `--spread busy`: a NAPI poll on it used its
-//! whole budget (raw tracepoint `napi:napi_poll`: work == budget means more
-//! was waiting than one poll takes, the kernel's own sign to poll again)
-//! within the last `BUSY_HOLD_JIFFIES`. The tracepoint fires on the polling
-//! CPU after the poll, so a CPU turns busy only between two polls.
+//! Where a CPU hands packets for `--spread busy`, decided at the end of each
+//! NAPI poll on it (raw tracepoint `napi:napi_poll`, on the polling CPU) for
+//! its next poll, so that the choice never changes inside a poll: a packet
+//! passed in place may still wait in the poll's GRO lists when the poll
+//! flushes its redirects.
+//!
+//! - A CPU that is busy hands every packet to its flow's CPU: a poll on it
+//!   used its whole budget within the last `BUSY_HOLD_JIFFIES` (more was
+//!   waiting than one poll takes, the kernel's own sign to poll again), or it
+//!   is not a steering CPU.
+//! - A CPU that idled within the last `IDLE_RECENT_JIFFIES` has headroom: it
+//!   keeps what it receives, as without steering.
+//! - A CPU that has not idled hands packets only to CPUs that have (raw
+//!   tracepoint `power:cpu_idle`): where every CPU is saturated, a hand-off
+//!   adds a kthread wake-up and a context switch and no capacity.
 
-use aya_ebpf::{helpers::bpf_jiffies64, macros::map, maps::PerCpuArray, programs::RawTracePointContext};
-use steer_common::BUSY_HOLD_JIFFIES;
+use aya_ebpf::{
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64},
+    macros::map,
+    maps::{Array, PerCpuArray},
+    programs::RawTracePointContext,
+};
+use steer_common::{BUSY_HOLD_JIFFIES, IDLE_RECENT_JIFFIES};
+
+use crate::maps::MAX_CPUS;
 
 /// Per CPU: the jiffy up to which it is busy. `u64::MAX` (set by the loader)
 /// for a CPU that is not a steering CPU: it never keeps a packet.
 #[map]
 pub static BUSY_UNTIL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// `napi_poll(struct napi_struct *napi, int work, int budget)`.
-pub fn on_poll(ctx: &RawTracePointContext) -> i32 {
-    let (work, budget) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
-    if budget <= 0 || work < budget {
-        return 0;
-    }
-    let Some(p) = BUSY_UNTIL.get_ptr_mut(0) else { return 0 };
-    // SAFETY: no preconditions (an inlined read of jiffies).
-    let until = unsafe { bpf_jiffies64() } + BUSY_HOLD_JIFFIES;
-    // SAFETY: a per-CPU slot of this CPU. Never lowers u64::MAX.
-    unsafe {
-        if *p < until {
-            *p = until;
-        }
+/// Per CPU: bit `t` set while this CPU hands packets for CPU `t` to `t`
+/// (written at the end of each of its polls; the loader's initial value:
+/// none for a steering CPU, all for the others).
+#[map]
+pub static SPREAD_TO: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// CPU -> the jiffy it last left idle, or [`IDLING`] while it idles. Shared:
+/// every CPU reads the others'. Size set by the loader (possible CPUs).
+#[map]
+pub static LAST_IDLE: Array<u64> = Array::with_max_entries(MAX_CPUS, 0);
+
+const IDLING: u64 = u64::MAX;
+
+/// `cpu_idle(unsigned int state, unsigned int cpu_id)`: state `u32::MAX` is the exit.
+pub fn on_idle(ctx: &RawTracePointContext) -> i32 {
+    let (state, cpu) = (ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as u32);
+    if let Some(p) = LAST_IDLE.get_ptr_mut(cpu) {
+        // SAFETY: no preconditions (an inlined read of jiffies).
+        let v = if state == u32::MAX { unsafe { bpf_jiffies64() } } else { IDLING };
+        // SAFETY: an aligned u64 of an array map, written whole.
+        unsafe { core::ptr::write_volatile(p, v) };
     }
     0
 }
 
-/// This CPU is busy (or not a steering CPU).
 #[inline(always)]
-pub fn busy() -> bool {
+fn idled_since(cpu: u32, since: u64) -> bool {
+    match LAST_IDLE.get_ptr(cpu) {
+        // SAFETY: an aligned u64 of an array map, read whole.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) >= since,
+        None => false,
+    }
+}
+
+/// `napi_poll(struct napi_struct *napi, int work, int budget)`.
+pub fn on_poll(ctx: &RawTracePointContext) -> i32 {
+    let (work, budget) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
+    let (Some(busy), Some(to)) = (BUSY_UNTIL.get_ptr_mut(0), SPREAD_TO.get_ptr_mut(0)) else { return 0 };
     // SAFETY: no preconditions (an inlined read of jiffies).
-    BUSY_UNTIL.get(0).is_none_or(|until| unsafe { bpf_jiffies64() } <= *until)
+    let now = unsafe { bpf_jiffies64() };
+    // SAFETY: per-CPU slots of this CPU. Never lowers u64::MAX.
+    unsafe {
+        if budget > 0 && work >= budget && *busy < now + BUSY_HOLD_JIFFIES {
+            *busy = now + BUSY_HOLD_JIFFIES;
+        }
+        *to = spread_to(now, *busy);
+    }
+    0
+}
+
+#[inline(always)]
+fn spread_to(now: u64, busy_until: u64) -> u64 {
+    if now <= busy_until {
+        return u64::MAX;
+    }
+    let since = now.saturating_sub(IDLE_RECENT_JIFFIES);
+    // SAFETY: no preconditions.
+    if idled_since(unsafe { bpf_get_smp_processor_id() }, since) {
+        return 0;
+    }
+    let mut mask = 0u64;
+    for cpu in 0..MAX_CPUS {
+        if LAST_IDLE.get_ptr(cpu).is_none() {
+            break;
+        }
+        if idled_since(cpu, since) {
+            mask |= 1 << cpu;
+        }
+    }
+    mask
+}
+
+/// This CPU hands packets for `cpu` to it during this poll.
+#[inline(always)]
+pub fn spreads_to(cpu: u32) -> bool {
+    SPREAD_TO.get(0).is_none_or(|m| cpu >= 64 || m >> cpu & 1 != 0)
 }

@@ -1,10 +1,10 @@
 //! How the CPU is chosen: flow hash -> bucket of the indirection table -> CPU,
 //! then a redirect into that CPU's CPUMAP queue, or XDP_PASS when that CPU is
-//! the one the packet is already on. With `--spread busy` a CPU that is not
-//! busy (pressure.rs) also passes what it would send elsewhere, once nothing
-//! of the flow can still be queued there: a hand-off costs the other CPU a
-//! kthread wake-up and a context switch, which only pays when this CPU
-//! cannot keep up.
+//! the one the packet is already on. With `--spread busy` a CPU also passes
+//! what it would send to a CPU it does not spread to now (pressure.rs), once
+//! nothing of the flow can still be queued there: a hand-off costs the other
+//! CPU a kthread wake-up and a context switch, which only pays when this CPU
+//! cannot keep up and that one has time to spare.
 //!
 //! A tunnelled packet takes two programs: `steer_xdp` finds the tunnel and
 //! tail-calls `steer_inner`, which parses the inner flow and steers it the
@@ -68,12 +68,13 @@ pub fn steered(c: &mut Counters, cfg: &SteerConfig, cpu: u32, verdict: u32, clea
     // SAFETY: no preconditions.
     let here = unsafe { bpf_get_smp_processor_id() };
     if cpu != here {
-        // `--spread busy`: a CPU that is not busy keeps the packet, unless something may still be
-        // queued for its CPU (a packet of this flow could be among it). The other way round needs
-        // no check: a CPU turns busy only between two NAPI polls, when what it kept is in the stack.
+        // `--spread busy`: a CPU that does not spread to `cpu` now keeps the packet, unless something
+        // may still be queued for `cpu` (a packet of this flow could be among it). The other way
+        // round needs no check: the choice changes only between two polls, when what it kept is in
+        // the stack.
         if cfg.spread == SPREAD_BUSY
             && cfg.local_pass != LOCAL_PASS_OFF
-            && !pressure::busy()
+            && !pressure::spreads_to(cpu)
             && cpumap_trace::nothing_queued(cpu)
         {
             c.local += 1;

@@ -76,8 +76,9 @@ impl LocalPass {
 pub enum Spread {
     /// Always: every packet goes to its flow's CPU.
     Always,
-    /// Only while it is busy (a NAPI poll on it used its whole budget); otherwise it processes
-    /// them itself, as without steering, wherever --local-pass may pass in place.
+    /// Only where that pays: to every CPU while its NAPI polls are full, to the CPUs that idle
+    /// while it does not, to none while it idles; otherwise it processes them itself, as
+    /// without steering, wherever --local-pass may pass in place.
     Busy,
 }
 

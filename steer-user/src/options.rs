@@ -121,10 +121,10 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub local_pass: Option<LocalPass>,
     /// When a CPU hands the packets it receives to their flows' CPUs: always = every packet;
-    /// busy = only while it is busy (a NAPI poll on it used its whole budget), and until then it
-    /// processes them itself, as without steering (no hand-off to another CPU's queue and kthread
-    /// for light traffic), wherever --local-pass may pass in place. busy cannot see a CPU that
-    /// applications keep busy: for receive CPUs that idle between packets. [default: always]
+    /// busy = only where that pays: to every CPU while a NAPI poll on it uses its whole budget,
+    /// to the CPUs that idle while it does not, to none while it idles itself; what it does not
+    /// hand on it processes itself, as without steering, wherever --local-pass may pass in place.
+    /// [default: always]
     #[arg(long, value_enum)]
     pub spread: Option<Spread>,
     /// Take the interface's XDP program off for the run (put back on exit), and take over

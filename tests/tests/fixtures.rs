@@ -800,13 +800,13 @@ fn rfs_flow_that_was_queued_elsewhere_is_never_passed_in_place() {
     }
 }
 
-/// `BUSY_UNTIL` of `cpu` (the jiffy up to which it counts as busy).
-fn set_busy_until(ebpf: &mut Ebpf, cpu: u32, until: u64) {
+/// `SPREAD_TO` of `cpu`: the CPUs it hands packets to during its poll.
+fn set_spread_to(ebpf: &mut Ebpf, cpu: u32, mask: u64) {
     let mut m: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(ebpf.map_mut(map::BUSY_UNTIL).expect("BUSY_UNTIL map")).expect("per-CPU array");
-    let mut v: Vec<u64> = m.get(&0, 0).expect("read BUSY_UNTIL").iter().copied().collect();
-    v[cpu as usize] = until;
-    m.set(0, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write BUSY_UNTIL");
+        PerCpuArray::try_from(ebpf.map_mut(map::SPREAD_TO).expect("SPREAD_TO map")).expect("per-CPU array");
+    let mut v: Vec<u64> = m.get(&0, 0).expect("read SPREAD_TO").iter().copied().collect();
+    v[cpu as usize] = mask;
+    m.set(0, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write SPREAD_TO");
 }
 
 /// `PENDING[to]` as CPU `on` sees it (a redirect towards `to` in its bulk, not flushed yet).
@@ -849,10 +849,17 @@ fn spread_busy_keeps_a_packet_only_on_a_steering_cpu_that_is_not_busy_with_nothi
             assert_eq!(v, XDP_PASS, "not busy, nothing queued: kept in place");
             assert_eq!(tally(&d), (1, 1, 1, 0, 0));
             assert_eq!((kept(&d), cpu_that_got(&d)), (1, Some(away)), "counted as steered to CPU {away}");
-            set_busy_until(&mut ebpf, c, u64::MAX);
+            set_spread_to(&mut ebpf, c, 1 << away);
             let (v, d) = once(&mut ebpf, &frame);
-            assert_eq!((v, kept(&d), cpu_that_got(&d)), (XDP_REDIRECT, 0, Some(away)), "busy: spread");
-            set_busy_until(&mut ebpf, c, 0);
+            assert_eq!(
+                (v, kept(&d), cpu_that_got(&d)),
+                (XDP_REDIRECT, 0, Some(away)),
+                "spreading to it: sent"
+            );
+            set_spread_to(&mut ebpf, c, !(1 << away));
+            set_pending(&mut ebpf, c, away, 0);
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!((v, kept(&d)), (XDP_PASS, 1), "spreading to every CPU but {away}: kept");
             set_pending(&mut ebpf, c, away, 0);
             set_ring(&mut ebpf, away, 10, 9);
             let (v, d) = once(&mut ebpf, &frame);

@@ -42,6 +42,7 @@ pub fn load(hash: &HashSettings, qsize: u32) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map::CPUS, ncpus)
         .map_max_entries(map::TARGETS, ncpus)
+        .map_max_entries(map::LAST_IDLE, ncpus)
         .map_max_entries(map::INDIR, hash.table_size)
         .map_max_entries(map::BUCKETS, hash.table_size)
         .map_max_entries(map::MOVES, hash.table_size)
@@ -119,6 +120,12 @@ pub(crate) fn write_config_raw(ebpf: &mut Ebpf, hash: &HashSettings, cfg: SteerC
             (0..cpus::possible_count()?).map(|c| if hash.cpus.contains(&c) { 0 } else { u64::MAX }).collect();
         let v = aya::maps::PerCpuValues::try_from(v).map_err(|e| Error::io("filling BUSY_UNTIL", e))?;
         busy.set(0, v, 0).map_err(Error::ebpf)?;
+        // Until its first poll ends: a steering CPU keeps, the others hand everything on.
+        let mut to = PerCpuArray::<_, u64>::try_from(map_mut(ebpf, map::SPREAD_TO)?).map_err(Error::ebpf)?;
+        let v: Vec<u64> =
+            (0..cpus::possible_count()?).map(|c| if hash.cpus.contains(&c) { 0 } else { u64::MAX }).collect();
+        let v = aya::maps::PerCpuValues::try_from(v).map_err(|e| Error::io("filling SPREAD_TO", e))?;
+        to.set(0, v, 0).map_err(Error::ebpf)?;
     }
     let mut m = Array::<_, SteerConfig>::try_from(map_mut(ebpf, map::CONFIG)?).map_err(Error::ebpf)?;
     m.set(0, cfg, 0).map_err(Error::ebpf)

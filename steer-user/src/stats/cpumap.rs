@@ -3,8 +3,9 @@
 //! into a per-CPU array that `steer run` pins as `cpumap_drops`, for
 //! `steer stats` and `--metrics` in other processes. They also count what
 //! each queue took in and gave out, which the XDP program reads before it
-//! passes a packet in place; `napi_poll` (steer-ebpf/src/pressure.rs), which
-//! tells it when a CPU is busy (`--spread busy`), is attached with them.
+//! passes a packet in place; `napi_poll` and `cpu_idle`
+//! (steer-ebpf/src/pressure.rs), which tell it where a CPU spreads under
+//! `--spread busy`, are attached with them.
 
 use aya::{
     maps::{Array, MapData, PerCpuArray},
@@ -20,10 +21,11 @@ use crate::{
     pins,
 };
 
-const PROGS: [(&str, &str); 3] = [
+const PROGS: [(&str, &str); 4] = [
     (prog::CPUMAP_ENQUEUE, "xdp_cpumap_enqueue"),
     (prog::CPUMAP_KTHREAD, "xdp_cpumap_kthread"),
     (prog::NAPI_POLL, "napi_poll"),
+    (prog::CPU_IDLE, "cpu_idle"),
 ];
 
 /// Pins the counters of tracepoints [`attach`] attached in the run's pin
