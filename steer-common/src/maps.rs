@@ -152,7 +152,7 @@ pub const SPREAD_ALWAYS: u32 = 0;
 pub const SPREAD_BUSY: u32 = 1;
 
 /// Jiffies a CPU stays busy after its last full poll: long enough that a
-/// load near the edge does not flap (4-40 ms whatever HZ is).
+/// load near the edge does not flap (10-100 ms, HZ 1000 to 100).
 pub const BUSY_HOLD_JIFFIES: u64 = 10;
 
 /// A CPU that idled within this many jiffies has headroom (`--spread busy`).

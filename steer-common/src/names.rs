@@ -88,7 +88,7 @@ pub mod prog {
     /// CPUMAP drop counters.
     pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
-    /// Marks a CPU busy (`--spread busy`).
+    /// Where a CPU hands packets during its next poll (`--spread busy`).
     pub const NAPI_POLL: &str = "napi_poll";
     /// When each CPU last idled (`--spread busy`).
     pub const CPU_IDLE: &str = "cpu_idle";

@@ -2,7 +2,9 @@
 //! NAPI poll on it (raw tracepoint `napi:napi_poll`, on the polling CPU) for
 //! its next poll, so that the choice never changes inside a poll: a packet
 //! passed in place may still wait in the poll's GRO lists when the poll
-//! flushes its redirects.
+//! flushes its redirects. (A poll that ends not full flushes them; a full one
+//! flushes all only where HZ < 1000, and a device with `gro_flush_timeout`
+//! holds them longer: there a flow can be reordered at a switch to spreading.)
 //!
 //! - A CPU that is busy hands every packet to its flow's CPU: a poll on it
 //!   used its whole budget within the last `BUSY_HOLD_JIFFIES` (more was
@@ -20,9 +22,17 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::RawTracePointContext,
 };
-use steer_common::{BUSY_HOLD_JIFFIES, IDLE_RECENT_JIFFIES};
+use steer_common::{BUSY_HOLD_JIFFIES, IDLE_RECENT_JIFFIES, SPREAD_BUSY};
 
-use crate::maps::MAX_CPUS;
+use crate::maps::{CONFIG, MAX_CPUS};
+
+// One bit of SPREAD_TO per CPU the CPUMAP can hold.
+const _: () = assert!(MAX_CPUS <= u64::BITS);
+
+#[inline(always)]
+fn spread_busy() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.spread == SPREAD_BUSY)
+}
 
 /// Per CPU: the jiffy up to which it is busy. `u64::MAX` (set by the loader)
 /// for a CPU that is not a steering CPU: it never keeps a packet.
@@ -44,6 +54,9 @@ const IDLING: u64 = u64::MAX;
 
 /// `cpu_idle(unsigned int state, unsigned int cpu_id)`: state `u32::MAX` is the exit.
 pub fn on_idle(ctx: &RawTracePointContext) -> i32 {
+    if !spread_busy() {
+        return 0;
+    }
     let (state, cpu) = (ctx.arg::<u64>(0) as u32, ctx.arg::<u64>(1) as u32);
     if let Some(p) = LAST_IDLE.get_ptr_mut(cpu) {
         // SAFETY: no preconditions (an inlined read of jiffies).
@@ -66,12 +79,16 @@ fn idled_since(cpu: u32, since: u64) -> bool {
 /// `napi_poll(struct napi_struct *napi, int work, int budget)`.
 pub fn on_poll(ctx: &RawTracePointContext) -> i32 {
     let (work, budget) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
+    // Budget 0: netpoll, which may poll in the middle of another poll on this CPU.
+    if budget <= 0 || !spread_busy() {
+        return 0;
+    }
     let (Some(busy), Some(to)) = (BUSY_UNTIL.get_ptr_mut(0), SPREAD_TO.get_ptr_mut(0)) else { return 0 };
     // SAFETY: no preconditions (an inlined read of jiffies).
     let now = unsafe { bpf_jiffies64() };
     // SAFETY: per-CPU slots of this CPU. Never lowers u64::MAX.
     unsafe {
-        if budget > 0 && work >= budget && *busy < now + BUSY_HOLD_JIFFIES {
+        if work >= budget && *busy < now + BUSY_HOLD_JIFFIES {
             *busy = now + BUSY_HOLD_JIFFIES;
         }
         *to = spread_to(now, *busy);
@@ -104,5 +121,6 @@ fn spread_to(now: u64, busy_until: u64) -> u64 {
 /// This CPU hands packets for `cpu` to it during this poll.
 #[inline(always)]
 pub fn spreads_to(cpu: u32) -> bool {
-    SPREAD_TO.get(0).is_none_or(|m| cpu >= 64 || m >> cpu & 1 != 0)
+    // A CPU beyond the mask (the CPUMAP holds none) only while spreading to all.
+    SPREAD_TO.get(0).is_none_or(|&m| if cpu < u64::BITS { m >> cpu & 1 != 0 } else { m == u64::MAX })
 }

@@ -142,8 +142,8 @@ impl Collector for SteerCollector {
         counter_family(
             e,
             "steer_kept",
-            "Packets steered to another CPU but processed where they arrived, which was not busy \
-             (--spread busy), by CPU",
+            "Packets steered to another CPU but processed where they arrived, which was not \
+             handing packets to that CPU (--spread busy), by CPU",
             opt(|t| t.kept),
         )?;
         counter_family(

@@ -156,7 +156,7 @@ pub struct CpuTotals {
     /// Part of `redirected`: passed in place on this CPU (steered to itself, or `kept`).
     pub local: Option<u64>,
     /// Part of `local`: steered to another CPU, but processed here because this CPU
-    /// was not busy (`--spread busy`).
+    /// was not handing packets to that CPU (`--spread busy`).
     pub kept: Option<u64>,
     /// Tunnelled packets this CPU steered by their inner flow (`--inner`).
     pub inner: Option<u64>,
@@ -258,7 +258,7 @@ pub struct CpuRates {
     pub xdp_rx_pps: Option<f64>,
     pub redirected_pps: Option<f64>,
     /// Part of `redirected_pps`: steered elsewhere but processed on this CPU, which was not
-    /// busy (`--spread busy`).
+    /// handing packets to that CPU (`--spread busy`).
     pub kept_pps: Option<f64>,
     pub steered_in_pps: Option<f64>,
     pub passed_pps: Option<f64>,

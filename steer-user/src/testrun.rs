@@ -1,5 +1,6 @@
 //! BPF_PROG_TEST_RUN: runs an XDP program on a crafted frame (the fixtures),
-//! or in live-frames mode, where XDP_TX really transmits (the lab generator).
+//! or in live-frames mode, where XDP_TX really transmits (the lab generator);
+//! or a raw tracepoint program on given arguments, on a given CPU (fixtures).
 //! The syscall is [`crate::sys::bpf::prog_test_run`].
 
 use std::os::fd::AsFd;
@@ -46,4 +47,13 @@ pub fn run_live(prog: impl AsFd, frame: &[u8], ifindex: u32, count: u32, batch: 
     let r =
         bpf::prog_test_run(prog.as_fd(), t).map_err(|e| Error::io("BPF_PROG_TEST_RUN (live frames)", e))?;
     Ok(Outcome { retval: r.retval, duration_ns: r.duration, data_out: Vec::new() })
+}
+
+/// Runs a raw tracepoint program once on CPU `cpu` with the tracepoint's
+/// arguments `args`, as if the event had fired there; returns its return value.
+pub fn run_raw_tracepoint(prog: impl AsFd, args: &[u64], cpu: u32) -> Result<u32> {
+    let t = TestRun { args, cpu: Some(cpu), ..Default::default() };
+    let r = bpf::prog_test_run(prog.as_fd(), t)
+        .map_err(|e| Error::io("BPF_PROG_TEST_RUN (raw tracepoint)", e))?;
+    Ok(r.retval)
 }

@@ -818,12 +818,13 @@ fn set_pending(ebpf: &mut Ebpf, on: u32, to: u32, pending: u32) {
     m.set(to, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write PENDING");
 }
 
-/// `--spread busy`: a CPU that is not busy keeps a packet its flow would send
-/// to another CPU (XDP_PASS, counted as steered to that CPU and as `kept`),
-/// and only while nothing is queued there; a busy CPU, a CPU steer does not
-/// steer to, and a program whose queue counters are not running send it on.
+/// `--spread busy`: a CPU that does not spread to a packet's CPU now keeps
+/// the packet (XDP_PASS, counted as steered to that CPU and as `kept`), and
+/// only while nothing is queued there; a CPU that spreads to it, a CPU steer
+/// does not steer to, and a program whose queue counters are not running send
+/// it on.
 #[test]
-fn spread_busy_keeps_a_packet_only_on_a_steering_cpu_that_is_not_busy_with_nothing_queued_for_its_cpu() {
+fn spread_busy_keeps_a_packet_only_where_it_does_not_spread_to_its_cpu_and_nothing_is_queued_there() {
     require_root();
     let cpus = online();
     assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
@@ -845,8 +846,8 @@ fn spread_busy_keeps_a_packet_only_on_a_steering_cpu_that_is_not_busy_with_nothi
             // Each redirect marks CPU `away` pending until a flush that never comes under BPF_PROG_TEST_RUN.
             set_pending(&mut ebpf, c, away, 0);
             let (v, d) = once(&mut ebpf, &frame);
-            println!("on CPU {c}, flow to CPU {away}, not busy: verdict {v}, {:?}", d.total());
-            assert_eq!(v, XDP_PASS, "not busy, nothing queued: kept in place");
+            println!("on CPU {c}, flow to CPU {away}, not spreading: verdict {v}, {:?}", d.total());
+            assert_eq!(v, XDP_PASS, "not spreading to CPU {away}, nothing queued: kept in place");
             assert_eq!(tally(&d), (1, 1, 1, 0, 0));
             assert_eq!((kept(&d), cpu_that_got(&d)), (1, Some(away)), "counted as steered to CPU {away}");
             set_spread_to(&mut ebpf, c, 1 << away);
@@ -883,7 +884,7 @@ fn spread_busy_keeps_a_packet_only_on_a_steering_cpu_that_is_not_busy_with_nothi
             let (v, d) = once(&mut ebpf, &frame);
             assert_eq!((v, kept(&d)), (XDP_REDIRECT, 0), "--spread always");
         });
-        // Steering to the other CPU only: this one is always busy for the program.
+        // Steering to the other CPU only: this one always spreads.
         let only: Vec<u32> = vec![away];
         let s =
             HashSettings::new(HashArg::Fast, None, 0, false, 256, only).unwrap().with_spread(Spread::Busy);
@@ -900,6 +901,94 @@ fn spread_busy_keeps_a_packet_only_on_a_steering_cpu_that_is_not_busy_with_nothi
             );
         });
     }
+}
+
+/// Runs the raw tracepoint program `name` of `ebpf` on CPU `cpu` with `args`.
+fn fire(ebpf: &mut Ebpf, name: &str, args: &[u64], cpu: u32) {
+    let p: &mut aya::programs::RawTracePoint =
+        ebpf.program_mut(name).expect("program in the object").try_into().expect("a raw tracepoint");
+    if p.fd().is_err() {
+        p.load().expect("load (verifier)");
+    }
+    testrun::run_raw_tracepoint(p.fd().unwrap(), args, cpu).expect("BPF_PROG_TEST_RUN of a raw tracepoint");
+}
+
+fn spread_to(ebpf: &Ebpf, cpu: u32) -> u64 {
+    let m: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map(map::SPREAD_TO).expect("SPREAD_TO map")).expect("per-CPU array");
+    m.get(&0, 0).expect("read SPREAD_TO")[cpu as usize]
+}
+
+/// `LAST_IDLE[cpu]`: 0 is "idled long ago".
+fn set_last_idle(ebpf: &mut Ebpf, cpu: u32, at: u64) {
+    let mut m: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(map::LAST_IDLE).expect("LAST_IDLE map")).expect("array");
+    m.set(cpu, at, 0).expect("write LAST_IDLE");
+}
+
+/// `--spread busy`'s choice, made by the `napi_poll` program at the end of
+/// each poll from what `cpu_idle` recorded: a CPU whose poll was full hands
+/// packets to every CPU; one that idled itself to none; otherwise to the CPUs
+/// that idle or idled within 2 jiffies. netpoll's polls (budget 0) and
+/// `--spread always` change nothing; a CPU steer does not steer to spreads to all.
+#[test]
+fn spread_busy_hands_packets_to_every_cpu_after_a_full_poll_and_else_to_the_cpus_that_idled() {
+    require_root();
+    let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
+    let (c, o) = (cpus[0], cpus[1]);
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone())
+        .unwrap()
+        .with_spread(Spread::Busy);
+    let mut ebpf = load(&settings);
+    // napi_poll(napi, work, budget); cpu_idle(state, cpu), state u32::MAX: leaving idle.
+    let (poll, full, netpoll) = ([0, 1, 64], [0, 64, 64], [0, 1, 0]);
+    assert_eq!(spread_to(&ebpf, c), 0, "a steering CPU keeps until its first poll ends");
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), 0, "no CPU idled: nowhere to spread to");
+    fire(&mut ebpf, "cpu_idle", &[1, o as u64], o);
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), 1 << o, "CPU {o} idles: spread to it");
+    fire(&mut ebpf, "cpu_idle", &[u32::MAX as u64, o as u64], o);
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), 1 << o, "CPU {o} just left idle: still spread to it");
+    set_last_idle(&mut ebpf, o, 0);
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), 0, "CPU {o} idled long ago: keep");
+    fire(&mut ebpf, "cpu_idle", &[1, o as u64], o);
+    fire(&mut ebpf, "cpu_idle", &[1, c as u64], c);
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), 0, "CPU {c} idles itself: keep");
+    fire(&mut ebpf, "napi_poll", &netpoll, c);
+    fire(&mut ebpf, "napi_poll", &full, c);
+    assert_eq!(spread_to(&ebpf, c), u64::MAX, "a full poll: spread to every CPU");
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), u64::MAX, "busy for 10 jiffies after a full poll");
+    // CPU `o` saturated, `c` idling: `o` spreads to `c` until `c` stops idling, at its next real poll.
+    set_last_idle(&mut ebpf, o, 0);
+    fire(&mut ebpf, "napi_poll", &poll, o);
+    assert_eq!(spread_to(&ebpf, o), 1 << c, "CPU {c} idles: CPU {o} spreads to it");
+    set_last_idle(&mut ebpf, c, 0);
+    fire(&mut ebpf, "napi_poll", &netpoll, o);
+    assert_eq!(spread_to(&ebpf, o), 1 << c, "netpoll (budget 0) decides nothing");
+    fire(&mut ebpf, "napi_poll", &poll, o);
+    assert_eq!(spread_to(&ebpf, o), 0, "CPU {c} idled long ago: keep");
+    let always = HashSettings { spread: Spread::Always, ..settings.clone() };
+    loader::write_config(&mut ebpf, &always).expect("--spread always");
+    set_last_idle(&mut ebpf, c, u64::MAX);
+    fire(&mut ebpf, "napi_poll", &poll, o);
+    assert_eq!(spread_to(&ebpf, o), 0, "--spread always decides nothing");
+    fire(&mut ebpf, "cpu_idle", &[u32::MAX as u64, c as u64], c);
+    let idle: Array<_, u64> = Array::try_from(ebpf.map(map::LAST_IDLE).unwrap()).unwrap();
+    assert_eq!(idle.get(&c, 0).unwrap(), u64::MAX, "--spread always records no idling");
+    // Only CPU `o` steered to: `c` hands everything on from the start.
+    let only =
+        HashSettings::new(HashArg::Fast, None, 0, false, 256, vec![o]).unwrap().with_spread(Spread::Busy);
+    let mut ebpf = load(&only);
+    assert_eq!(spread_to(&ebpf, c), u64::MAX, "CPU {c} is not steered to");
+    fire(&mut ebpf, "cpu_idle", &[1, c as u64], c);
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), u64::MAX, "CPU {c} is not steered to, idle or not");
 }
 
 /// Sets what the cpumap tracepoints would have counted for `cpu`'s queue:

@@ -311,26 +311,28 @@ fn native_veth_passes_in_place_only_while_nothing_is_queued() {
     panic!("--local-pass on: no run showed reordering: {runs:?}");
 }
 
-/// `--spread busy` on the same hopping streams: a CPU keeps
-/// segments its flow would send to the other CPU while it is not busy, and
-/// spreads them once a NAPI poll on it is full; none is overtaken across those
-/// switches, or across the flows' hops between CPUs.
+/// `--spread busy` on the same hopping streams: a CPU keeps segments its flow
+/// would send to the other CPU while it does not spread to that CPU, and
+/// spreads them once it does (a full poll, or no idle time here while that CPU
+/// has some); none is overtaken across those switches, or across the flows'
+/// hops between CPUs.
 #[test]
 fn spread_busy_keeps_light_traffic_where_it_arrives_without_reordering() {
     let lab = lab_for_native_tcp();
     let d = hopping_tcp_without_drops(&lab, "auto", "busy", 7130);
     assert!(d.kept > 0, "nothing was kept where it arrived: {d:?}");
-    assert!(d.kept < d.redirected, "everything was kept: the streams never made a CPU busy ({d:?})");
+    assert!(d.kept < d.redirected, "everything was kept: the streams never made a CPU spread ({d:?})");
 }
 
 /// UDP from a sender that never lets CPU `cpu` idle (a tight loop of sends
 /// over 16 flows, `secs` long) through the native veth; returns what steer
-/// did meanwhile.
-fn udp_from_a_cpu_that_never_idles(lab: &Lab, cpu: u32, port: u16, secs: f64) -> Snapshot {
+/// did meanwhile and how long each CPU idled (seconds, by CPU number).
+fn udp_from_a_cpu_that_never_idles(lab: &Lab, cpu: u32, port: u16, secs: f64) -> (Snapshot, Vec<f64>) {
     let rx_ip: std::net::Ipv4Addr = lab.rx_ip.parse().unwrap();
     // Bound and never read: what does not fit is dropped without ICMP traffic coming back.
     let _sink = in_ns(&lab.rx_ns, move || UdpSocket::bind((rx_ip, port)).unwrap()).unwrap();
     let before = pinned_snapshot(&lab.rx_if);
+    let idle0 = steer::stats::procstat::read().unwrap();
     in_ns(&lab.tx_ns, move || {
         pin_to_cpu(cpu as usize);
         let socks: Vec<UdpSocket> = (0..16)
@@ -348,60 +350,95 @@ fn udp_from_a_cpu_that_never_idles(lab: &Lab, cpu: u32, port: u16, secs: f64) ->
         }
     })
     .unwrap();
-    pinned_snapshot(&lab.rx_if).since(&before)
+    let idle1 = steer::stats::procstat::read().unwrap();
+    let mut idle = vec![0.0; online().iter().max().map_or(0, |&m| m as usize + 1)];
+    for (a, b) in idle1.iter().zip(&idle0) {
+        idle[a.cpu as usize] = (a.idle_s + a.iowait_s) - (b.idle_s + b.iowait_s);
+    }
+    (pinned_snapshot(&lab.rx_if).since(&before), idle)
+}
+
+/// Threads that keep `cpus` from idling until dropped.
+struct Spinners {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Spinners {
+    fn on(cpus: &[u32]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = cpus
+            .iter()
+            .map(|&c| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    pin_to_cpu(c as usize);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// `--spread busy` on a CPU that never idles but whose polls stay short (a
-/// datagram or so each): it hands the other CPUs their flows while they idle now
-/// and then, and keeps them once a spinning thread on each keeps it from
+/// datagram or so each): it hands the other CPUs their flows while they idle
+/// now and then, and keeps them once a spinning thread on each keeps it from
 /// idling, since a hand-off to a saturated CPU adds work and no capacity.
 #[test]
 fn spread_busy_hands_flows_only_to_cpus_that_idle() {
     let lab = lab_for_native_tcp();
     let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
     let here = cpus[0];
+    let others: Vec<u32> = cpus.iter().copied().filter(|&c| c != here).collect();
     let run = SteerRun::start(&lab, &["--xdp-mode", "native", "--spread", "busy"]).unwrap();
-    let elsewhere = |d: &Snapshot| -> u64 {
-        cpus.iter().filter(|&&c| c != here).map(|&c| d.steered_in[c as usize]).sum::<u64>()
+    let elsewhere = |d: &Snapshot| -> u64 { others.iter().map(|&c| d.steered_in[c as usize]).sum::<u64>() };
+    let idling = udp_from_a_cpu_that_never_idles(&lab, here, 7200, 1.0);
+    let saturated = {
+        let _spin = Spinners::on(&others);
+        std::thread::sleep(Duration::from_millis(100));
+        udp_from_a_cpu_that_never_idles(&lab, here, 7201, 1.0)
     };
-    let idle = udp_from_a_cpu_that_never_idles(&lab, here, 7200, 1.0);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let spinners: Vec<_> = cpus
-        .iter()
-        .filter(|&&c| c != here)
-        .map(|&c| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                pin_to_cpu(c as usize);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    let saturated = udp_from_a_cpu_that_never_idles(&lab, here, 7201, 1.0);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for s in spinners {
-        s.join().unwrap();
-    }
     let (ok, err) = run.stop().unwrap();
     assert!(ok, "steer run failed: {err}");
-    for (what, d) in [("idling", &idle), ("saturated", &saturated)] {
-        println!("other CPUs {what}: {} for them, kept {}; {:?}", elsewhere(d), d.total().kept, d.total());
+    for (what, (d, idle)) in [("idling", &idling), ("saturated", &saturated)] {
+        println!(
+            "other CPUs {what}: {} for them, kept {}; idle s per CPU {idle:.3?}; {:?}",
+            elsewhere(d),
+            d.total().kept,
+            d.total()
+        );
         assert!(elsewhere(d) > 10_000, "other CPUs {what}: only {} datagrams for them", elsewhere(d));
+        // What the rule reads, as /proc/stat saw it (10 ms ticks).
+        assert!(idle[here as usize] < 0.1, "other CPUs {what}: the sender's CPU {here} idled {idle:?}");
     }
+    let (idle, sat) = (&idling.1, &saturated.1);
+    assert!(others.iter().all(|&c| idle[c as usize] > 0.0), "the other CPUs never idled: {idle:?}");
+    assert!(others.iter().all(|&c| sat[c as usize] < 0.05), "the spinners let CPUs idle: {sat:?}");
+    let (a, b) = (&idling.0, &saturated.0);
     assert!(
-        idle.total().kept * 5 < elsewhere(&idle),
+        a.total().kept * 5 < elsewhere(a),
         "kept {} of {} while the other CPUs idled",
-        idle.total().kept,
-        elsewhere(&idle)
+        a.total().kept,
+        elsewhere(a)
     );
     assert!(
-        saturated.total().kept * 5 > elsewhere(&saturated) * 4,
+        b.total().kept * 5 > elsewhere(b) * 4,
         "kept only {} of {} while the other CPUs could not idle",
-        saturated.total().kept,
-        elsewhere(&saturated)
+        b.total().kept,
+        elsewhere(b)
     );
 }
 

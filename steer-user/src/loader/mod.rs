@@ -120,7 +120,8 @@ pub(crate) fn write_config_raw(ebpf: &mut Ebpf, hash: &HashSettings, cfg: SteerC
             (0..cpus::possible_count()?).map(|c| if hash.cpus.contains(&c) { 0 } else { u64::MAX }).collect();
         let v = aya::maps::PerCpuValues::try_from(v).map_err(|e| Error::io("filling BUSY_UNTIL", e))?;
         busy.set(0, v, 0).map_err(Error::ebpf)?;
-        // Until its first poll ends: a steering CPU keeps, the others hand everything on.
+        // Until its first poll ends (after each SIGHUP too): a steering CPU keeps, the others hand
+        // everything on.
         let mut to = PerCpuArray::<_, u64>::try_from(map_mut(ebpf, map::SPREAD_TO)?).map_err(Error::ebpf)?;
         let v: Vec<u64> =
             (0..cpus::possible_count()?).map(|c| if hash.cpus.contains(&c) { 0 } else { u64::MAX }).collect();

@@ -107,10 +107,17 @@ pub struct TestRun<'a> {
     /// Where the frame as the program left it goes; None: nowhere.
     pub data_out: Option<&'a mut [u8]>,
     pub ctx_in: Option<&'a XdpMd>,
+    /// A raw tracepoint program's arguments (its context), instead of `ctx_in`.
+    pub args: &'a [u64],
+    /// Run on this CPU (BPF_F_TEST_RUN_ON_CPU) instead of the calling one.
+    pub cpu: Option<u32>,
     pub repeat: u32,
     pub flags: u32,
     pub batch_size: u32,
 }
+
+/// BPF_PROG_TEST_RUN flag: run on the CPU the attribute names.
+const BPF_F_TEST_RUN_ON_CPU: u32 = 1;
 
 /// What the kernel reports back.
 #[derive(Clone, Copy, Debug)]
@@ -151,22 +158,29 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, t: TestRun<'_>) -> io::Result<TestRun
     };
     let (ctx_in, ctx_size_in) = match t.ctx_in {
         Some(ctx) => (ctx as *const XdpMd as u64, size_of::<XdpMd>() as u32),
+        None if !t.args.is_empty() => (t.args.as_ptr() as u64, size_of_val(t.args) as u32),
         None => (0, 0),
+    };
+    let (flags, cpu) = match t.cpu {
+        Some(cpu) => (t.flags | BPF_F_TEST_RUN_ON_CPU, cpu),
+        None => (t.flags, 0),
     };
     let mut attr = Attr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in: t.data_in.len() as u32,
-        data_in: t.data_in.as_ptr() as u64,
+        // No pointer for no data: a raw tracepoint's run refuses any.
+        data_in: if t.data_in.is_empty() { 0 } else { t.data_in.as_ptr() as u64 },
         data_size_out,
         data_out,
         repeat: t.repeat,
         ctx_size_in,
         ctx_in,
-        flags: t.flags,
+        flags,
+        cpu,
         batch_size: t.batch_size,
         ..Default::default()
     };
-    // SAFETY: the test layout; data_in, data_out and ctx_in are borrowed for the
+    // SAFETY: the test layout; data_in, data_out, ctx_in and args are borrowed for the
     // call and their sizes are their true lengths, so the kernel writes only within data_out.
     unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     Ok(TestRunOut { retval: attr.retval, duration: attr.duration, data_size_out: attr.data_size_out })
