@@ -929,7 +929,7 @@ fn set_last_idle(ebpf: &mut Ebpf, cpu: u32, at: u64) {
 /// `--spread busy`'s choice, made by the `napi_poll` program at the end of
 /// each poll from what `cpu_idle` recorded: a CPU whose poll was full hands
 /// packets to every CPU; one that idled itself to none; otherwise to the CPUs
-/// that idle or idled within 2 jiffies. netpoll's polls (budget 0) and
+/// that idle or idled within 6 jiffies. netpoll's polls (budget 0) and
 /// `--spread always` change nothing; a CPU steer does not steer to spreads to all.
 #[test]
 fn spread_busy_hands_packets_to_every_cpu_after_a_full_poll_and_else_to_the_cpus_that_idled() {

@@ -325,7 +325,7 @@ fn spread_busy_keeps_light_traffic_where_it_arrives_without_reordering() {
 }
 
 /// UDP from a sender that never lets CPU `cpu` idle (a tight loop of sends
-/// over 16 flows, `secs` long) through the native veth; returns what steer
+/// over 64 flows, `secs` long) through the native veth; returns what steer
 /// did meanwhile and how long each CPU idled (seconds, by CPU number).
 fn udp_from_a_cpu_that_never_idles(lab: &Lab, cpu: u32, port: u16, secs: f64) -> (Snapshot, Vec<f64>) {
     let rx_ip: std::net::Ipv4Addr = lab.rx_ip.parse().unwrap();
@@ -335,7 +335,7 @@ fn udp_from_a_cpu_that_never_idles(lab: &Lab, cpu: u32, port: u16, secs: f64) ->
     let idle0 = steer::stats::procstat::read().unwrap();
     in_ns(&lab.tx_ns, move || {
         pin_to_cpu(cpu as usize);
-        let socks: Vec<UdpSocket> = (0..16)
+        let socks: Vec<UdpSocket> = (0..64)
             .map(|_| {
                 let s = UdpSocket::bind("0.0.0.0:0").unwrap();
                 s.connect((rx_ip, port)).unwrap();
