@@ -67,13 +67,11 @@ pub fn on_idle(ctx: &RawTracePointContext) -> i32 {
     0
 }
 
+/// `LAST_IDLE[cpu]`, or None beyond the possible CPUs.
 #[inline(always)]
-fn idled_since(cpu: u32, since: u64) -> bool {
-    match LAST_IDLE.get_ptr(cpu) {
-        // SAFETY: an aligned u64 of an array map, read whole.
-        Some(p) => (unsafe { core::ptr::read_volatile(p) }) >= since,
-        None => false,
-    }
+fn last_idle(cpu: u32) -> Option<u64> {
+    // SAFETY: an aligned u64 of an array map, read whole.
+    LAST_IDLE.get_ptr(cpu).map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
 /// `napi_poll(struct napi_struct *napi, int work, int budget)`.
@@ -88,8 +86,9 @@ pub fn on_poll(ctx: &RawTracePointContext) -> i32 {
     let now = unsafe { bpf_jiffies64() };
     // SAFETY: per-CPU slots of this CPU. Never lowers u64::MAX.
     unsafe {
-        if work >= budget && *busy < now + BUSY_HOLD_JIFFIES {
-            *busy = now + BUSY_HOLD_JIFFIES;
+        let until = now + BUSY_HOLD_JIFFIES;
+        if work >= budget && *busy < until {
+            *busy = until;
         }
         *to = spread_to(now, *busy);
     }
@@ -103,15 +102,13 @@ fn spread_to(now: u64, busy_until: u64) -> u64 {
     }
     let since = now.saturating_sub(IDLE_RECENT_JIFFIES);
     // SAFETY: no preconditions.
-    if idled_since(unsafe { bpf_get_smp_processor_id() }, since) {
+    if last_idle(unsafe { bpf_get_smp_processor_id() }).is_some_and(|at| at >= since) {
         return 0;
     }
     let mut mask = 0u64;
     for cpu in 0..MAX_CPUS {
-        if LAST_IDLE.get_ptr(cpu).is_none() {
-            break;
-        }
-        if idled_since(cpu, since) {
+        let Some(at) = last_idle(cpu) else { break };
+        if at >= since {
             mask |= 1 << cpu;
         }
     }

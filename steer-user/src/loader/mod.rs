@@ -112,21 +112,16 @@ pub(crate) fn write_config_raw(ebpf: &mut Ebpf, hash: &HashSettings, cfg: SteerC
             indir.set(bucket as u32, cpu, 0).map_err(Error::ebpf)?;
         }
     }
-    {
-        // Only steering CPUs keep packets for themselves (`--spread busy`): the others are always busy.
-        let mut busy =
-            PerCpuArray::<_, u64>::try_from(map_mut(ebpf, map::BUSY_UNTIL)?).map_err(Error::ebpf)?;
-        let v: Vec<u64> =
-            (0..cpus::possible_count()?).map(|c| if hash.cpus.contains(&c) { 0 } else { u64::MAX }).collect();
-        let v = aya::maps::PerCpuValues::try_from(v).map_err(|e| Error::io("filling BUSY_UNTIL", e))?;
-        busy.set(0, v, 0).map_err(Error::ebpf)?;
-        // Until its first poll ends (after each SIGHUP too): a steering CPU keeps, the others hand
-        // everything on.
-        let mut to = PerCpuArray::<_, u64>::try_from(map_mut(ebpf, map::SPREAD_TO)?).map_err(Error::ebpf)?;
-        let v: Vec<u64> =
-            (0..cpus::possible_count()?).map(|c| if hash.cpus.contains(&c) { 0 } else { u64::MAX }).collect();
-        let v = aya::maps::PerCpuValues::try_from(v).map_err(|e| Error::io("filling SPREAD_TO", e))?;
-        to.set(0, v, 0).map_err(Error::ebpf)?;
+    // Only steering CPUs keep packets for themselves (`--spread busy`): the others are always busy
+    // (BUSY_UNTIL) and hand everything on (SPREAD_TO); a steering CPU keeps until its first poll
+    // ends, after each SIGHUP too.
+    let per_cpu: Vec<u64> =
+        (0..cpus::possible_count()?).map(|c| if hash.cpus.contains(&c) { 0 } else { u64::MAX }).collect();
+    for name in [map::BUSY_UNTIL, map::SPREAD_TO] {
+        let mut m = PerCpuArray::<_, u64>::try_from(map_mut(ebpf, name)?).map_err(Error::ebpf)?;
+        let v = aya::maps::PerCpuValues::try_from(per_cpu.clone())
+            .map_err(|e| Error::io(format!("filling {name}"), e))?;
+        m.set(0, v, 0).map_err(Error::ebpf)?;
     }
     let mut m = Array::<_, SteerConfig>::try_from(map_mut(ebpf, map::CONFIG)?).map_err(Error::ebpf)?;
     m.set(0, cfg, 0).map_err(Error::ebpf)
