@@ -70,8 +70,10 @@ impl LocalPass {
     }
 }
 
-/// When a CPU hands the packets it receives to their flows' CPUs (`--spread`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+/// When a CPU hands the packets it receives to their flows' CPUs (`--spread`). The default is
+/// what `steer run`, its config file and the bench's steer rows get: `Busy`, which was ahead of
+/// `Always` on the real clients and even on floods (bench/README.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Spread {
     /// Always: every packet goes to its flow's CPU.
@@ -79,6 +81,7 @@ pub enum Spread {
     /// Only where that pays: to every CPU while its NAPI polls are full, to the CPUs that idle
     /// while it does not, to none while it idles; otherwise it processes them itself, as
     /// without steering, wherever --local-pass may pass in place.
+    #[default]
     Busy,
 }
 
@@ -130,7 +133,8 @@ pub struct HashSettings {
     /// `--migrate-idle-us` for bucket moves (`--rebalance`) when RFS is off;
     /// with RFS its setting serves both.
     pub move_idle_us: Option<u32>,
-    /// When a CPU hands packets on (`--spread`; `Always` unless a caller says otherwise).
+    /// When a CPU hands packets on (`--spread`). `new` starts from `Always`, the rule with no
+    /// state (a test run has no NAPI poll to turn `Busy` on); `steer run` sets its own default.
     pub spread: Spread,
 }
 

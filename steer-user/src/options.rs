@@ -124,7 +124,7 @@ pub struct RunArgs {
     /// busy = only where that pays: to every CPU while a NAPI poll on it uses its whole budget,
     /// to the CPUs that idle while it does not, to none while it idles itself; what it does not
     /// hand on it processes itself, as without steering, wherever --local-pass may pass in place.
-    /// [default: always]
+    /// [default: busy]
     #[arg(long, value_enum)]
     pub spread: Option<Spread>,
     /// Take the interface's XDP program off for the run (put back on exit), and take over
@@ -375,7 +375,7 @@ impl RunArgs {
                         .settings()?
                         .with_rfs(rfs)
                         .with_move_idle_us(move_idle_us)
-                        .with_spread(self.spread.unwrap_or(Spread::Always)),
+                        .with_spread(self.spread.unwrap_or_default()),
                     self.qsize.unwrap_or(crate::config::DEFAULT_QSIZE),
                     self.xdp_mode.unwrap_or(XdpMode::Auto),
                     self.replace.unwrap_or(false),

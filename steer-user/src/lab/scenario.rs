@@ -53,9 +53,9 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// A scenario with steer's defaults (`--spread always`, as `steer run` has it).
+    /// A scenario with steer's defaults, as `steer run` has them.
     pub fn new(name: impl Into<String>, kind: Kind, cpus: Vec<u32>) -> Self {
-        Self { name: name.into(), kind, cpus, spread: Spread::Always }
+        Self { name: name.into(), kind, cpus, spread: Spread::default() }
     }
 
     pub fn with_spread(mut self, spread: Spread) -> Self {
@@ -66,7 +66,7 @@ impl Scenario {
 
 /// The bench's scenarios for this machine: every mode over all CPUs and,
 /// where there is more than one CPU, without the IRQ CPU; and steer with
-/// `--spread busy` over all CPUs, side by side with its default.
+/// `--spread always` over all CPUs, side by side with the default.
 pub fn standard(online: &[u32], irq_cpu: u32) -> Vec<Scenario> {
     let all = online.to_vec();
     let rest: Vec<u32> = online.iter().copied().filter(|c| *c != irq_cpu).collect();
@@ -83,8 +83,8 @@ pub fn standard(online: &[u32], irq_cpu: u32) -> Vec<Scenario> {
     both(Kind::SteerRfs, "steer rfs");
     for (kind, label) in [(Kind::SteerRss, "steer rss"), (Kind::SteerRfs, "steer rfs")] {
         v.push(
-            Scenario::new(format!("{label} --spread busy all CPUs"), kind, all.clone())
-                .with_spread(Spread::Busy),
+            Scenario::new(format!("{label} --spread always all CPUs"), kind, all.clone())
+                .with_spread(Spread::Always),
         );
     }
     v

@@ -203,8 +203,8 @@ impl Steering {
                 if local_pass == steer_common::LOCAL_PASS_OFF {
                     "--spread busy acts as always here: nothing may be passed in place"
                 } else {
-                    "a CPU processes what it receives itself until it is busy (a full NAPI poll), then spreads \
-                     it (--spread busy)"
+                    "a CPU hands packets on only where that pays (--spread busy): to every CPU while its \
+                     NAPI polls are full, to the CPUs that idle while it does not, to none while it idles"
                 }
             );
         }

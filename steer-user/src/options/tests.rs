@@ -29,7 +29,7 @@ fn sample(key: &str) -> Option<(&'static str, Engine)> {
         "qsize" => ("64", Engine::Xdp),
         "xdp-mode" => ("\"skb\"", Engine::Xdp),
         "local-pass" => ("\"off\"", Engine::Xdp),
-        "spread" => ("\"busy\"", Engine::Xdp),
+        "spread" => ("\"always\"", Engine::Xdp),
         "replace" => ("true", Engine::Xdp),
         "mode" => ("\"rfs\"", Engine::Xdp),
         "flow-entries" => ("1024", Engine::Xdp),
@@ -238,15 +238,15 @@ fn spread_reaches_the_data_path_and_applies_live() {
             EngineRun::Kernel { .. } => panic!("engine xdp expected"),
         }
     };
-    assert_eq!(cfg(&[]), steer_common::SPREAD_ALWAYS, "the default");
-    assert_eq!(cfg(&["--spread", "busy"]), steer_common::SPREAD_BUSY);
+    assert_eq!(cfg(&[]), steer_common::SPREAD_BUSY, "the default");
+    assert_eq!(cfg(&["--spread", "always"]), steer_common::SPREAD_ALWAYS);
     let e =
         cli(&["--iface", "lo", "--engine", "kernel", "--spread", "busy"]).validate().unwrap_err().to_string();
     assert!(e.contains("--spread") && e.contains("--engine xdp"), "{e}");
     let e = parse("iface = \"a\"\nspread = \"sometimes\"\n").unwrap_err().to_string();
     assert!(e.contains("\"sometimes\"") && e.contains("always, busy"), "{e}");
     let a = parse("iface = \"a\"\n").unwrap();
-    let b = parse("iface = \"a\"\nspread = \"busy\"\n").unwrap();
+    let b = parse("iface = \"a\"\nspread = \"always\"\n").unwrap();
     assert!(a.restart_only_changes(&b).is_empty(), "{:?}", a.restart_only_changes(&b));
 }
 
