@@ -139,6 +139,9 @@ pub struct SteerConfig {
     pub udp_tunnels: [u32; crate::tunnel::MAX_UDP_TUNNELS],
     /// [`SPREAD_ALWAYS`] or [`SPREAD_BUSY`].
     pub spread: u32,
+    /// Bit `c` set: CPU `c` is a steering CPU (`--cpus`). Under
+    /// [`SPREAD_BUSY`] only these keep packets; a CPU beyond bit 63 never does.
+    pub steering: u64,
 }
 
 /// [`SteerConfig::spread`]: every packet goes to its flow's CPU.

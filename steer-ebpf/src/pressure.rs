@@ -6,10 +6,10 @@
 //! flushes all only where HZ < 1000, and a device with `gro_flush_timeout`
 //! holds them longer: there a flow can be reordered at a switch to spreading.)
 //!
-//! - A CPU that is busy hands every packet to its flow's CPU: a poll on it
-//!   used its whole budget within the last `BUSY_HOLD_JIFFIES` (more was
-//!   waiting than one poll takes, the kernel's own sign to poll again), or it
-//!   is not a steering CPU.
+//! - A CPU that is not a steering CPU (`SteerConfig::steering`) hands every
+//!   packet to its flow's CPU, and so does a busy one: a poll on it used its
+//!   whole budget within the last `BUSY_HOLD_JIFFIES` (more was waiting than
+//!   one poll takes, the kernel's own sign to poll again).
 //! - A CPU that idled within the last `IDLE_RECENT_JIFFIES` has headroom: it
 //!   keeps what it receives, as without steering.
 //! - A CPU that has not idled hands packets only to CPUs that have (raw
@@ -34,14 +34,14 @@ fn spread_busy() -> bool {
     CONFIG.get(0).is_some_and(|c| c.spread == SPREAD_BUSY)
 }
 
-/// Per CPU: the jiffy up to which it is busy. `u64::MAX` (set by the loader)
-/// for a CPU that is not a steering CPU: it never keeps a packet.
+/// Per CPU: the jiffy up to which it is busy (only this CPU's polls write it).
 #[map]
 pub static BUSY_UNTIL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: bit `t` set while this CPU hands packets for CPU `t` to `t`
-/// (written at the end of each of its polls; the loader's initial value:
-/// none for a steering CPU, all for the others).
+/// (written at the end of each of its polls; the loader's initial value,
+/// after each change of configuration too: none for a steering CPU, all for
+/// the others).
 #[map]
 pub static SPREAD_TO: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -77,32 +77,38 @@ fn last_idle(cpu: u32) -> Option<u64> {
 /// `napi_poll(struct napi_struct *napi, int work, int budget)`.
 pub fn on_poll(ctx: &RawTracePointContext) -> i32 {
     let (work, budget) = (ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as i32);
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
     // Budget 0: netpoll, which may poll in the middle of another poll on this CPU.
-    if budget <= 0 || !spread_busy() {
+    if budget <= 0 || cfg.spread != SPREAD_BUSY {
         return 0;
     }
     let (Some(busy), Some(to)) = (BUSY_UNTIL.get_ptr_mut(0), SPREAD_TO.get_ptr_mut(0)) else { return 0 };
+    // SAFETY: no preconditions.
+    let here = unsafe { bpf_get_smp_processor_id() };
+    // Read from the configuration at every poll, never kept in a map this program also writes:
+    // the loader's change of `--cpus` cannot be lost to a poll that ends at the same moment.
+    let steering = here < u64::BITS && cfg.steering >> here & 1 != 0;
     // SAFETY: no preconditions (an inlined read of jiffies).
     let now = unsafe { bpf_jiffies64() };
-    // SAFETY: per-CPU slots of this CPU. Never lowers u64::MAX.
+    // SAFETY: per-CPU slots of this CPU.
     unsafe {
         let until = now + BUSY_HOLD_JIFFIES;
         if work >= budget && *busy < until {
             *busy = until;
         }
-        *to = spread_to(now, *busy);
+        *to = if steering { spread_to(here, now, *busy) } else { u64::MAX };
     }
     0
 }
 
+/// Where steering CPU `here` hands packets during its next poll.
 #[inline(always)]
-fn spread_to(now: u64, busy_until: u64) -> u64 {
+fn spread_to(here: u32, now: u64, busy_until: u64) -> u64 {
     if now <= busy_until {
         return u64::MAX;
     }
     let since = now.saturating_sub(IDLE_RECENT_JIFFIES);
-    // SAFETY: no preconditions.
-    if last_idle(unsafe { bpf_get_smp_processor_id() }).is_some_and(|at| at >= since) {
+    if last_idle(here).is_some_and(|at| at >= since) {
         return 0;
     }
     let mut mask = 0u64;

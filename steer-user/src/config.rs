@@ -196,6 +196,7 @@ impl HashSettings {
                 .unwrap_or(crate::rfs::DEFAULT_MIGRATE_IDLE_US),
             local_pass: self.local_pass,
             rfs_mask: self.rfs.map_or(0, |r| steer_common::flow::slots(r.flow_entries) - 1),
+            steering: self.cpus.iter().filter(|c| **c < u64::BITS).fold(0, |m, c| m | 1 << c),
             ..SteerConfig::default()
         };
         self.inner.apply(&mut cfg);

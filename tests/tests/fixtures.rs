@@ -802,11 +802,16 @@ fn rfs_flow_that_was_queued_elsewhere_is_never_passed_in_place() {
 
 /// `SPREAD_TO` of `cpu`: the CPUs it hands packets to during its poll.
 fn set_spread_to(ebpf: &mut Ebpf, cpu: u32, mask: u64) {
+    set_own_slot(ebpf, map::SPREAD_TO, cpu, mask);
+}
+
+/// `cpu`'s own slot of the single-entry per-CPU map `name`.
+fn set_own_slot(ebpf: &mut Ebpf, name: &str, cpu: u32, value: u64) {
     let mut m: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(ebpf.map_mut(map::SPREAD_TO).expect("SPREAD_TO map")).expect("per-CPU array");
-    let mut v: Vec<u64> = m.get(&0, 0).expect("read SPREAD_TO").iter().copied().collect();
-    v[cpu as usize] = mask;
-    m.set(0, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write SPREAD_TO");
+        PerCpuArray::try_from(ebpf.map_mut(name).expect("per-CPU map")).expect("per-CPU array");
+    let mut v: Vec<u64> = m.get(&0, 0).expect("read").iter().copied().collect();
+    v[cpu as usize] = value;
+    m.set(0, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write");
 }
 
 /// `PENDING[to]` as CPU `on` sees it (a redirect towards `to` in its bulk, not flushed yet).
@@ -930,7 +935,8 @@ fn set_last_idle(ebpf: &mut Ebpf, cpu: u32, at: u64) {
 /// each poll from what `cpu_idle` recorded: a CPU whose poll was full hands
 /// packets to every CPU; one that idled itself to none; otherwise to the CPUs
 /// that idle or idled within 6 jiffies. netpoll's polls (budget 0) and
-/// `--spread always` change nothing; a CPU steer does not steer to spreads to all.
+/// `--spread always` change nothing; a CPU steer does not steer to spreads to
+/// all, also right after a live change of `--cpus` that a poll raced.
 #[test]
 fn spread_busy_hands_packets_to_every_cpu_after_a_full_poll_and_else_to_the_cpus_that_idled() {
     require_root();
@@ -989,6 +995,18 @@ fn spread_busy_hands_packets_to_every_cpu_after_a_full_poll_and_else_to_the_cpus
     fire(&mut ebpf, "cpu_idle", &[1, c as u64], c);
     fire(&mut ebpf, "napi_poll", &poll, c);
     assert_eq!(spread_to(&ebpf, c), u64::MAX, "CPU {c} is not steered to, idle or not");
+    // Live (SIGHUP): `c` joins, then leaves again while one of its polls ends, which overwrites
+    // the loader's values with what the old `--cpus` said (keep; not busy).
+    let both = HashSettings { cpus: cpus.clone(), ..only.clone() };
+    loader::write_config(&mut ebpf, &both).expect("--cpus with both CPUs");
+    assert_eq!(spread_to(&ebpf, c), 0, "CPU {c} joined: keeps until its next poll ends");
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), 0, "CPU {c} idles: keeps");
+    loader::write_config(&mut ebpf, &only).expect("--cpus without the first CPU");
+    set_spread_to(&mut ebpf, c, 0);
+    set_own_slot(&mut ebpf, map::BUSY_UNTIL, c, 0);
+    fire(&mut ebpf, "napi_poll", &poll, c);
+    assert_eq!(spread_to(&ebpf, c), u64::MAX, "CPU {c} left: hands everything on from its next poll");
 }
 
 /// Sets what the cpumap tracepoints would have counted for `cpu`'s queue:

@@ -112,17 +112,14 @@ pub(crate) fn write_config_raw(ebpf: &mut Ebpf, hash: &HashSettings, cfg: SteerC
             indir.set(bucket as u32, cpu, 0).map_err(Error::ebpf)?;
         }
     }
-    // Only steering CPUs keep packets for themselves (`--spread busy`): the others are always busy
-    // (BUSY_UNTIL) and hand everything on (SPREAD_TO); a steering CPU keeps until its first poll
-    // ends, after each SIGHUP too.
+    // Until its next poll ends (`--spread busy`), a steering CPU keeps what it receives and any
+    // other hands everything on, after each SIGHUP too. A poll ending meanwhile may overwrite this
+    // with what the old configuration said; the poll after it decides from the new one.
     let per_cpu: Vec<u64> =
         (0..cpus::possible_count()?).map(|c| if hash.cpus.contains(&c) { 0 } else { u64::MAX }).collect();
-    for name in [map::BUSY_UNTIL, map::SPREAD_TO] {
-        let mut m = PerCpuArray::<_, u64>::try_from(map_mut(ebpf, name)?).map_err(Error::ebpf)?;
-        let v = aya::maps::PerCpuValues::try_from(per_cpu.clone())
-            .map_err(|e| Error::io(format!("filling {name}"), e))?;
-        m.set(0, v, 0).map_err(Error::ebpf)?;
-    }
+    let mut m = PerCpuArray::<_, u64>::try_from(map_mut(ebpf, map::SPREAD_TO)?).map_err(Error::ebpf)?;
+    let v = aya::maps::PerCpuValues::try_from(per_cpu).map_err(|e| Error::io("filling SPREAD_TO", e))?;
+    m.set(0, v, 0).map_err(Error::ebpf)?;
     let mut m = Array::<_, SteerConfig>::try_from(map_mut(ebpf, map::CONFIG)?).map_err(Error::ebpf)?;
     m.set(0, cfg, 0).map_err(Error::ebpf)
 }

@@ -79,7 +79,7 @@ pub fn render_table(r: &Report) -> String {
         if kept > 0.0 {
             let _ = writeln!(
                 out,
-                "kept where they arrived (--spread busy, CPU not busy): {} of {} steered",
+                "kept where they arrived (--spread busy: handing them on would not pay): {} of {} steered",
                 si(Some(kept)),
                 si(Some(steered))
             );
