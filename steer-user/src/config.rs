@@ -72,7 +72,7 @@ impl LocalPass {
 
 /// When a CPU hands the packets it receives to their flows' CPUs (`--spread`). The default is
 /// what `steer run`, its config file and the bench's steer rows get: `Busy`, which was ahead of
-/// `Always` on the real clients and even on floods (bench/README.md).
+/// `Always` on most real-client figures and level with it on floods (bench/README.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Spread {
