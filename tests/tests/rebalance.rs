@@ -22,7 +22,7 @@ use steer_common::{
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
     BucketLoad, BucketMove, FlowKey, RebalanceState, Tuple, INDIR_MOVING,
 };
-use steer_tests::{pin_to_cpu, require_root, tcp_ext_here};
+use steer_tests::{pin_to_cpu, require_root, TcpOrder, TcpOrderProbe};
 
 fn cpus() -> Vec<u32> {
     let c = steer::cpus::online().unwrap();
@@ -320,9 +320,7 @@ fn in_the_lab_buckets_move_off_the_hot_cpu_and_the_imbalance_falls() {
 #[derive(Debug)]
 struct TcpPhase {
     moves: u64,
-    ofo: u64,
-    #[allow(dead_code)] // printed
-    fast_retransmits: u64,
+    order: TcpOrder,
     sent: u64,
     received: u64,
 }
@@ -383,8 +381,8 @@ fn tcp_phase(b: &steer::lab::scenario::Bench, cpus: &[u32], port: u16, idle_us: 
             r.join().unwrap();
         }
     });
-    let rx0 = b.topo.rx_ns.run(tcp_ext_here).unwrap();
-    let tx0 = b.topo.tx_ns.run(tcp_ext_here).unwrap();
+    let cpumap_drops0 = cpumap_drops(&mut active);
+    let probe = TcpOrderProbe::start(&b.topo.tx_ns.name, &b.topo.rx_ns.name).unwrap();
     let moves0 = active.rebalance_state().unwrap().moves;
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -414,18 +412,16 @@ fn tcp_phase(b: &steer::lab::scenario::Bench, cpus: &[u32], port: u16, idle_us: 
     }
     server.join().unwrap();
     let moves = active.rebalance_state().unwrap().moves - moves0;
-    let (rx1, tx1) = (b.topo.rx_ns.run(tcp_ext_here).unwrap(), b.topo.tx_ns.run(tcp_ext_here).unwrap());
+    let order = probe.finish(cpumap_drops(&mut active) - cpumap_drops0).unwrap();
     active.teardown(&b.topo).unwrap();
-    let d = |a: &std::collections::HashMap<String, u64>,
-             z: &std::collections::HashMap<String, u64>,
-             k: &str| { z.get(k).copied().unwrap_or(0) - a.get(k).copied().unwrap_or(0) };
-    TcpPhase {
-        moves,
-        ofo: d(&rx0, &rx1, "TCPOFOQueue") + d(&rx0, &rx1, "TCPOFODrop"),
-        fast_retransmits: d(&tx0, &tx1, "TCPFastRetrans"),
-        sent: sent.load(Ordering::Relaxed),
-        received: received.load(Ordering::Relaxed),
-    }
+    TcpPhase { moves, order, sent: sent.load(Ordering::Relaxed), received: received.load(Ordering::Relaxed) }
+}
+
+/// Frames steer's CPUMAP queues refused or their kthreads dropped, all CPUs.
+fn cpumap_drops(active: &mut steer::lab::scenario::Active) -> u64 {
+    let ebpf = active.xdp_mut().unwrap();
+    let m = PerCpuArray::<_, u64>::try_from(ebpf.map_mut("CPUMAP_DROPS").unwrap()).unwrap();
+    (0..m.len()).map(|i| m.get(&i, 0).unwrap().iter().sum::<u64>()).sum()
 }
 
 /// TCP while buckets move: with the default gate (idle time and queue check),
@@ -434,6 +430,10 @@ fn tcp_phase(b: &steer::lab::scenario::Bench, cpus: &[u32], port: u16, idle_us: 
 /// with an idle time of 0 (the control, same traffic) moves to the in-place
 /// CPU reordered their flows in 7 of 8 runs (22-94 out-of-order segments for
 /// 4-7 moves). The idle time alone was not enough: see DEFAULT_MOVE_IDLE_US.
+/// A frame dropped anywhere (a full veth ring at the sender, a CPUMAP queue)
+/// leaves a hole the receiver counts like a reordering (one gated run: 382
+/// out of order after 16 fast retransmits), so such a run says nothing and is
+/// repeated.
 #[test]
 fn tcp_flows_are_not_reordered_while_their_buckets_move() {
     use steer::lab::{gen::GenSettings, scenario::Bench};
@@ -447,16 +447,28 @@ fn tcp_flows_are_not_reordered_while_their_buckets_move() {
     let tx_if = b.topo.tx_if.clone();
     let _rps = steer_tests::SenderRps::apply(&b.topo.tx_ns.name, &tx_if, cpus[0]);
     let ungated = tcp_phase(&b, &cpus, 7771, 0);
+    println!("control, idle time 0: {ungated:?}");
     let idle = steer::rebalance::DEFAULT_MOVE_IDLE_US;
-    let gated = tcp_phase(&b, &cpus, 7772, idle);
-    println!("control, idle time 0: {ungated:?}\nidle time {idle} us: {gated:?}");
-    for p in [&ungated, &gated] {
-        assert_eq!(p.sent, p.received, "every byte arrives: {p:?}");
-        assert!(p.moves > 0, "no bucket moved while the TCP flows ran: {p:?}");
+    const ATTEMPTS: u16 = 5;
+    for attempt in 0..ATTEMPTS {
+        let gated = tcp_phase(&b, &cpus, 7772 + attempt, idle);
+        println!("idle time {idle} us: {gated:?}");
+        for p in [&ungated, &gated] {
+            assert_eq!(p.sent, p.received, "every byte arrives: {p:?}");
+            assert!(p.moves > 0, "no bucket moved while the TCP flows ran: {p:?}");
+        }
+        if gated.order.conclusive() {
+            // Flat: within the lab's own noise (a static table: 0-5 per 4 s; gated runs measured
+            // 0-8). The control is printed, not asserted: it reorders only when a move catches
+            // packets in flight.
+            assert!(
+                gated.order.out_of_order <= 20,
+                "moves through the gate reordered: {gated:?} (control {ungated:?})"
+            );
+            return;
+        }
     }
-    // Flat: within the lab's own noise (a static table: 0-5 per 4 s; gated runs measured 0-8).
-    // The control is printed, not asserted: it reorders only when a move catches packets in flight.
-    assert!(gated.ofo <= 20, "moves through the gate reordered: {gated:?} (control {ungated:?})");
+    panic!("frames were dropped in each of {ATTEMPTS} gated runs: reordering could not be told apart");
 }
 
 /// UDP from the lab's tx namespace: one heavy source port sending `heavy`
