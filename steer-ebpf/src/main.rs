@@ -11,13 +11,15 @@
 //!   `redirect_floor`: a bare redirect into the CPUMAP, the floor of any steering;
 //!   `cost_parse`, `cost_hash`: steer_xdp's parser, then also its hash, before
 //!   that redirect (where steer_xdp's time goes, for the bench's cost table).
-//! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues.
-//! - `napi_poll`, `cpu_idle`: where each CPU hands packets under `--spread busy` (pressure.rs).
+//! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues, and what
+//!   each queue took in and gave out (cpumap_trace.rs).
+//! - `napi_poll`: publishes what a poll redirected (cpumap_trace.rs); with `cpu_idle`, where
+//!   each CPU hands packets under `--spread busy` (pressure.rs).
 //! - `rfs_read`, `rfs_udp_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
 //!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
 #![no_std]
 #![no_main]
-// atomic_xadd for the queue counters of cpumap_trace.rs (no atomic RMW types on bpfel).
+// atomic_xadd / atomic_xchg for the queue counters of cpumap_trace.rs (no atomic RMW types on bpfel).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
@@ -112,9 +114,11 @@ pub fn cpumap_kthread(ctx: RawTracePointContext) -> i32 {
     cpumap_trace::kthread(&ctx)
 }
 
-/// `--spread busy`: at the end of each NAPI poll, where the CPU hands packets during its next one.
+/// At the end of each NAPI poll: publish what the poll redirected (cpumap_trace.rs), and
+/// `--spread busy`: where the CPU hands packets during its next poll.
 #[raw_tracepoint(tracepoint = "napi_poll")]
 pub fn napi_poll(ctx: RawTracePointContext) -> i32 {
+    cpumap_trace::publish_all();
     pressure::on_poll(&ctx)
 }
 
