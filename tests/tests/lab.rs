@@ -322,8 +322,8 @@ fn native_veth_passes_in_place_only_while_nothing_is_queued() {
 /// so each flow enters steer on both CPUs), which overflows the veth's ring
 /// and the queues now and then. A packet is passed in place only once both
 /// counts are equal for its CPU. Counted from the enqueue tracepoint's
-/// `processed`, the kthreads took out 90-2424 frames more than went in per
-/// 5 s of iperf3 -P4 here (in 8 of 10 runs), and packets passed in place
+/// `processed`, the kthreads took out 16-2424 frames more than went in per
+/// 5 s of iperf3 -P4 here (in 20 of 22 runs), and packets passed in place
 /// overtook ones still queued (13 and 685 segments reached the stack behind a
 /// later one of their flow in two runs). Counted by the XDP program, the two
 /// are equal after most runs; in 2 of 11 all flows hashed to one CPU, whose
