@@ -66,7 +66,14 @@ pub fn pending(cpu: u32) {
 /// `cpu`'s "put in" count, less `dropped` frames its queue refused.
 #[inline(always)]
 fn publish(cpu: u32, dropped: u64) {
-    let Some(p) = PENDING.get_ptr_mut(cpu) else { return };
+    if let Some(p) = PENDING.get_ptr_mut(cpu) {
+        publish_slot(p, cpu, dropped);
+    }
+}
+
+/// [`publish`] of `p`, this CPU's `PENDING[cpu]`.
+#[inline(always)]
+fn publish_slot(p: *mut u64, cpu: u32, dropped: u64) {
     // Taken and zeroed in one step: an XDP program in a softirq that interrupts this tracepoint
     // (in a task with bottom halves on) may count more in between.
     // SAFETY: a per-CPU slot of this CPU, aligned.
@@ -85,8 +92,10 @@ fn publish(cpu: u32, dropped: u64) {
 #[inline(always)]
 pub fn publish_all() {
     for cpu in 0..MAX_CPUS {
-        if PENDING.get(cpu).is_some_and(|n| *n != 0) {
-            publish(cpu, 0);
+        let Some(p) = PENDING.get_ptr_mut(cpu) else { break };
+        // SAFETY: a per-CPU slot of this CPU, read whole.
+        if unsafe { *p } != 0 {
+            publish_slot(p, cpu, 0);
         }
     }
 }
