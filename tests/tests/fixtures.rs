@@ -955,42 +955,28 @@ fn a_queues_intake_is_what_the_xdp_program_redirected_published_at_the_flush_and
             let enqueue = |ebpf: &mut Ebpf, processed: u64, drops: u64| {
                 fire(ebpf, "cpumap_enqueue", &[ID, processed, drops, away as u64], c)
             };
+            // (this CPU's unpublished count for `away`, `away`'s queue: put in, taken out)
+            let state = |ebpf: &Ebpf| (pending_of(ebpf, c, away), ring_of(ebpf, away));
             let (v, _) = once(&mut ebpf, &frame);
             assert_eq!(v, XDP_REDIRECT);
-            assert_eq!(
-                (pending_of(&ebpf, c, away), ring_of(&ebpf, away)),
-                (1, (0, 0)),
-                "counted, not published"
-            );
+            assert_eq!(state(&ebpf), (1, (0, 0)), "counted, not published");
             // The event under-reports (the kernel's count, not the program's): the redirect is published.
             enqueue(&mut ebpf, 0, 0);
-            assert_eq!(
-                (pending_of(&ebpf, c, away), ring_of(&ebpf, away)),
-                (0, (1, 0)),
-                "published at the flush"
-            );
+            assert_eq!(state(&ebpf), (0, (1, 0)), "published at the flush");
             // Another CPUMAP's event publishes nothing.
             once(&mut ebpf, &frame);
             fire(&mut ebpf, "cpumap_enqueue", &[ID + 1, 1, 0, away as u64], c);
-            assert_eq!((pending_of(&ebpf, c, away), ring_of(&ebpf, away)), (1, (1, 0)), "not our CPUMAP");
+            assert_eq!(state(&ebpf), (1, (1, 0)), "not our CPUMAP");
             // Two more; the queue refuses one of the three.
             once(&mut ebpf, &frame);
             once(&mut ebpf, &frame);
             enqueue(&mut ebpf, 3, 1);
-            assert_eq!(
-                (pending_of(&ebpf, c, away), ring_of(&ebpf, away)),
-                (0, (3, 0)),
-                "less the dropped one"
-            );
+            assert_eq!(state(&ebpf), (0, (3, 0)), "less the dropped one");
             // A flush whose event this program does not see: published when the poll ends.
             once(&mut ebpf, &frame);
             let poll = [0, 1, 64];
             fire(&mut ebpf, "napi_poll", &poll, c);
-            assert_eq!(
-                (pending_of(&ebpf, c, away), ring_of(&ebpf, away)),
-                (0, (4, 0)),
-                "published at the poll end"
-            );
+            assert_eq!(state(&ebpf), (0, (4, 0)), "published at the poll end");
             // The kthread counts what it takes out, on its own CPU.
             fire(&mut ebpf, "cpumap_kthread", &[ID, 4, 0, 0, 0], away);
             assert_eq!(ring_of(&ebpf, away), (4, 4), "drained");
