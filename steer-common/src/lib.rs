@@ -18,8 +18,8 @@ pub use balance::{BucketLoad, BucketMove, RebalanceState, INDIR_MOVING};
 pub use flow::{FlowEntry, FlowKey, FlowSlot, RfsCounters, SockOffsets};
 pub use hash::{HashKind, ToeplitzTable, MS_RSS_KEY};
 pub use maps::{
-    Counters, GenConfig, PassReason, SteerConfig, BUSY_HOLD_JIFFIES, IDLE_RECENT_JIFFIES, LOCAL_PASS_DRAINED,
-    LOCAL_PASS_OFF, LOCAL_PASS_ON, SPREAD_ALWAYS, SPREAD_BUSY,
+    Counters, GenConfig, IdleWatch, PassReason, SteerConfig, BUSY_HOLD_JIFFIES, IDLE_RECENT_JIFFIES,
+    LOCAL_PASS_DRAINED, LOCAL_PASS_OFF, LOCAL_PASS_ON, QUIET_NS, SPREAD_ALWAYS, SPREAD_BUSY,
 };
 pub use tunnel::Encap;
 pub use tuple::Tuple;

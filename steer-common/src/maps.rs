@@ -165,6 +165,32 @@ pub const BUSY_HOLD_JIFFIES: u64 = 10;
 /// flood that saturates it.
 pub const IDLE_RECENT_JIFFIES: u64 = 6;
 
+/// A CPU's own queue as its `cpu_idle` program last saw it while the counts
+/// showed frames still queued (one entry of a per-CPU array, steer-ebpf's
+/// cpumap_trace.rs). A CPU enters idle only with its cpumap kthread asleep,
+/// which it does only with its queue empty: counts that stay so for
+/// [`QUIET_NS`] are a refused frame whose enqueue event was never seen, and
+/// are written off, or that CPU would never pass a packet in place again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdleWatch {
+    /// `RING`'s "put in" for this CPU when first seen so.
+    pub put: u64,
+    /// `RING`'s "taken out" for this CPU when first seen so.
+    pub taken: u64,
+    /// When (`bpf_ktime_get_ns`); 0: never.
+    pub since_ns: u64,
+    /// Frames written off so far: counted in, never seen taken out.
+    pub written_off: u64,
+}
+
+/// How long a CPU's queue counts must stay the same, seen each time it enters
+/// idle, before what they still show queued is written off ([`IdleWatch`]).
+/// Between a frame put into the queue and its kthread's wake-up lies only the
+/// rest of the producer's flush: far less, unless that CPU's vCPU is stopped
+/// for as long (a write-off then may let a packet pass one still queued).
+pub const QUIET_NS: u64 = 1_000_000_000;
+
 /// Configuration of the lab generator program (`lab_gen`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -188,6 +214,7 @@ pub struct GenConfig {
 mod pod {
     // SAFETY: all are repr(C), made of integers, with no padding.
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::IdleWatch {}
     unsafe impl aya::Pod for super::SteerConfig {}
     unsafe impl aya::Pod for super::GenConfig {}
     unsafe impl aya::Pod for crate::hash::ToeplitzTable {}

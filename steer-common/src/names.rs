@@ -35,7 +35,8 @@ pub mod map {
     pub const PENDING: &str = "PENDING";
     pub const SPREAD_TO: &str = "SPREAD_TO";
     pub const LAST_IDLE: &str = "LAST_IDLE";
-    pub const ALL: [&str; 30] = [
+    pub const IDLE_WATCH: &str = "IDLE_WATCH";
+    pub const ALL: [&str; 31] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -66,6 +67,7 @@ pub mod map {
         PENDING,
         SPREAD_TO,
         LAST_IDLE,
+        IDLE_WATCH,
     ];
 }
 

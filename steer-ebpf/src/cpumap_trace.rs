@@ -16,14 +16,18 @@
 //! much let a queue look drained while it still held a flow's packets, and
 //! packets passed in place overtook them. The drops still come from the
 //! events: a refused frame whose event is not seen stays counted as queued,
-//! which errs on the safe side (that CPU queues what it could pass in place).
+//! which errs on the safe side (that CPU queues what it could pass in place),
+//! until its CPU has idled with the counts unchanged for a second
+//! ([`on_idle`]): then it is written off.
 
 use aya_ebpf::{
-    helpers::bpf_get_smp_processor_id,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, PerCpuArray},
     programs::RawTracePointContext,
 };
+
+use steer_common::{IdleWatch, QUIET_NS};
 
 use crate::maps::MAX_CPUS;
 
@@ -51,6 +55,10 @@ pub static RING: Array<u64> = Array::with_max_entries(DROP_SLOTS, 0);
 /// end of each NAPI poll on this CPU, after the poll flushed its bulks).
 #[map]
 pub static PENDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS / 2, 0);
+
+/// This CPU's own queue as its idle entries saw it (see [`on_idle`]).
+#[map]
+pub static IDLE_WATCH: PerCpuArray<IdleWatch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts a frame this CPU redirects towards `cpu`, until it is published.
 #[inline(always)]
@@ -114,6 +122,39 @@ pub fn nothing_queued(cpu: u32) -> bool {
     }
     let (put, taken) = ring(cpu);
     taken >= put
+}
+
+/// This CPU enters idle (`power:cpu_idle`, not its exit): its cpumap kthread
+/// is asleep, which it is only after it found its queue empty; a frame put in
+/// since would have woken it. Counts that still show frames queued, and stay
+/// the same at its idle entries for [`QUIET_NS`], are a refused frame whose
+/// enqueue event was never seen: they are written off, so that this CPU passes
+/// packets in place again (and `--rebalance` can move buckets off it). Only
+/// such counts read the clock.
+pub fn on_idle(state: u32) {
+    // The exit, or counts that say nothing.
+    if state == u32::MAX || CPUMAP_ID.get(0).is_none_or(|id| *id == 0) {
+        return;
+    }
+    // SAFETY: no preconditions.
+    let here = unsafe { bpf_get_smp_processor_id() };
+    let (put, taken) = ring(here);
+    if taken >= put {
+        return;
+    }
+    let Some(w) = IDLE_WATCH.get_ptr_mut(0) else { return };
+    // SAFETY: a per-CPU slot of this CPU; its idle entries do not nest.
+    let w = unsafe { &mut *w };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if w.since_ns == 0 || w.put != put || w.taken != taken {
+        *w = IdleWatch { put, taken, since_ns: now, written_off: w.written_off };
+    } else if now.wrapping_sub(w.since_ns) >= QUIET_NS {
+        // Nothing else adds to "taken out" now: its only writer is this CPU's kthread.
+        ring_add(here.wrapping_mul(2).wrapping_add(1), put - taken);
+        w.written_off += put - taken;
+        w.since_ns = 0;
+    }
 }
 
 /// Adds `n` to `RING[slot]`; several CPUs may enqueue to one queue at once.

@@ -14,7 +14,8 @@
 //! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues, and what
 //!   each queue took in and gave out (cpumap_trace.rs).
 //! - `napi_poll`: publishes what a poll redirected (cpumap_trace.rs); with `cpu_idle`, where
-//!   each CPU hands packets under `--spread busy` (pressure.rs).
+//!   each CPU hands packets under `--spread busy` (pressure.rs). `cpu_idle` also writes off
+//!   what a CPU's queue counts show queued long after it emptied (cpumap_trace.rs).
 //! - `rfs_read`, `rfs_udp_read`, `rfs_state`: RFS socket tracking (track.rs), attached only
 //!   with `--mode rfs`; steer_xdp then consults their flow table first (rfs.rs).
 #![no_std]
@@ -122,9 +123,11 @@ pub fn napi_poll(ctx: RawTracePointContext) -> i32 {
     pressure::on_poll(&ctx)
 }
 
-/// `--spread busy`: when a CPU last idled.
+/// A CPU enters or leaves idle: write off what its queue counts show queued
+/// long after it emptied (cpumap_trace.rs); `--spread busy`: when it last idled.
 #[raw_tracepoint(tracepoint = "cpu_idle")]
 pub fn cpu_idle(ctx: RawTracePointContext) -> i32 {
+    cpumap_trace::on_idle(ctx.arg::<u64>(0) as u32);
     pressure::on_idle(&ctx)
 }
 

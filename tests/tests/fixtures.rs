@@ -21,7 +21,7 @@ use steer::{
 use steer_common::{
     names::map,
     tuple::{IPPROTO_TCP, IPPROTO_UDP},
-    Encap, FlowKey, FlowSlot, PassReason, RfsCounters, Tuple,
+    Encap, FlowKey, FlowSlot, IdleWatch, PassReason, RfsCounters, Tuple, QUIET_NS,
 };
 use steer_tests::{pin_to_cpu, require_root};
 
@@ -982,6 +982,75 @@ fn a_queues_intake_is_what_the_xdp_program_redirected_published_at_the_flush_and
             assert_eq!(ring_of(&ebpf, away), (4, 4), "drained");
         });
     }
+}
+
+/// `IDLE_WATCH` of CPU `cpu`.
+fn idle_watch(ebpf: &Ebpf, cpu: u32) -> IdleWatch {
+    let m: PerCpuArray<_, IdleWatch> =
+        PerCpuArray::try_from(ebpf.map(map::IDLE_WATCH).expect("IDLE_WATCH map")).expect("per-CPU array");
+    m.get(&0, 0).expect("read IDLE_WATCH")[cpu as usize]
+}
+
+fn set_idle_watch(ebpf: &mut Ebpf, cpu: u32, w: IdleWatch) {
+    let mut m: PerCpuArray<_, IdleWatch> =
+        PerCpuArray::try_from(ebpf.map_mut(map::IDLE_WATCH).expect("IDLE_WATCH map")).expect("per-CPU array");
+    let mut v: Vec<IdleWatch> = m.get(&0, 0).expect("read IDLE_WATCH").iter().copied().collect();
+    v[cpu as usize] = w;
+    m.set(0, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write IDLE_WATCH");
+}
+
+/// A CPU enters idle only with its cpumap kthread asleep, which it is only
+/// with its queue empty: queue counts that still show frames queued, and stay
+/// the same at its idle entries for a second (a refused frame whose enqueue
+/// event was never seen), are written off, so that the CPU passes packets in
+/// place again. Counts that move start the second again; leaving idle, another
+/// CPU's counts and counts that say nothing (no CPUMAP watched) are left alone.
+#[test]
+fn queue_counts_that_show_frames_queued_through_a_second_of_idle_entries_are_written_off() {
+    require_root();
+    let cpus = online();
+    assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
+    let (c, o) = (cpus[0], cpus[1]);
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone()).unwrap();
+    let mut ebpf = load(&settings);
+    // cpu_idle(state, cpu): state u32::MAX is leaving idle.
+    let (enter, leave) = ([1, c as u64], [u32::MAX as u64, c as u64]);
+    set_ring(&mut ebpf, c, 5, 3);
+    set_ring(&mut ebpf, o, 4, 2);
+    fire(&mut ebpf, "cpu_idle", &enter, c);
+    assert_eq!(idle_watch(&ebpf, c), IdleWatch::default(), "no CPUMAP watched: the counts say nothing");
+    let mut id: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(map::CPUMAP_ID).expect("CPUMAP_ID map")).expect("array");
+    id.set(0, 7, 0).expect("CPUMAP_ID");
+    fire(&mut ebpf, "cpu_idle", &leave, c);
+    assert_eq!(idle_watch(&ebpf, c), IdleWatch::default(), "leaving idle says nothing of the queue");
+    fire(&mut ebpf, "cpu_idle", &enter, c);
+    let first = idle_watch(&ebpf, c);
+    assert_eq!((first.put, first.taken, first.written_off), (5, 3, 0), "{first:?}");
+    assert!(first.since_ns > 0, "{first:?}");
+    fire(&mut ebpf, "cpu_idle", &enter, c);
+    assert_eq!((ring_of(&ebpf, c), idle_watch(&ebpf, c)), ((5, 3), first), "within the second: kept");
+    // Counts that move (a frame put in) start the second again.
+    set_ring(&mut ebpf, c, 6, 3);
+    fire(&mut ebpf, "cpu_idle", &enter, c);
+    let moved = idle_watch(&ebpf, c);
+    assert_eq!((moved.put, moved.taken), (6, 3), "{moved:?}");
+    assert!(moved.since_ns >= first.since_ns, "{moved:?} after {first:?}");
+    // A second of idle entries later.
+    set_idle_watch(
+        &mut ebpf,
+        c,
+        IdleWatch { since_ns: moved.since_ns.saturating_sub(QUIET_NS).max(1), ..moved },
+    );
+    fire(&mut ebpf, "cpu_idle", &leave, c);
+    assert_eq!(ring_of(&ebpf, c), (6, 3), "leaving idle writes nothing off");
+    fire(&mut ebpf, "cpu_idle", &enter, c);
+    assert_eq!(ring_of(&ebpf, c), (6, 6), "written off");
+    assert_eq!((idle_watch(&ebpf, c).written_off, idle_watch(&ebpf, c).since_ns), (3, 0));
+    fire(&mut ebpf, "cpu_idle", &enter, c);
+    assert_eq!((ring_of(&ebpf, c), idle_watch(&ebpf, c).written_off), ((6, 6), 3), "nothing queued");
+    assert_eq!(ring_of(&ebpf, o), (4, 2), "CPU {c}'s idle entries write off only its own queue");
+    assert_eq!(idle_watch(&ebpf, o), IdleWatch::default());
 }
 
 fn spread_to(ebpf: &Ebpf, cpu: u32) -> u64 {

@@ -5,7 +5,8 @@
 //! each queue took in and gave out, which the XDP program reads before it
 //! passes a packet in place; `napi_poll` and `cpu_idle`
 //! (steer-ebpf/src/pressure.rs), which tell it where a CPU spreads under
-//! `--spread busy`, are attached with them.
+//! `--spread busy`, are attached with them (`cpu_idle` also writes off counts
+//! a CPU's queue still shows after it idled through a second).
 
 use aya::{
     maps::{Array, MapData, PerCpuArray},
