@@ -805,13 +805,20 @@ fn set_spread_to(ebpf: &mut Ebpf, cpu: u32, mask: u64) {
     set_own_slot(ebpf, map::SPREAD_TO, cpu, mask);
 }
 
-/// `cpu`'s own slot of the single-entry per-CPU map `name`.
-fn set_own_slot(ebpf: &mut Ebpf, name: &str, cpu: u32, value: u64) {
-    let mut m: PerCpuArray<_, u64> =
+/// Sets `cpu`'s own slot of the single-entry per-CPU map `name`.
+fn set_own_slot<T: aya::Pod>(ebpf: &mut Ebpf, name: &str, cpu: u32, value: T) {
+    let mut m: PerCpuArray<_, T> =
         PerCpuArray::try_from(ebpf.map_mut(name).expect("per-CPU map")).expect("per-CPU array");
-    let mut v: Vec<u64> = m.get(&0, 0).expect("read").iter().copied().collect();
+    let mut v: Vec<T> = m.get(&0, 0).expect("read").iter().copied().collect();
     v[cpu as usize] = value;
     m.set(0, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write");
+}
+
+/// `cpu`'s own slot of the single-entry per-CPU map `name`.
+fn own_slot<T: aya::Pod>(ebpf: &Ebpf, name: &str, cpu: u32) -> T {
+    let m: PerCpuArray<_, T> =
+        PerCpuArray::try_from(ebpf.map(name).expect("per-CPU map")).expect("per-CPU array");
+    m.get(&0, 0).expect("read")[cpu as usize]
 }
 
 /// `PENDING[to]` as CPU `on` sees it (redirects towards `to` not published yet).
@@ -984,19 +991,8 @@ fn a_queues_intake_is_what_the_xdp_program_redirected_published_at_the_flush_and
     }
 }
 
-/// `IDLE_WATCH` of CPU `cpu`.
 fn idle_watch(ebpf: &Ebpf, cpu: u32) -> IdleWatch {
-    let m: PerCpuArray<_, IdleWatch> =
-        PerCpuArray::try_from(ebpf.map(map::IDLE_WATCH).expect("IDLE_WATCH map")).expect("per-CPU array");
-    m.get(&0, 0).expect("read IDLE_WATCH")[cpu as usize]
-}
-
-fn set_idle_watch(ebpf: &mut Ebpf, cpu: u32, w: IdleWatch) {
-    let mut m: PerCpuArray<_, IdleWatch> =
-        PerCpuArray::try_from(ebpf.map_mut(map::IDLE_WATCH).expect("IDLE_WATCH map")).expect("per-CPU array");
-    let mut v: Vec<IdleWatch> = m.get(&0, 0).expect("read IDLE_WATCH").iter().copied().collect();
-    v[cpu as usize] = w;
-    m.set(0, aya::maps::PerCpuValues::try_from(v).expect("values"), 0).expect("write IDLE_WATCH");
+    own_slot(ebpf, map::IDLE_WATCH, cpu)
 }
 
 /// A CPU enters idle only with its cpumap kthread asleep, which it is only
@@ -1037,8 +1033,9 @@ fn queue_counts_that_show_frames_queued_through_a_second_of_idle_entries_are_wri
     assert_eq!((moved.put, moved.taken), (6, 3), "{moved:?}");
     assert!(moved.since_ns >= first.since_ns, "{moved:?} after {first:?}");
     // A second of idle entries later.
-    set_idle_watch(
+    set_own_slot(
         &mut ebpf,
+        map::IDLE_WATCH,
         c,
         IdleWatch { since_ns: moved.since_ns.saturating_sub(QUIET_NS).max(1), ..moved },
     );
@@ -1054,9 +1051,7 @@ fn queue_counts_that_show_frames_queued_through_a_second_of_idle_entries_are_wri
 }
 
 fn spread_to(ebpf: &Ebpf, cpu: u32) -> u64 {
-    let m: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(ebpf.map(map::SPREAD_TO).expect("SPREAD_TO map")).expect("per-CPU array");
-    m.get(&0, 0).expect("read SPREAD_TO")[cpu as usize]
+    own_slot(ebpf, map::SPREAD_TO, cpu)
 }
 
 /// `LAST_IDLE[cpu]`: 0 is "idled long ago".
@@ -1139,7 +1134,7 @@ fn spread_busy_hands_packets_to_every_cpu_after_a_full_poll_and_else_to_the_cpus
     assert_eq!(spread_to(&ebpf, c), 0, "CPU {c} idles: keeps");
     loader::write_config(&mut ebpf, &only).expect("--cpus without the first CPU");
     set_spread_to(&mut ebpf, c, 0);
-    set_own_slot(&mut ebpf, map::BUSY_UNTIL, c, 0);
+    set_own_slot(&mut ebpf, map::BUSY_UNTIL, c, 0u64);
     fire(&mut ebpf, "napi_poll", &poll, c);
     assert_eq!(spread_to(&ebpf, c), u64::MAX, "CPU {c} left: hands everything on from its next poll");
 }
