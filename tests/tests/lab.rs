@@ -311,6 +311,35 @@ fn native_veth_passes_in_place_only_while_nothing_is_queued() {
     panic!("--local-pass on: no run showed reordering: {runs:?}");
 }
 
+/// Waits (at most 5 s) until each of `cpus`' queues shows as many frames taken
+/// out as put in, once the queue counts a CPU still shows after idling a
+/// second are written off; returns each CPU's `IDLE_WATCH`, by CPU number.
+fn counts_written_off(ebpf: &aya::Ebpf, cpus: &[u32]) -> Vec<steer_common::IdleWatch> {
+    use steer_common::names::map;
+    let counts = || -> Vec<(u64, u64)> {
+        let r = aya::maps::Array::<_, u64>::try_from(ebpf.map(map::RING).expect("RING map")).expect("array");
+        cpus.iter().map(|&c| (r.get(&(2 * c), 0).unwrap(), r.get(&(2 * c + 1), 0).unwrap())).collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counts().iter().any(|&(put, taken)| put != taken) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue counts (put in, taken out) {:?} for CPUs {cpus:?}: not written off after 5 s",
+            counts()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    aya::maps::PerCpuArray::<_, steer_common::IdleWatch>::try_from(
+        ebpf.map(map::IDLE_WATCH).expect("IDLE_WATCH map"),
+    )
+    .expect("per-CPU array")
+    .get(&0, 0)
+    .expect("read IDLE_WATCH")
+    .iter()
+    .copied()
+    .collect()
+}
+
 /// `--spread busy` on the same hopping streams: a CPU keeps segments its flow
 /// would send to the other CPU while it does not spread to that CPU, and
 /// spreads them once it does (a full poll, or no idle time here while that CPU
@@ -421,25 +450,7 @@ fn queue_counts_add_up_after_bulk_tcp_that_enters_steer_on_every_cpu() {
         through_queues += taken;
     }
     assert!(through_queues > 10_000, "{through_queues} frames went through the queues in 4 s of bulk TCP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let counts = |ebpf: &aya::Ebpf| -> Vec<(u64, u64)> {
-        let r = aya::maps::Array::<_, u64>::try_from(ebpf.map("RING").expect("RING map")).expect("array");
-        cpus.iter().map(|&c| (r.get(&(2 * c), 0).unwrap(), r.get(&(2 * c + 1), 0).unwrap())).collect()
-    };
-    while counts(active.xdp_mut().unwrap()).iter().any(|&(put, taken)| put != taken) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "queue counts (put in, taken out) {:?} for CPUs {cpus:?}: not written off after 5 s",
-            counts(active.xdp_mut().unwrap())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let watch = aya::maps::PerCpuArray::<_, steer_common::IdleWatch>::try_from(
-        active.xdp_mut().unwrap().map("IDLE_WATCH").expect("IDLE_WATCH map"),
-    )
-    .expect("per-CPU array")
-    .get(&0, 0)
-    .unwrap();
+    let watch = counts_written_off(active.xdp_mut().unwrap(), &cpus);
     for (&cpu, &refused) in cpus.iter().zip(&refused) {
         let off = watch[cpu as usize].written_off;
         println!("CPU {cpu}: written off {off}");
@@ -455,23 +466,18 @@ fn queue_counts_add_up_after_bulk_tcp_that_enters_steer_on_every_cpu() {
 /// unchanged: then they are written off, and packets pass in place again.
 #[test]
 fn a_queue_count_no_queue_holds_is_written_off_once_its_cpu_idled_a_second_and_packets_pass_in_place_again() {
-    use std::{net::Ipv4Addr, time::Instant};
+    use std::net::Ipv4Addr;
     use steer::lab::{
         gen::GenSettings,
         scenario::{Active, Bench, Kind, Scenario},
     };
-    use steer_common::{names::map, IdleWatch};
+    use steer_common::names::map;
     let cpus = online();
     assert!(cpus.len() >= 2, "needs two online CPUs, this machine has {cpus:?}");
     let b = Bench::new(GenSettings { flows: 1, ..Default::default() }).expect("lab");
     let sc = Scenario::new("write-off", Kind::SteerRss, cpus.clone());
     let mut active = Active::setup(&b, &sc).expect("steer attached").expect("a steering scenario");
     const LOST: u64 = 3;
-    let ring = |active: &mut Active| -> Vec<(u64, u64)> {
-        let r =
-            aya::maps::Array::<_, u64>::try_from(active.xdp_mut().unwrap().map(map::RING).unwrap()).unwrap();
-        cpus.iter().map(|&c| (r.get(&(2 * c), 0).unwrap(), r.get(&(2 * c + 1), 0).unwrap())).collect()
-    };
     {
         let mut r =
             aya::maps::Array::<_, u64>::try_from(active.xdp_mut().unwrap().map_mut(map::RING).unwrap())
@@ -503,21 +509,7 @@ fn a_queue_count_no_queue_holds_is_written_off_once_its_cpu_idled_a_second_and_p
     let d = active.snapshot().unwrap().since(&before).total();
     assert!(d.redirected >= 150, "the datagrams were not steered: {d:?}");
     assert_eq!(d.local, 0, "passed in place while the counts showed frames queued on every CPU: {d:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ring(&mut active).iter().any(|&(put, taken)| put != taken) {
-        assert!(
-            Instant::now() < deadline,
-            "queue counts (put in, taken out) {:?} for CPUs {cpus:?}: not written off after 5 s",
-            ring(&mut active)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let watch = aya::maps::PerCpuArray::<_, IdleWatch>::try_from(
-        active.xdp_mut().unwrap().map(map::IDLE_WATCH).unwrap(),
-    )
-    .unwrap()
-    .get(&0, 0)
-    .unwrap();
+    let watch = counts_written_off(active.xdp_mut().unwrap(), &cpus);
     for &c in &cpus {
         assert_eq!(watch[c as usize].written_off, LOST, "CPU {c}: {:?}", watch[c as usize]);
     }
