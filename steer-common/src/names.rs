@@ -36,7 +36,10 @@ pub mod map {
     pub const SPREAD_TO: &str = "SPREAD_TO";
     pub const LAST_IDLE: &str = "LAST_IDLE";
     pub const IDLE_WATCH: &str = "IDLE_WATCH";
-    pub const ALL: [&str; 31] = [
+    pub const HANDED: &str = "HANDED";
+    pub const KTHREAD: &str = "KTHREAD";
+    pub const PENDING_TO: &str = "PENDING_TO";
+    pub const ALL: [&str; 34] = [
         CPUS,
         INDIR,
         CONFIG,
@@ -68,6 +71,9 @@ pub mod map {
         SPREAD_TO,
         LAST_IDLE,
         IDLE_WATCH,
+        HANDED,
+        KTHREAD,
+        PENDING_TO,
     ];
 }
 
@@ -90,6 +96,8 @@ pub mod prog {
     /// CPUMAP drop counters.
     pub const CPUMAP_ENQUEUE: &str = "cpumap_enqueue";
     pub const CPUMAP_KTHREAD: &str = "cpumap_kthread";
+    /// What each cpumap kthread had handed to the stack when it last went to sleep.
+    pub const CPUMAP_HANDED: &str = "cpumap_handed";
     /// Where a CPU hands packets during its next poll (`--spread busy`).
     pub const NAPI_POLL: &str = "napi_poll";
     /// When each CPU last idled (`--spread busy`).
@@ -97,7 +105,7 @@ pub mod prog {
     /// The cost table's breakdown of `steer_xdp`: parser, then parser and hash, each before a redirect.
     pub const COST_PARSE: &str = "cost_parse";
     pub const COST_HASH: &str = "cost_hash";
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         STEER,
         STEER_INNER,
         LAB_GEN,
@@ -108,6 +116,7 @@ pub mod prog {
         RFS_UDP_READ,
         CPUMAP_ENQUEUE,
         CPUMAP_KTHREAD,
+        CPUMAP_HANDED,
         NAPI_POLL,
         CPU_IDLE,
         COST_PARSE,

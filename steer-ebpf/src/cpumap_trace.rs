@@ -19,9 +19,16 @@
 //! which errs on the safe side (that CPU queues what it could pass in place),
 //! until its CPU has idled with the counts unchanged for a second
 //! ([`on_idle`]): then it is written off.
+//!
+//! "Taken out" is not "in the stack": the kthread counts a batch out before it
+//! builds the skbs, runs them through its GRO and hands them up, with bottom
+//! halves off. That is enough for the kthread's own CPU, whose XDP program runs
+//! in a bottom half; another CPU that would pass a packet in place instead of
+//! queueing it there reads [`HANDED`], which only moves when the kthread goes
+//! to sleep or its CPU idles ([`on_switch`], [`on_idle`]).
 
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, generated},
     macros::map,
     maps::{Array, PerCpuArray},
     programs::RawTracePointContext,
@@ -60,6 +67,23 @@ pub static PENDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS 
 #[map]
 pub static IDLE_WATCH: PerCpuArray<IdleWatch> = PerCpuArray::with_max_entries(1, 0);
 
+/// `[cpu]`: frames `cpu`'s kthread had taken out when it last went to sleep or
+/// its CPU last entered idle: all of them are in the stack by then. Shared: the
+/// XDP program on another CPU reads it (see [`nothing_on_its_way`]).
+#[map]
+pub static HANDED: Array<u64> = Array::with_max_entries(DROP_SLOTS / 2, 0);
+
+/// The task of this CPU's kthread of steer's CPUMAP (0 until its first batch):
+/// only compared with the task `sched_switch` switches out, never dereferenced.
+#[map]
+pub static KTHREAD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bit `cpu` set while this CPU's `PENDING[cpu]` may be non-zero, so that the
+/// end of a NAPI poll reads only those slots (most polls redirect to few CPUs,
+/// many to none).
+#[map]
+pub static PENDING_TO: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Counts a frame this CPU redirects towards `cpu`, until it is published.
 #[inline(always)]
 pub fn pending(cpu: u32) {
@@ -67,6 +91,11 @@ pub fn pending(cpu: u32) {
         // SAFETY: a per-CPU slot of this CPU; a tracepoint that publishes it never runs inside
         // this program, so this read-modify-write is not torn.
         unsafe { *p += 1 };
+    }
+    if let Some(m) = PENDING_TO.get_ptr_mut(0) {
+        // The CPUMAP holds no CPU beyond MAX_CPUS (64), so the shift stays in range.
+        // SAFETY: as above.
+        unsafe { *m |= 1 << (cpu & (MAX_CPUS - 1)) };
     }
 }
 
@@ -99,7 +128,18 @@ fn publish_slot(p: *mut u64, cpu: u32, dropped: u64) {
 /// program did not see.
 #[inline(always)]
 pub fn publish_all() {
+    let Some(m) = PENDING_TO.get_ptr_mut(0) else { return };
+    // Taken and zeroed in one step, as in `publish_slot`: a bit set after this is published later.
+    // SAFETY: a per-CPU slot of this CPU, aligned.
+    let mask =
+        unsafe { core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Relaxed }>(m, 0) };
+    if mask == 0 {
+        return;
+    }
     for cpu in 0..MAX_CPUS {
+        if mask >> cpu & 1 == 0 {
+            continue;
+        }
         let Some(p) = PENDING.get_ptr_mut(cpu) else { break };
         // SAFETY: a per-CPU slot of this CPU, read whole.
         if unsafe { *p } != 0 {
@@ -124,6 +164,54 @@ pub fn nothing_queued(cpu: u32) -> bool {
     taken >= put
 }
 
+/// Whether `cpu`'s queue holds nothing from here and has handed all it gave
+/// out to the stack: what a CPU other than `cpu` needs before it passes in
+/// place a packet of a flow `cpu` may still be delivering (`--spread busy`).
+/// Lags [`nothing_queued`] until `cpu`'s kthread sleeps, which errs on queueing.
+#[inline(always)]
+pub fn nothing_on_its_way(cpu: u32) -> bool {
+    if CPUMAP_ID.get(0).is_none_or(|id| *id == 0) || PENDING.get(cpu).is_none_or(|p| *p != 0) {
+        return false;
+    }
+    // Handed first, as in `ring`: the comparison errs on waiting.
+    let handed = match HANDED.get_ptr(cpu) {
+        // SAFETY: an aligned u64 of an array map, read whole.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => return false,
+    };
+    handed >= ring(cpu).0
+}
+
+/// `HANDED[cpu] = taken` when it differs: only `cpu` itself writes its slot.
+#[inline(always)]
+fn handed(cpu: u32, taken: u64) {
+    if let Some(p) = HANDED.get_ptr_mut(cpu) {
+        // SAFETY: an aligned u64 of an array map, written whole.
+        unsafe {
+            if core::ptr::read_volatile(p) != taken {
+                core::ptr::write_volatile(p, taken);
+            }
+        }
+    }
+}
+
+/// `sched_switch(bool preempt, prev, next, unsigned int prev_state)`, on the
+/// switching CPU with `prev` still current. When `prev` is this CPU's kthread
+/// and it blocks (a state other than running), it found its queue empty after
+/// its last batch, so it flushed its GRO, and everything it took out is in the
+/// stack. A kthread preempted while running may still hold frames in its GRO.
+pub fn on_switch(ctx: &RawTracePointContext) -> i32 {
+    // Runs at every context switch: two loads and a per-CPU lookup before it returns. KTHREAD is
+    // set only for steer's CPUMAP, so no CPUMAP_ID check is needed.
+    if ctx.arg::<u64>(3) as u32 == 0 || KTHREAD.get(0).is_none_or(|k| *k != ctx.arg::<u64>(1)) {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let here = unsafe { bpf_get_smp_processor_id() };
+    handed(here, ring(here).1);
+    0
+}
+
 /// This CPU enters idle (`power:cpu_idle`, not its exit): its cpumap kthread
 /// is asleep, which it is only after it found its queue empty; a frame put in
 /// since would have woken it. Counts that still show frames queued, and stay
@@ -139,6 +227,8 @@ pub fn on_idle(state: u32) {
     // SAFETY: no preconditions.
     let here = unsafe { bpf_get_smp_processor_id() };
     let (put, taken) = ring(here);
+    // Its kthread is asleep, so all it took out is in the stack.
+    handed(here, taken);
     if taken >= put {
         return;
     }
@@ -152,6 +242,7 @@ pub fn on_idle(state: u32) {
     } else if now.wrapping_sub(w.since_ns) >= QUIET_NS {
         // Nothing else adds to "taken out" now: its only writer is this CPU's kthread.
         ring_add(here.wrapping_mul(2).wrapping_add(1), put - taken);
+        handed(here, put);
         w.written_off += put - taken;
         w.since_ns = 0;
     }
@@ -202,6 +293,16 @@ fn count(id: u32, processed: u32, drops: u32, cpu: u32, slot: u32) -> i32 {
     } else if processed != 0 {
         // kthread: its drops are frames it took out.
         ring_add(cpu.wrapping_mul(2).wrapping_add(1), processed as u64);
+        if let Some(k) = KTHREAD.get_ptr_mut(0) {
+            // SAFETY: no preconditions; the task is only compared, never read.
+            let task = unsafe { generated::bpf_get_current_task() };
+            // SAFETY: a per-CPU slot of this CPU; the kthread stays the same, so this rarely writes.
+            unsafe {
+                if *k != task {
+                    *k = task;
+                }
+            }
+        }
     }
     if drops == 0 {
         return 0;

@@ -12,7 +12,8 @@
 //!   `cost_parse`, `cost_hash`: steer_xdp's parser, then also its hash, before
 //!   that redirect (where steer_xdp's time goes, for the bench's cost table).
 //! - `cpumap_enqueue` / `cpumap_kthread`: count drops of steer's CPUMAP queues, and what
-//!   each queue took in and gave out (cpumap_trace.rs).
+//!   each queue took in and gave out (cpumap_trace.rs); `cpumap_handed` (`sched_switch`):
+//!   what each kthread had handed to the stack when it last went to sleep.
 //! - `napi_poll`: publishes what a poll redirected (cpumap_trace.rs); with `cpu_idle`, where
 //!   each CPU hands packets under `--spread busy` (pressure.rs). `cpu_idle` also writes off
 //!   what a CPU's queue counts show queued long after it emptied (cpumap_trace.rs).
@@ -113,6 +114,13 @@ pub fn cpumap_enqueue(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "xdp_cpumap_kthread")]
 pub fn cpumap_kthread(ctx: RawTracePointContext) -> i32 {
     cpumap_trace::kthread(&ctx)
+}
+
+/// A task switches out: when it is a cpumap kthread going to sleep, all it took
+/// out of its queue is in the stack (cpumap_trace.rs).
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn cpumap_handed(ctx: RawTracePointContext) -> i32 {
+    cpumap_trace::on_switch(&ctx)
 }
 
 /// At the end of each NAPI poll: publish what the poll redirected (cpumap_trace.rs), and

@@ -69,15 +69,14 @@ pub fn steered(c: &mut Counters, cfg: &SteerConfig, cpu: u32, verdict: u32, clea
     let here = unsafe { bpf_get_smp_processor_id() };
     if cpu != here {
         // `--spread busy`: a CPU that does not spread to `cpu` now keeps the packet, unless something
-        // may still be queued for `cpu` (a packet of this flow could be among it). A batch `cpu`'s
-        // kthread has counted out may still be on its way to the sockets for a moment, as a packet
-        // the kernel's RFS has dequeued from a backlog when it moves a flow. The other way round
-        // needs no check: the choice changes only between two polls, when what it kept is in the
-        // stack (see pressure.rs for where it may not be).
+        // may still be queued for `cpu` or on its way from its kthread to the sockets (a packet of
+        // this flow could be among it). The other way round needs no check: the choice changes
+        // only between two polls, when what it kept is in the stack (see pressure.rs for where it
+        // may not be).
         if cfg.spread == SPREAD_BUSY
             && cfg.local_pass != LOCAL_PASS_OFF
             && !pressure::spreads_to(cpu)
-            && cpumap_trace::nothing_queued(cpu)
+            && cpumap_trace::nothing_on_its_way(cpu)
         {
             c.local += 1;
             c.kept += 1;

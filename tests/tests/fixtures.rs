@@ -890,7 +890,15 @@ fn spread_busy_keeps_a_packet_only_where_it_does_not_spread_to_its_cpu_and_nothi
             );
             set_pending(&mut ebpf, c, away, 0);
             let (v, d) = once(&mut ebpf, &frame);
-            assert_eq!((v, kept(&d)), (XDP_PASS, 1), "drained again: kept");
+            assert_eq!(
+                (v, kept(&d)),
+                (XDP_REDIRECT, 0),
+                "taken out on CPU {away}, not known to be in the stack: sent behind it"
+            );
+            set_pending(&mut ebpf, c, away, 0);
+            set_handed(&mut ebpf, away, 10);
+            let (v, d) = once(&mut ebpf, &frame);
+            assert_eq!((v, kept(&d)), (XDP_PASS, 1), "drained and handed to the stack again: kept");
             let always = HashSettings { spread: Spread::Always, ..settings.clone() };
             loader::write_config(&mut ebpf, &always).expect("--spread always");
             let (v, d) = once(&mut ebpf, &frame);
@@ -1043,6 +1051,7 @@ fn queue_counts_that_show_frames_queued_through_a_second_of_idle_entries_are_wri
     assert_eq!(ring_of(&ebpf, c), (6, 3), "leaving idle writes nothing off");
     fire(&mut ebpf, "cpu_idle", &enter, c);
     assert_eq!(ring_of(&ebpf, c), (6, 6), "written off");
+    assert_eq!(handed_of(&ebpf, c), 6, "and counted as handed to the stack");
     assert_eq!((idle_watch(&ebpf, c).written_off, idle_watch(&ebpf, c).since_ns), (3, 0));
     fire(&mut ebpf, "cpu_idle", &enter, c);
     assert_eq!((ring_of(&ebpf, c), idle_watch(&ebpf, c).written_off), ((6, 6), 3), "nothing queued");
@@ -1137,6 +1146,64 @@ fn spread_busy_hands_packets_to_every_cpu_after_a_full_poll_and_else_to_the_cpus
     set_own_slot(&mut ebpf, map::BUSY_UNTIL, c, 0u64);
     fire(&mut ebpf, "napi_poll", &poll, c);
     assert_eq!(spread_to(&ebpf, c), u64::MAX, "CPU {c} left: hands everything on from its next poll");
+}
+
+/// `HANDED[cpu]`: what `cpu`'s kthread had handed to the stack when it last slept.
+fn set_handed(ebpf: &mut Ebpf, cpu: u32, n: u64) {
+    let mut m: Array<_, u64> =
+        Array::try_from(ebpf.map_mut(map::HANDED).expect("HANDED map")).expect("array");
+    m.set(cpu, n, 0).expect("write HANDED");
+}
+
+fn handed_of(ebpf: &Ebpf, cpu: u32) -> u64 {
+    let m: Array<_, u64> = Array::try_from(ebpf.map(map::HANDED).expect("HANDED map")).expect("array");
+    m.get(&cpu, 0).expect("read HANDED")
+}
+
+/// A cpumap kthread counts a batch out before it hands the batch to the stack,
+/// so what it took out counts as handed (what a CPU that keeps another CPU's
+/// packet compares with) only when that kthread blocks in `sched_switch`, or
+/// its CPU enters idle. A switch of another task, the kthread preempted while
+/// running (its GRO may hold frames) and counts of no watched CPUMAP change
+/// nothing. Each program runs on the CPU it is fired for, in this thread, which
+/// plays the kthread: its task is what `cpumap_kthread` recorded.
+#[test]
+fn a_queue_counts_as_handed_to_the_stack_only_once_its_kthread_sleeps_or_its_cpu_idles() {
+    require_root();
+    let cpus = online();
+    let c = *cpus.last().expect("an online CPU");
+    let settings = HashSettings::new(HashArg::Fast, None, 0, false, 256, cpus.clone()).unwrap();
+    const ID: u64 = 7;
+    on_cpu(c, || {
+        let mut ebpf = load(&settings);
+        // sched_switch(preempt, prev, next, prev_state): the program reads prev and prev_state.
+        let switch =
+            |ebpf: &mut Ebpf, prev: u64, state: u64| fire(ebpf, "cpumap_handed", &[0, prev, 0, state], c);
+        set_ring(&mut ebpf, c, 5, 0);
+        fire(&mut ebpf, "cpumap_kthread", &[ID, 5, 0, 0, 0], c);
+        assert_eq!(own_slot::<u64>(&ebpf, map::KTHREAD, c), 0, "no CPUMAP watched: no kthread recorded");
+        switch(&mut ebpf, 0, 1);
+        assert_eq!((ring_of(&ebpf, c), handed_of(&ebpf, c)), ((5, 0), 0), "no CPUMAP watched");
+        let mut id: Array<_, u32> =
+            Array::try_from(ebpf.map_mut(map::CPUMAP_ID).expect("CPUMAP_ID map")).expect("array");
+        id.set(0, ID as u32, 0).expect("CPUMAP_ID");
+        fire(&mut ebpf, "cpumap_kthread", &[ID, 5, 0, 0, 0], c);
+        let me: u64 = own_slot(&ebpf, map::KTHREAD, c);
+        assert_ne!(me, 0, "the batch's task is recorded as CPU {c}'s kthread");
+        assert_eq!((ring_of(&ebpf, c), handed_of(&ebpf, c)), ((5, 5), 0), "taken out, not handed");
+        switch(&mut ebpf, me, 0);
+        assert_eq!(handed_of(&ebpf, c), 0, "preempted while running: its GRO may hold frames");
+        switch(&mut ebpf, me ^ 0x40, 1);
+        assert_eq!(handed_of(&ebpf, c), 0, "another task blocked");
+        switch(&mut ebpf, me, 1);
+        assert_eq!(handed_of(&ebpf, c), 5, "the kthread blocked: all it took out is in the stack");
+        // A batch taken out, then the CPU idles (its kthread asleep).
+        set_ring(&mut ebpf, c, 8, 7);
+        fire(&mut ebpf, "cpu_idle", &[u32::MAX as u64, c as u64], c);
+        assert_eq!(handed_of(&ebpf, c), 5, "leaving idle says nothing");
+        fire(&mut ebpf, "cpu_idle", &[1, c as u64], c);
+        assert_eq!(handed_of(&ebpf, c), 7, "idle entry");
+    });
 }
 
 /// Sets what the cpumap tracepoints would have counted for `cpu`'s queue:

@@ -6,7 +6,9 @@
 //! passes a packet in place; `napi_poll` and `cpu_idle`
 //! (steer-ebpf/src/pressure.rs), which tell it where a CPU spreads under
 //! `--spread busy`, are attached with them (`cpu_idle` also writes off counts
-//! a CPU's queue still shows after it idled through a second).
+//! a CPU's queue still shows after it idled through a second), and so is
+//! `cpumap_handed` on `sched_switch`: what each kthread had handed to the stack
+//! when it last went to sleep, which a CPU that keeps another's packet reads.
 
 use aya::{
     maps::{Array, MapData, PerCpuArray},
@@ -22,9 +24,10 @@ use crate::{
     pins,
 };
 
-const PROGS: [(&str, &str); 4] = [
+const PROGS: [(&str, &str); 5] = [
     (prog::CPUMAP_ENQUEUE, "xdp_cpumap_enqueue"),
     (prog::CPUMAP_KTHREAD, "xdp_cpumap_kthread"),
+    (prog::CPUMAP_HANDED, "sched_switch"),
     (prog::NAPI_POLL, "napi_poll"),
     (prog::CPU_IDLE, "cpu_idle"),
 ];
