@@ -36,7 +36,7 @@ use aya_ebpf::{
 
 use steer_common::{IdleWatch, QUIET_NS};
 
-use crate::maps::MAX_CPUS;
+use crate::maps::{load_shared, MAX_CPUS};
 
 /// Entries of [`CPUMAP_DROPS`]: two per CPU, up to 512 CPUs.
 pub const DROP_SLOTS: u32 = 1024;
@@ -156,12 +156,19 @@ pub fn publish_all() {
 /// queue (it flushes them once the queue is empty); this runs in a bottom half.
 #[inline(always)]
 pub fn nothing_queued(cpu: u32) -> bool {
-    // Without the tracepoints watching steer's CPUMAP the counts say nothing.
-    if CPUMAP_ID.get(0).is_none_or(|id| *id == 0) || PENDING.get(cpu).is_none_or(|p| *p != 0) {
+    if !counts_current(cpu) {
         return false;
     }
     let (put, taken) = ring(cpu);
     taken >= put
+}
+
+/// Whether `cpu`'s queue counts say all from here: the tracepoints watch
+/// steer's CPUMAP (without them the counts say nothing), and this CPU has
+/// published everything it redirected to `cpu`.
+#[inline(always)]
+fn counts_current(cpu: u32) -> bool {
+    CPUMAP_ID.get(0).is_some_and(|id| *id != 0) && PENDING.get(cpu).is_some_and(|p| *p == 0)
 }
 
 /// Whether `cpu`'s queue holds nothing from here and has handed all it gave
@@ -170,16 +177,11 @@ pub fn nothing_queued(cpu: u32) -> bool {
 /// Lags [`nothing_queued`] until `cpu`'s kthread sleeps, which errs on queueing.
 #[inline(always)]
 pub fn nothing_on_its_way(cpu: u32) -> bool {
-    if CPUMAP_ID.get(0).is_none_or(|id| *id == 0) || PENDING.get(cpu).is_none_or(|p| *p != 0) {
+    if !counts_current(cpu) {
         return false;
     }
     // Handed first, as in `ring`: the comparison errs on waiting.
-    let handed = match HANDED.get_ptr(cpu) {
-        // SAFETY: an aligned u64 of an array map, read whole.
-        Some(p) => unsafe { core::ptr::read_volatile(p) },
-        None => return false,
-    };
-    handed >= ring(cpu).0
+    load_shared(&HANDED, cpu).is_some_and(|handed| handed >= ring(cpu).0)
 }
 
 /// `HANDED[cpu] = taken` when it differs: only `cpu` itself writes its slot.
@@ -263,11 +265,7 @@ fn ring_add(slot: u32, n: u64) {
 /// Frames put into and taken out of `cpu`'s queue so far.
 #[inline(always)]
 pub fn ring(cpu: u32) -> (u64, u64) {
-    let at = |slot: u32| match RING.get_ptr(slot) {
-        // SAFETY: an aligned u64 of an array map, read whole.
-        Some(p) => unsafe { core::ptr::read_volatile(p) },
-        None => 0,
-    };
+    let at = |slot: u32| load_shared(&RING, slot).unwrap_or(0);
     let i = cpu.wrapping_mul(2);
     // Taken out first: a later read of "put in" can only be larger, so the comparison errs on waiting.
     let out = at(i.wrapping_add(1));

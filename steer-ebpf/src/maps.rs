@@ -12,6 +12,14 @@ use steer_common::{
 
 use crate::parse::Tunnel;
 
+/// `a[i]` of an array map other CPUs write, read whole (a plain load the
+/// compiler may not merge or repeat), or None beyond its size.
+#[inline(always)]
+pub fn load_shared(a: &Array<u64>, i: u32) -> Option<u64> {
+    // SAFETY: an aligned u64 of an array map.
+    a.get_ptr(i).map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
 /// Upper bound for CPU indices; the loader sets the real number of possible CPUs.
 pub const MAX_CPUS: u32 = 64;
 /// Largest indirection table `--table-size` accepts.

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use steer_common::{BUSY_HOLD_JIFFIES, IDLE_RECENT_JIFFIES, SPREAD_BUSY};
 
-use crate::maps::{CONFIG, MAX_CPUS};
+use crate::maps::{load_shared, CONFIG, MAX_CPUS};
 
 // One bit of SPREAD_TO per CPU the CPUMAP can hold.
 const _: () = assert!(MAX_CPUS <= u64::BITS);
@@ -70,8 +70,7 @@ pub fn on_idle(ctx: &RawTracePointContext) -> i32 {
 /// `LAST_IDLE[cpu]`, or None beyond the possible CPUs.
 #[inline(always)]
 fn last_idle(cpu: u32) -> Option<u64> {
-    // SAFETY: an aligned u64 of an array map, read whole.
-    LAST_IDLE.get_ptr(cpu).map(|p| unsafe { core::ptr::read_volatile(p) })
+    load_shared(&LAST_IDLE, cpu)
 }
 
 /// `napi_poll(struct napi_struct *napi, int work, int budget)`.
