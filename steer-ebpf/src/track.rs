@@ -42,8 +42,8 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_jiffies64,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
     },
     macros::map,
     maps::PerCpuArray,
@@ -420,6 +420,16 @@ fn unwish(key: &FlowKey) {
     }
 }
 
+/// The current task's name, written into `out` (zeroed where it cannot be
+/// read). In place: the helper's `Result` holds the name at an odd offset on the
+/// stack, and a word-wide copy from there is a misaligned stack access, which
+/// the verifier refuses (build.rs lets LLVM emit misaligned loads).
+#[inline(always)]
+fn current_comm(out: &mut [u8; 16]) {
+    // SAFETY: `out` is 16 writable bytes; the helper zeroes them when it fails.
+    unsafe { generated::bpf_get_current_comm(out.as_mut_ptr().cast(), out.len() as u32) };
+}
+
 /// Records that `key` is read on this CPU now. `sk`: the socket, checked
 /// against the closed ones before a new entry is made (TCP; UDP has no close).
 /// Returns the flow's steering slot and the wish it holds, once recorded.
@@ -441,7 +451,7 @@ fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> Option<(u32, u
         }
         if e.pid != pid {
             e.pid = pid;
-            e.comm = bpf_get_current_comm().unwrap_or_default();
+            current_comm(&mut e.comm);
         }
         // Also when the CPU is the same: a colliding flow, an expiry or a rebuild may have taken the slot.
         return wish(r, key, cpu);
@@ -451,13 +461,8 @@ fn record(r: &mut RfsCounters, key: &FlowKey, sk: Option<u64>) -> Option<(u32, u
         r.hook_closed += 1;
         return None;
     }
-    let entry = FlowEntry {
-        want_cpu: cpu,
-        last_read_ns: now,
-        created_ns: now,
-        pid,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    };
+    let mut entry = FlowEntry { want_cpu: cpu, last_read_ns: now, created_ns: now, pid, comm: [0; 16] };
+    current_comm(&mut entry.comm);
     if FLOWS.insert(key, &entry, BPF_NOEXIST as u64).is_ok() {
         r.inserts += 1;
         return wish(r, key, cpu);
