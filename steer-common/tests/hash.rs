@@ -102,6 +102,45 @@ fn fast_hash_spreads_sequential_ports_over_buckets() {
 }
 
 #[test]
+fn fast_hash_spreads_flows_that_differ_in_two_fields_over_buckets() {
+    // Clients of one /24 against a range of ports, and the other pairs a load
+    // balancer sees: 65536 flows each, into 256 buckets (256 expected in each).
+    // A hash whose high input bits only reach its high bits before the final
+    // mix (a multiply without a rotate or shift between words) gives such
+    // pairs a few hundred distinct values and leaves most buckets empty.
+    type Flow = fn(u32, u32) -> Tuple;
+    let cases: [(&str, Flow); 4] = [
+        ("client address x service port", |a, b| {
+            tuple(&format!("10.0.0.{a}"), 40000, "198.18.0.2", 8000 + b as u16)
+        }),
+        ("client address x client port", |a, b| {
+            tuple(&format!("10.0.0.{a}"), 30000 + b as u16, "198.18.0.2", 443)
+        }),
+        ("client /16 x client port", |a, b| tuple(&format!("10.{b}.0.{a}"), 30000, "198.18.0.2", 443)),
+        ("service address x service port", |a, b| {
+            tuple("10.0.0.1", 40000, &format!("198.18.{b}.{a}"), 8000 + b as u16)
+        }),
+    ];
+    for (what, flow) in cases {
+        for seed in [0, 0xdead_beef] {
+            let mut buckets = [0u32; 256];
+            let mut hashes = std::collections::HashSet::new();
+            for a in 0..256 {
+                for b in 0..256 {
+                    let h = fast(seed, &flow(a, b));
+                    buckets[(h & 255) as usize] += 1;
+                    hashes.insert(h);
+                }
+            }
+            let (min, max) = (*buckets.iter().min().unwrap(), *buckets.iter().max().unwrap());
+            // Binomial(65536, 1/256): sigma 16; bounds at about 5 sigma, far from an empty bucket.
+            assert!(min >= 176 && max <= 336, "{what}, seed {seed:#x}: min {min} max {max}");
+            assert!(hashes.len() >= 65_500, "{what}, seed {seed:#x}: {} distinct hashes", hashes.len());
+        }
+    }
+}
+
+#[test]
 fn seed_and_protocol_change_the_fast_hash() {
     let t = tuple("198.18.0.1", 1, "198.18.0.2", 2);
     assert_ne!(fast(1, &t), fast(2, &t));
