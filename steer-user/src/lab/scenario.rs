@@ -462,11 +462,14 @@ pub struct Cost {
     pub hash_ns: f64,
 }
 
-/// steer fast with `frame`'s bucket marked moving to another CPU; the idle
-/// time (1 s) keeps it moving for the whole measurement.
-fn moving_case(online: &[u32], frame_tuple: &steer_common::Tuple) -> Result<Ebpf> {
+/// steer fast with `frame`'s bucket marked moving to another CPU, and that
+/// bucket. The idle time is the longest the configuration holds (71 minutes):
+/// with 1 s, the pause between two rounds of the full bench (eleven programs
+/// of 5M repeats each) let the bucket switch, and the row measured the plain
+/// path. [`still_moving`] checks the bucket after the rounds.
+fn moving_case(online: &[u32], frame_tuple: &steer_common::Tuple) -> Result<(Ebpf, u32)> {
     let s = HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, online.to_vec())?
-        .with_move_idle_us(Some(1_000_000));
+        .with_move_idle_us(Some(u32::MAX));
     let mut e = loader::load(&s, DEFAULT_QSIZE)?;
     let c = s.choose(frame_tuple);
     let to = online.iter().copied().find(|x| *x != c.cpu).unwrap_or(c.cpu);
@@ -482,7 +485,21 @@ fn moving_case(online: &[u32], frame_tuple: &steer_common::Tuple) -> Result<Ebpf
         .map_err(crate::Error::ebpf)?
         .set(c.bucket, c.cpu | steer_common::INDIR_MOVING, 0)
         .map_err(crate::Error::ebpf)?;
-    Ok(e)
+    Ok((e, c.bucket))
+}
+
+/// Fails when `bucket` of `e` is no longer moving: the cost table's moving row
+/// would then be the plain path's cost under the moving row's name.
+fn still_moving(e: &mut Ebpf, bucket: u32) -> Result<()> {
+    let indir = aya::maps::Array::<_, u32>::try_from(loader::map_mut(e, steer_common::names::map::INDIR)?)
+        .map_err(crate::Error::ebpf)?;
+    if indir.get(&bucket, 0).map_err(crate::Error::ebpf)? & steer_common::INDIR_MOVING == 0 {
+        return Err(LabError::Msg(format!(
+            "the cost table's moving bucket {bucket} switched CPUs during the measurement: its row would \
+             measure the plain path"
+        )));
+    }
+    Ok(())
 }
 
 /// A TCP frame between the lab's addresses and an RFS-enabled steer, with the
@@ -559,7 +576,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
         steer_common::tuple::IPPROTO_UDP,
     )
     .ok_or_else(|| LabError::Msg("tuple".into()))?;
-    let mut moving = moving_case(&online, &udp)?;
+    let (mut moving, moving_bucket) = moving_case(&online, &udp)?;
     let mut runs: [Vec<f64>; 11] = Default::default();
     for _ in 0..rounds {
         for (i, (e, name, f)) in [
@@ -584,6 +601,7 @@ pub fn cost(repeat: u32, rounds: u32) -> Result<Cost> {
             runs[i].push(out.duration_ns as f64);
         }
     }
+    still_moving(&mut moving, moving_bucket)?;
     for v in runs.iter_mut() {
         v.sort_by(|a, b| a.total_cmp(b));
     }
