@@ -464,9 +464,9 @@ pub struct Cost {
 
 /// steer fast with `frame`'s bucket marked moving to another CPU, and that
 /// bucket. The idle time is the longest the configuration holds (71 minutes):
-/// with 1 s, the pause between two rounds of the full bench (eleven programs
-/// of 5M repeats each) let the bucket switch, and the row measured the plain
-/// path. [`still_moving`] checks the bucket after the rounds.
+/// between two runs of this program the other ten run, seconds in a full
+/// bench, and a bucket idle that long would switch and make the row the plain
+/// path's. [`still_moving`] checks the bucket after the rounds.
 fn moving_case(online: &[u32], frame_tuple: &steer_common::Tuple) -> Result<(Ebpf, u32)> {
     let s = HashSettings::new(HashArg::Fast, None, 0, false, DEFAULT_TABLE_SIZE, online.to_vec())?
         .with_move_idle_us(Some(u32::MAX));
