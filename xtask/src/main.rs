@@ -57,6 +57,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Draw the PNG beside a results JSON of `steer lab bench` (one run on a machine without
+    /// this workspace, with the release binary copied there).
+    Chart {
+        /// bench/results/NAME.json
+        json: PathBuf,
+    },
     /// Formatting, clippy, unit tests and the kernel tests (as root).
     Test {
         /// Extra arguments for the test binaries (a test name filter, --nocapture).
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Cmd::Steer { args } => run_steer(args),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { quick, args } => bench::bench(quick, &args),
+        Cmd::Chart { json } => bench::chart(&json).map(|png| eprintln!("wrote {}", png.display())),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
