@@ -9,7 +9,7 @@ use crate::tuple::Tuple;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HashKind {
-    /// Seeded murmur3-32 over the tuple words: cheap and well mixed.
+    /// Seeded multiply-xorshift over the tuple's 64-bit words: cheap and well mixed.
     Fast = 0,
     /// Toeplitz with a 40-byte key, bit-compatible with NIC RSS.
     Toeplitz = 1,
@@ -132,49 +132,58 @@ pub fn toeplitz(table: &ToeplitzTable, t: &Tuple) -> u32 {
     h
 }
 
-const C1: u32 = 0xcc9e_2d51;
-const C2: u32 = 0x1b87_3593;
+/// An odd multiplier (2^64 / golden ratio): multiplying by it is a bijection.
+const M: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// Takes one 64-bit word of the flow into `h`. For a fixed `h` it is a bijection of `w` (xor, an
+/// odd multiply, an xorshift), so flows that differ in one word never collide here; the xorshift
+/// brings the product's high half down, so a difference in a word's high bits reaches the low
+/// bits before the next word is taken in (a multiply alone carries bits only upward).
 #[inline(always)]
-fn murmur_round(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+fn absorb(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(M);
+    h ^ (h >> 32)
+}
+
+/// murmur3's 64-bit finaliser: every input bit reaches every output bit.
+#[inline(always)]
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 #[inline(always)]
-fn fmix32(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+fn pair(lo: u32, hi: u32) -> u64 {
+    lo as u64 | (hi as u64) << 32
 }
 
-/// Seeded murmur3-32 over the tuple's words and protocol.
+/// Seeded hash over the tuple's 64-bit words and protocol: one multiply and one xorshift per word,
+/// murmur3's fmix64 at the end. 64-bit steps cost BPF v1 no cut back to 32 bits.
 ///
 /// Unlike Toeplitz this mixes every input bit into every output bit, so the low
 /// bits that pick a bucket are well spread even for sequential ports.
 #[inline(always)]
 pub fn fast(seed: u32, t: &Tuple) -> u32 {
-    let mut h = seed ^ t.proto as u32;
-    let mut len = 8u32;
+    let mut len = 8u64;
+    let mut h;
     if t.family == 6 {
-        let mut i = 0;
-        while i < 4 {
-            h = murmur_round(h, t.saddr[i]);
-            h = murmur_round(h, t.daddr[i]);
-            i += 1;
-        }
+        h = absorb(seed as u64, pair(t.saddr[0], t.saddr[1]));
+        h = absorb(h, pair(t.saddr[2], t.saddr[3]));
+        h = absorb(h, pair(t.daddr[0], t.daddr[1]));
+        h = absorb(h, pair(t.daddr[2], t.daddr[3]));
         len = 32;
     } else {
-        h = murmur_round(h, t.saddr[0]);
-        h = murmur_round(h, t.daddr[0]);
+        h = absorb(seed as u64, pair(t.saddr[0], t.daddr[0]));
     }
     if t.has_ports != 0 {
-        h = murmur_round(h, t.ports);
         len += 4;
     }
-    fmix32(h ^ len)
+    // Ports (0 without), protocol and length in the last word.
+    h = absorb(h, pair(t.ports, t.proto as u32 | (len as u32) << 8));
+    fmix64(h) as u32
 }
 
 /// The same tuple with its two endpoints in a fixed order, so that both

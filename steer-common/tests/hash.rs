@@ -109,7 +109,7 @@ fn fast_hash_spreads_flows_that_differ_in_two_fields_over_buckets() {
     // mix (a multiply without a rotate or shift between words) gives such
     // pairs a few hundred distinct values and leaves most buckets empty.
     type Flow = fn(u32, u32) -> Tuple;
-    let cases: [(&str, Flow); 4] = [
+    let cases: [(&str, Flow); 7] = [
         ("client address x service port", |a, b| {
             tuple(&format!("10.0.0.{a}"), 40000, "198.18.0.2", 8000 + b as u16)
         }),
@@ -119,6 +119,15 @@ fn fast_hash_spreads_flows_that_differ_in_two_fields_over_buckets() {
         ("client /16 x client port", |a, b| tuple(&format!("10.{b}.0.{a}"), 30000, "198.18.0.2", 443)),
         ("service address x service port", |a, b| {
             tuple("10.0.0.1", 40000, &format!("198.18.{b}.{a}"), 8000 + b as u16)
+        }),
+        ("IPv6 client address x service port", |a, b| {
+            tuple(&format!("2001:db8::{a:x}"), 40000, "2001:db8:1::2", 8000 + b as u16)
+        }),
+        ("IPv6 client address x service address", |a, b| {
+            tuple(&format!("2001:db8::{a:x}"), 40000, &format!("2001:db8:1::{b:x}"), 443)
+        }),
+        ("IPv6 client /64 x client port", |a, b| {
+            tuple(&format!("2001:db8:0:{a:x}::1"), 30000 + b as u16, "2001:db8:1::2", 443)
         }),
     ];
     for (what, flow) in cases {

@@ -98,7 +98,8 @@ impl Spread {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HashArg {
-    /// Seeded murmur3-32: cheap, well mixed.
+    /// Seeded multiply-xorshift over the flow's 64-bit words, murmur3's fmix64 at the end: cheap,
+    /// well mixed.
     Fast,
     /// Toeplitz with a 40-byte key: the same hash a NIC's RSS computes.
     Toeplitz,
