@@ -167,7 +167,7 @@ fn pair(lo: u32, hi: u32) -> u64 {
 /// bits that pick a bucket are well spread even for sequential ports.
 #[inline(always)]
 pub fn fast(seed: u32, t: &Tuple) -> u32 {
-    let mut len = 8u64;
+    let mut len = 8u32;
     let mut h;
     if t.family == 6 {
         h = absorb(seed as u64, pair(t.saddr[0], t.saddr[1]));
@@ -182,7 +182,7 @@ pub fn fast(seed: u32, t: &Tuple) -> u32 {
         len += 4;
     }
     // Ports (0 without), protocol and length in the last word.
-    h = absorb(h, pair(t.ports, t.proto as u32 | (len as u32) << 8));
+    h = absorb(h, pair(t.ports, t.proto as u32 | len << 8));
     fmix64(h) as u32
 }
 
