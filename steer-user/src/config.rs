@@ -14,8 +14,10 @@ use crate::{
 pub const DEFAULT_TABLE_SIZE: u32 = 256;
 /// Largest table the XDP program's map accepts.
 pub const MAX_TABLE_SIZE: u32 = 65536;
-/// Default per-CPU CPUMAP queue size (frames).
-pub const DEFAULT_QSIZE: u32 = 2048;
+/// Default per-CPU CPUMAP queue size (frames). A queue must hold what arrives
+/// while its kthread waits behind the reader on its CPU (a reader of several
+/// TCP streams in `--mode rfs`): 2048 overflowed there, and TCP backed off.
+pub const DEFAULT_QSIZE: u32 = 4096;
 /// cpumap's own upper bound on a queue (kernel: 16k frames).
 pub const MAX_QSIZE: u32 = 16384;
 

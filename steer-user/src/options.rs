@@ -107,7 +107,7 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub hash: HashOpts,
-    /// Per-CPU CPUMAP queue size in frames. [default: 2048]
+    /// Per-CPU CPUMAP queue size in frames. [default: 4096]
     #[arg(long)]
     pub qsize: Option<u32>,
     /// XDP attach mode. [default: auto]
